@@ -1,0 +1,3 @@
+//! Media types shared by sources, the encoder and the sinks.
+
+pub mod frame;
