@@ -7,3 +7,4 @@
 
 pub mod media;
 pub mod sink;
+pub mod source;

@@ -27,3 +27,47 @@ pub struct EncodedFrame {
     /// Codec of `data`.
     pub codec: Codec,
 }
+
+/// One raw picture in I420 (planar Y, then U, then V, each plane tightly packed).
+///
+/// It is the only raw format that crosses a module boundary: capture formats are converted to
+/// it once, and the encoder reads it without another copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame {
+    /// Width in pixels (even).
+    pub width: usize,
+    /// Height in pixels (even).
+    pub height: usize,
+    /// `width * height * 3 / 2` bytes.
+    pub data: Vec<u8>,
+}
+
+impl RawFrame {
+    /// A black picture of the given size, to be drawn into and reused frame after frame.
+    pub fn black(width: usize, height: usize) -> Self {
+        let luma = width * height;
+        let mut data = vec![16u8; luma + luma / 2];
+        data[luma..].fill(128);
+        RawFrame {
+            width,
+            height,
+            data,
+        }
+    }
+
+    /// The three planes, mutably, so a source can draw without index arithmetic of its own.
+    pub fn planes_mut(&mut self) -> (&mut [u8], &mut [u8], &mut [u8]) {
+        let luma = self.width * self.height;
+        let (y, uv) = self.data.split_at_mut(luma);
+        let (u, v) = uv.split_at_mut(luma / 4);
+        (y, u, v)
+    }
+
+    /// The three planes.
+    pub fn planes(&self) -> (&[u8], &[u8], &[u8]) {
+        let luma = self.width * self.height;
+        let (y, uv) = self.data.split_at(luma);
+        let (u, v) = uv.split_at(luma / 4);
+        (y, u, v)
+    }
+}

@@ -1,3 +1,6 @@
 //! Media types shared by sources, the encoder and the sinks.
 
+pub mod encoder;
 pub mod frame;
+pub mod pipeline;
+pub mod quality;
