@@ -168,8 +168,10 @@ mod tests {
         let mut l = Ladder::default();
         l.high.width = 1281;
         assert_eq!(l.validate().unwrap_err().0, "quality.high");
-        let mut l = Ladder::default();
-        l.adaptive_start = 0;
+        let l = Ladder {
+            adaptive_start: 0,
+            ..Ladder::default()
+        };
         assert_eq!(l.validate().unwrap_err().0, "quality.adaptive_start");
     }
 
