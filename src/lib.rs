@@ -5,6 +5,7 @@
 //! return bytes and decisions; the tokio tasks in `link`, `live::actor` and the sink shells only
 //! move bytes between sockets and those cores.
 
+pub mod config;
 pub mod media;
 pub mod sink;
 pub mod source;

@@ -1,0 +1,684 @@
+//! Configuration: a TOML file (`/etc/dockcast/dockcast.toml` by default), validated up front so
+//! that a typo is reported with its key at start-up, not as a failed stream hours later.
+//!
+//! With no file at all, built-in defaults describe one synthetic test-pattern camera on the
+//! gateway, so a newcomer can run the daemon and see a stream before writing any config.
+
+use crate::media::quality::Ladder;
+use crate::source::SourceSpec;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+/// Where `dockcast run` looks for its config when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/dockcast/dockcast.toml";
+
+/// The lens names the DJI Cloud API uses in `video_type` and `switchable_video_types`.
+pub const LENS_NAMES: [&str; 5] = ["normal", "wide", "zoom", "ir", "thermal"];
+
+/// Dock 2/3 camera positions (`live_camera_change`), usable as extra inputs of a video.
+pub const POSITION_NAMES: [&str; 2] = ["inside", "outside"];
+
+/// Why a config cannot be used: the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has keys of the wrong type (toml's message names the key
+    /// and line).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// toml's message.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{key}: {why}")]
+    Invalid {
+        /// Dotted path of the key, e.g. `device[0].camera[0].index`.
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        why: why.into(),
+    }
+}
+
+/// A password or key that must never be printed: `Debug` and `Display` show `***`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The dock the daemon answers for.
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    /// The broker link.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// What each quality level means.
+    #[serde(default)]
+    pub quality: Ladder,
+    /// Encoder settings common to all sessions.
+    #[serde(default)]
+    pub encoder: EncoderSettings,
+    /// RTMP sink defaults.
+    #[serde(default)]
+    pub rtmp: RtmpSettings,
+    /// Video-source devices (the dock itself, an aircraft) with their cameras.
+    #[serde(default = "default_devices", rename = "device")]
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// The dock serial the cloud addresses (`thing/product/{sn}/services`).
+    pub sn: String,
+    /// Streams the whole gateway may push at once (`coexist_video_number_max`).
+    pub max_streams: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            sn: "DOCKCAST0000001".into(),
+            max_streams: 2,
+        }
+    }
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
+    pub url: String,
+    /// Client id; defaults to `dockcast-{gateway sn}`.
+    pub client_id: Option<String>,
+    /// Username, if the broker wants one.
+    pub username: Option<String>,
+    /// Password, never logged.
+    pub password: Option<Secret>,
+    /// PEM file of the CA that signed the broker's certificate (mqtts); without it the
+    /// system roots are used.
+    pub ca_file: Option<String>,
+    /// PEM client certificate for brokers that authenticate devices by certificate.
+    pub client_cert_file: Option<String>,
+    /// PEM private key of `client_cert_file`.
+    pub client_key_file: Option<String>,
+    /// MQTT keep-alive in seconds.
+    pub keep_alive_secs: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            keep_alive_secs: 30,
+        }
+    }
+}
+
+/// `[encoder]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncoderSettings {
+    /// IDR interval in frames. One second at 30 fps lets a viewer join quickly.
+    pub gop_frames: u32,
+}
+
+impl Default for EncoderSettings {
+    fn default() -> Self {
+        EncoderSettings { gop_frames: 30 }
+    }
+}
+
+/// `[rtmp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmpSettings {
+    /// How long the first connect + publish may take before the start is answered with a
+    /// connect error.
+    pub connect_timeout_ms: u64,
+    /// First reconnect delay after a dropped connection.
+    pub backoff_initial_ms: u64,
+    /// Longest reconnect delay.
+    pub backoff_max_ms: u64,
+    /// Frames buffered between the pipeline and the socket before frames are dropped.
+    pub queue_frames: usize,
+}
+
+impl Default for RtmpSettings {
+    fn default() -> Self {
+        RtmpSettings {
+            connect_timeout_ms: 5000,
+            backoff_initial_ms: 250,
+            backoff_max_ms: 10_000,
+            queue_frames: 60,
+        }
+    }
+}
+
+/// `[[device]]`: a video-source device (the dock itself, or an aircraft).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Device serial; defaults to the gateway's.
+    pub sn: Option<String>,
+    /// Streams this device may push at once; defaults to the number of its videos.
+    pub max_streams: Option<u32>,
+    /// Cameras of the device.
+    #[serde(rename = "camera", default)]
+    pub cameras: Vec<CameraConfig>,
+}
+
+/// `[[device.camera]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// DJI camera index `{type}-{subtype}-{position}`, e.g. `165-0-7` for a dock camera.
+    pub index: String,
+    /// Streams this camera may push at once.
+    #[serde(default = "one")]
+    pub max_streams: u32,
+    /// Videos of the camera.
+    #[serde(rename = "video", default)]
+    pub videos: Vec<VideoConfig>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `[[device.camera.video]]`: one stream the cloud can start, with the inputs it can switch
+/// between.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoConfig {
+    /// DJI video index, e.g. `normal-0`.
+    pub index: String,
+    /// The lens a start begins with; defaults to the first of `sources`.
+    pub lens: Option<String>,
+    /// Source per lens (`normal`, `wide`, `zoom`, `ir`, `thermal`) — the lenses advertised as
+    /// `switchable_video_types`.
+    pub sources: BTreeMap<String, String>,
+    /// Sources for Dock 2/3 camera positions (`inside`, `outside`), for `live_camera_change`.
+    #[serde(default)]
+    pub positions: BTreeMap<String, String>,
+}
+
+impl VideoConfig {
+    /// The lens a start begins with.
+    pub fn start_lens(&self) -> &str {
+        self.lens
+            .as_deref()
+            .or_else(|| self.sources.keys().next().map(String::as_str))
+            .unwrap_or("normal")
+    }
+}
+
+fn default_devices() -> Vec<DeviceConfig> {
+    let sources = ["normal", "wide", "zoom", "ir"]
+        .into_iter()
+        .map(|l| (l.to_string(), "pattern".to_string()))
+        .collect();
+    vec![DeviceConfig {
+        sn: None,
+        max_streams: None,
+        cameras: vec![CameraConfig {
+            index: "165-0-7".into(),
+            max_streams: 1,
+            videos: vec![VideoConfig {
+                index: "normal-0".into(),
+                lens: Some("normal".into()),
+                sources,
+                positions: BTreeMap::new(),
+            }],
+        }],
+    }]
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            gateway: GatewayConfig::default(),
+            mqtt: MqttConfig::default(),
+            quality: Ladder::default(),
+            encoder: EncoderSettings::default(),
+            rtmp: RtmpSettings::default(),
+            devices: default_devices(),
+        }
+    }
+}
+
+fn is_sn(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+fn is_camera_index(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 6 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn is_video_index(s: &str) -> bool {
+    match s.split_once('-') {
+        Some((kind, n)) => {
+            !kind.is_empty()
+                && kind.bytes().all(|b| b.is_ascii_lowercase())
+                && !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The serial of device `i` (its own, or the gateway's).
+    pub fn device_sn(&self, i: usize) -> &str {
+        self.devices
+            .get(i)
+            .and_then(|d| d.sn.as_deref())
+            .unwrap_or(&self.gateway.sn)
+    }
+
+    /// The MQTT client id in use.
+    pub fn client_id(&self) -> String {
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("dockcast-{}", self.gateway.sn))
+    }
+
+    /// Points every input of the first video at one source (`dockcast run --source`).
+    pub fn override_source(&mut self, uri: &str) -> Result<(), ConfigError> {
+        uri.parse::<SourceSpec>()
+            .map_err(|e| invalid("--source", e.to_string()))?;
+        let video = self
+            .devices
+            .iter_mut()
+            .flat_map(|d| d.cameras.iter_mut())
+            .flat_map(|c| c.videos.iter_mut())
+            .next()
+            .ok_or_else(|| invalid("--source", "the config has no video to feed"))?;
+        for src in video
+            .sources
+            .values_mut()
+            .chain(video.positions.values_mut())
+        {
+            *src = uri.to_string();
+        }
+        Ok(())
+    }
+
+    /// Checks every value, naming the first key that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !is_sn(&self.gateway.sn) {
+            return Err(invalid(
+                "gateway.sn",
+                format!(
+                    "{:?} must be 1-64 letters and digits (DJI clouds route nothing else)",
+                    self.gateway.sn
+                ),
+            ));
+        }
+        if self.gateway.max_streams == 0 {
+            return Err(invalid("gateway.max_streams", "must be at least 1"));
+        }
+        self.validate_mqtt()?;
+        self.quality
+            .validate()
+            .map_err(|(key, why)| invalid(key, why))?;
+        if !(1..=600).contains(&self.encoder.gop_frames) {
+            return Err(invalid("encoder.gop_frames", "must be within 1..=600"));
+        }
+        if self.rtmp.connect_timeout_ms < 100 || self.rtmp.connect_timeout_ms > 60_000 {
+            return Err(invalid(
+                "rtmp.connect_timeout_ms",
+                "must be within 100..=60000 (the cloud waits 20 s for a reply)",
+            ));
+        }
+        if self.rtmp.backoff_initial_ms == 0
+            || self.rtmp.backoff_initial_ms > self.rtmp.backoff_max_ms
+        {
+            return Err(invalid(
+                "rtmp.backoff_initial_ms",
+                "must be at least 1 and at most rtmp.backoff_max_ms",
+            ));
+        }
+        if !(2..=1000).contains(&self.rtmp.queue_frames) {
+            return Err(invalid("rtmp.queue_frames", "must be within 2..=1000"));
+        }
+        self.validate_devices()
+    }
+
+    fn validate_mqtt(&self) -> Result<(), ConfigError> {
+        let url = url::Url::parse(&self.mqtt.url)
+            .map_err(|e| invalid("mqtt.url", format!("not a url: {e}")))?;
+        if !matches!(url.scheme(), "mqtt" | "mqtts") {
+            return Err(invalid(
+                "mqtt.url",
+                format!("scheme {:?} is not mqtt or mqtts", url.scheme()),
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("mqtt.url", "has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(invalid(
+                "mqtt.url",
+                "must not carry credentials; use mqtt.username and mqtt.password",
+            ));
+        }
+        if self.mqtt.client_cert_file.is_some() != self.mqtt.client_key_file.is_some() {
+            return Err(invalid(
+                "mqtt.client_cert_file",
+                "client_cert_file and client_key_file go together",
+            ));
+        }
+        if url.scheme() == "mqtt"
+            && (self.mqtt.ca_file.is_some() || self.mqtt.client_cert_file.is_some())
+        {
+            return Err(invalid(
+                "mqtt.ca_file",
+                "certificates are only used with an mqtts:// url",
+            ));
+        }
+        if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
+            return Err(invalid("mqtt.password", "needs mqtt.username"));
+        }
+        if self.mqtt.keep_alive_secs < 5 {
+            return Err(invalid("mqtt.keep_alive_secs", "must be at least 5"));
+        }
+        if let Some(id) = &self.mqtt.client_id {
+            if id.is_empty() || id.len() > 128 {
+                return Err(invalid("mqtt.client_id", "must be 1-128 characters"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_devices(&self) -> Result<(), ConfigError> {
+        if self.devices.is_empty() {
+            return Err(invalid("device", "at least one [[device]] is needed"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (d, device) in self.devices.iter().enumerate() {
+            let dkey = format!("device[{d}]");
+            if let Some(sn) = &device.sn {
+                if !is_sn(sn) {
+                    return Err(invalid(
+                        format!("{dkey}.sn"),
+                        format!("{sn:?} must be 1-64 letters and digits"),
+                    ));
+                }
+            }
+            if device.max_streams == Some(0) {
+                return Err(invalid(format!("{dkey}.max_streams"), "must be at least 1"));
+            }
+            if device.cameras.is_empty() {
+                return Err(invalid(format!("{dkey}.camera"), "a device needs a camera"));
+            }
+            for (c, camera) in device.cameras.iter().enumerate() {
+                let ckey = format!("{dkey}.camera[{c}]");
+                if !is_camera_index(&camera.index) {
+                    return Err(invalid(
+                        format!("{ckey}.index"),
+                        format!("{:?} is not a DJI camera index like 165-0-7", camera.index),
+                    ));
+                }
+                if camera.max_streams == 0 {
+                    return Err(invalid(format!("{ckey}.max_streams"), "must be at least 1"));
+                }
+                if camera.videos.is_empty() {
+                    return Err(invalid(format!("{ckey}.video"), "a camera needs a video"));
+                }
+                for (v, video) in camera.videos.iter().enumerate() {
+                    let vkey = format!("{ckey}.video[{v}]");
+                    if !is_video_index(&video.index) {
+                        return Err(invalid(
+                            format!("{vkey}.index"),
+                            format!("{:?} is not a DJI video index like normal-0", video.index),
+                        ));
+                    }
+                    let id = (
+                        self.device_sn(d),
+                        camera.index.as_str(),
+                        video.index.as_str(),
+                    );
+                    if !seen.insert(id) {
+                        return Err(invalid(
+                            format!("{vkey}.index"),
+                            format!("video {}/{}/{} is configured twice", id.0, id.1, id.2),
+                        ));
+                    }
+                    if video.sources.is_empty() {
+                        return Err(invalid(
+                            format!("{vkey}.sources"),
+                            "needs at least one lens",
+                        ));
+                    }
+                    for (name, uri) in &video.sources {
+                        if !LENS_NAMES.contains(&name.as_str()) {
+                            return Err(invalid(
+                                format!("{vkey}.sources.{name}"),
+                                format!("lens must be one of {}", LENS_NAMES.join(", ")),
+                            ));
+                        }
+                        uri.parse::<SourceSpec>().map_err(|e| {
+                            invalid(format!("{vkey}.sources.{name}"), e.to_string())
+                        })?;
+                    }
+                    for (name, uri) in &video.positions {
+                        if !POSITION_NAMES.contains(&name.as_str()) {
+                            return Err(invalid(
+                                format!("{vkey}.positions.{name}"),
+                                "camera positions are inside and outside",
+                            ));
+                        }
+                        uri.parse::<SourceSpec>().map_err(|e| {
+                            invalid(format!("{vkey}.positions.{name}"), e.to_string())
+                        })?;
+                    }
+                    if !video.sources.contains_key(video.start_lens()) {
+                        return Err(invalid(
+                            format!("{vkey}.lens"),
+                            format!("{:?} has no entry in sources", video.start_lens()),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err_key(text: &str) -> String {
+        match Config::parse(text, "test.toml") {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            Err(e) => format!("other: {e}"),
+            Ok(_) => "accepted".into(),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_the_builtin_test_pattern_camera() {
+        let c = Config::parse("", "empty").unwrap();
+        assert_eq!(c.gateway.sn, "DOCKCAST0000001");
+        assert_eq!(c.device_sn(0), "DOCKCAST0000001");
+        let v = &c.devices[0].cameras[0].videos[0];
+        assert_eq!(v.index, "normal-0");
+        assert_eq!(
+            v.sources.keys().collect::<Vec<_>>(),
+            ["ir", "normal", "wide", "zoom"]
+        );
+        assert_eq!(v.start_lens(), "normal");
+        assert_eq!(c.client_id(), "dockcast-DOCKCAST0000001");
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = Config::parse(
+            r#"
+            [gateway]
+            sn = "4SEDL13001002C"
+            max_streams = 3
+            [mqtt]
+            url = "mqtts://broker.example:8883"
+            username = "dock"
+            password = "hunter2"
+            ca_file = "/etc/dockcast/ca.pem"
+            [quality.standard]
+            width = 640
+            height = 360
+            fps = 25
+            bitrate_kbps = 600
+            [[device]]
+            [[device.camera]]
+            index = "165-0-7"
+            [[device.camera.video]]
+            index = "normal-0"
+            sources = { normal = "pattern" }
+            positions = { inside = "pattern:ir", outside = "pattern:wide" }
+            [[device]]
+            sn = "1ZNDH1D0010098"
+            [[device.camera]]
+            index = "53-0-0"
+            [[device.camera.video]]
+            index = "normal-0"
+            lens = "wide"
+            sources = { wide = "pattern", zoom = "pattern", ir = "pattern" }
+            "#,
+            "example",
+        )
+        .unwrap();
+        assert_eq!(c.device_sn(1), "1ZNDH1D0010098");
+        assert_eq!(c.quality.standard.width, 640);
+        assert_eq!(format!("{:?}", c.mqtt.password), "Some(\"***\")");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(err_key("[gateway]\nsn = \"bad-sn\""), "gateway.sn");
+        assert_eq!(err_key("[mqtt]\nurl = \"http://x\""), "mqtt.url");
+        assert_eq!(err_key("[mqtt]\nurl = \"mqtt://u:p@x\""), "mqtt.url");
+        assert_eq!(err_key("[mqtt]\npassword = \"p\""), "mqtt.password");
+        assert_eq!(
+            err_key("[mqtt]\nurl = \"mqtt://x\"\nca_file = \"/ca.pem\""),
+            "mqtt.ca_file"
+        );
+        assert_eq!(
+            err_key("[quality.high]\nwidth = 3\nheight = 2\nfps = 30\nbitrate_kbps = 100"),
+            "quality.high"
+        );
+        assert_eq!(err_key("[encoder]\ngop_frames = 0"), "encoder.gop_frames");
+        assert_eq!(
+            err_key("[[device]]\n[[device.camera]]\nindex = \"abc\"\n[[device.camera.video]]\nindex = \"normal-0\"\nsources = { normal = \"pattern\" }"),
+            "device[0].camera[0].index"
+        );
+        assert_eq!(
+            err_key("[[device]]\n[[device.camera]]\nindex = \"1-0-0\"\n[[device.camera.video]]\nindex = \"normal-0\"\nsources = { infrared = \"pattern\" }"),
+            "device[0].camera[0].video[0].sources.infrared"
+        );
+        assert_eq!(
+            err_key("[[device]]\n[[device.camera]]\nindex = \"1-0-0\"\n[[device.camera.video]]\nindex = \"normal-0\"\nsources = { zoom = \"rtsp://cam\" }"),
+            "device[0].camera[0].video[0].sources.zoom"
+        );
+        assert_eq!(
+            err_key("[[device]]\n[[device.camera]]\nindex = \"1-0-0\"\n[[device.camera.video]]\nindex = \"normal-0\"\nlens = \"ir\"\nsources = { zoom = \"pattern\" }"),
+            "device[0].camera[0].video[0].lens"
+        );
+        // Unknown keys and wrong types are reported by the parser with their name.
+        let e = Config::parse("[gateway]\nserial = \"x\"", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("serial"), "{e}");
+        let e = Config::parse("[gateway]\nmax_streams = \"two\"", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_streams"), "{e}");
+    }
+
+    #[test]
+    fn source_override_feeds_every_lens_of_the_first_video() {
+        let mut c = Config::default();
+        c.override_source("pattern:zoom").unwrap();
+        assert!(c.devices[0].cameras[0].videos[0]
+            .sources
+            .values()
+            .all(|s| s == "pattern:zoom"));
+        assert!(c.override_source("bogus").is_err());
+    }
+}
