@@ -1,0 +1,153 @@
+//! The live manager's tokio shell: it owns the `Manager`, the session handles and nothing else.
+//!
+//! Inputs arrive on channels (services payloads from the MQTT link, events from sessions);
+//! outputs leave on the link's channel. A slow or dead broker can never block it: every publish
+//! is a `try_send`, and the link re-announces the latest capacity and status on reconnect.
+
+use crate::cloud::{self, decode_request, LiveCapacity};
+use crate::link::LinkCommand;
+use crate::live::manager::{Action, Input, Manager, SessionEvent, SessionId};
+use crate::live::session::{self, SessionHandle, SinkSettings, STOP_GRACE};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// What the actor needs besides its channels.
+pub struct ActorSetup {
+    /// The decision core.
+    pub manager: Manager,
+    /// Sink settings for new sessions.
+    pub sinks: SinkSettings,
+    /// Gateway serial (topics and the `gateway` field).
+    pub gateway_sn: String,
+    /// The capacity announced on every (re)connect.
+    pub capacity: LiveCapacity,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Runs until `shutdown` fires, then stops every session (bounded by `STOP_GRACE`) and
+/// announces an empty `live_status`.
+pub async fn run(
+    setup: ActorSetup,
+    mut services: mpsc::Receiver<Bytes>,
+    link: mpsc::Sender<LinkCommand>,
+    shutdown: CancellationToken,
+) {
+    let ActorSetup {
+        mut manager,
+        sinks,
+        gateway_sn,
+        capacity,
+    } = setup;
+    let state_topic = cloud::state_topic(&gateway_sn);
+    let reply_topic = cloud::services_reply_topic(&gateway_sn);
+    let send = |cmd: LinkCommand| {
+        if link.try_send(cmd).is_err() {
+            warn!("MQTT link queue is full; a message was dropped");
+        }
+    };
+    send(LinkCommand::Announce {
+        topic: state_topic.clone(),
+        key: "live_capacity",
+        payload: cloud::encode_capacity(&gateway_sn, &capacity, &new_id(), &new_id(), now_ms()),
+        retain: true,
+    });
+    let (events_tx, mut events) = mpsc::channel::<(SessionId, SessionEvent)>(64);
+    let mut handles: BTreeMap<SessionId, SessionHandle> = BTreeMap::new();
+    let mut closing = tokio::task::JoinSet::new();
+    loop {
+        let input = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            payload = services.recv() => match payload {
+                Some(p) => match decode_request(&p) {
+                    Ok(req) => Input::Request(req),
+                    Err(e) => Input::Undecodable(e),
+                },
+                None => break,
+            },
+            Some((id, event)) = events.recv() => Input::Session { id, event },
+            Some(_) = closing.join_next(), if !closing.is_empty() => continue,
+        };
+        for action in manager.handle(input) {
+            match action {
+                Action::Reply { header, result } => send(LinkCommand::Publish {
+                    topic: reply_topic.clone(),
+                    payload: cloud::encode_reply(&header, &gateway_sn, result, now_ms()),
+                    retain: false,
+                }),
+                Action::Start { id, plan } => {
+                    match session::spawn(id, *plan, &sinks, events_tx.clone()) {
+                        Ok(handle) => {
+                            handles.insert(id, handle);
+                        }
+                        Err(reason) => {
+                            // Feed the failure back so the waiting start gets its reply.
+                            let _ = events_tx.try_send((id, SessionEvent::Failed { reason }));
+                        }
+                    }
+                }
+                Action::Stop { id } => {
+                    if let Some(handle) = handles.remove(&id) {
+                        handle.stop();
+                        closing.spawn(handle.join());
+                    }
+                }
+                Action::Switch { id, input } => {
+                    if let Some(h) = handles.get(&id) {
+                        h.control(crate::media::pipeline::Control::Input(input));
+                    }
+                }
+                Action::Quality { id, rung } => {
+                    if let Some(h) = handles.get(&id) {
+                        h.control(crate::media::pipeline::Control::Rung(rung));
+                    }
+                }
+                Action::PublishStatus => send(LinkCommand::Announce {
+                    topic: state_topic.clone(),
+                    key: "live_status",
+                    payload: cloud::encode_status(
+                        &gateway_sn,
+                        &manager.status(),
+                        &new_id(),
+                        &new_id(),
+                        now_ms(),
+                    ),
+                    retain: false,
+                }),
+            }
+        }
+    }
+    info!(sessions = handles.len(), "stopping every session");
+    for handle in handles.values() {
+        handle.stop();
+    }
+    for (_, handle) in handles {
+        closing.spawn(handle.join());
+    }
+    let drained = tokio::time::timeout(STOP_GRACE + std::time::Duration::from_millis(200), async {
+        while closing.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("some sessions did not close in time");
+    }
+    send(LinkCommand::Announce {
+        topic: state_topic,
+        key: "live_status",
+        payload: cloud::encode_status(&gateway_sn, &[], &new_id(), &new_id(), now_ms()),
+        retain: false,
+    });
+}
