@@ -9,10 +9,12 @@
 
 pub mod error;
 pub mod ids;
+pub mod services;
 pub mod url;
 
 pub use error::LiveErrorCode;
 pub use ids::{CameraPosition, IdError, Lens, UrlType, VideoId, VideoQuality};
+pub use services::{decode_request, encode_reply, Command, DecodeError, Request, RequestHeader};
 pub use url::{
     redact_url_str, AgoraUrl, Gb28181Url, RtmpUrl, RtspUrl, StreamUrl, UrlError, WhipUrl,
 };
