@@ -10,11 +10,16 @@
 pub mod error;
 pub mod ids;
 pub mod services;
+pub mod state;
 pub mod url;
 
 pub use error::LiveErrorCode;
 pub use ids::{CameraPosition, IdError, Lens, UrlType, VideoId, VideoQuality};
 pub use services::{decode_request, encode_reply, Command, DecodeError, Request, RequestHeader};
+pub use state::{
+    encode_capacity, encode_status, services_reply_topic, services_topic, state_topic,
+    CapacityCamera, CapacityDevice, CapacityVideo, LiveCapacity, LiveStatus,
+};
 pub use url::{
     redact_url_str, AgoraUrl, Gb28181Url, RtmpUrl, RtspUrl, StreamUrl, UrlError, WhipUrl,
 };
