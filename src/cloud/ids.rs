@@ -67,13 +67,13 @@ impl VideoId {
             }
         }
         if !sn.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(IdError::BadSn((*sn).to_owned()));
+            return Err(IdError::BadSn(clip(sn)));
         }
         if !is_camera_index(camera_index) {
-            return Err(IdError::BadCameraIndex((*camera_index).to_owned()));
+            return Err(IdError::BadCameraIndex(clip(camera_index)));
         }
         if !is_video_index(video_index) {
-            return Err(IdError::BadVideoIndex((*video_index).to_owned()));
+            return Err(IdError::BadVideoIndex(clip(video_index)));
         }
         Ok(VideoId {
             sn: (*sn).to_owned(),
@@ -106,6 +106,21 @@ impl FromStr for VideoId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         VideoId::parse(s)
+    }
+}
+
+/// Longest input quoted back in an error; the values come from the network and a log line
+/// should not grow with them.
+pub(crate) const MAX_QUOTED: usize = 64;
+
+/// `s` cut to [`MAX_QUOTED`] characters (with `…` when cut), for quoting input in errors.
+pub(crate) fn clip(s: &str) -> String {
+    if s.chars().count() <= MAX_QUOTED {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(MAX_QUOTED).collect();
+        t.push('…');
+        t
     }
 }
 
@@ -231,7 +246,7 @@ impl FromStr for Lens {
             "zoom" => Self::Zoom,
             "ir" => Self::Ir,
             "thermal" => Self::Thermal,
-            _ => return Err(IdError::UnknownLens(s.to_owned())),
+            _ => return Err(IdError::UnknownLens(clip(s))),
         })
     }
 }
@@ -383,6 +398,14 @@ mod tests {
         assert!(VideoId::parse("SN/1-2-3/-0").is_err());
         assert!(VideoId::parse("SN/1-2-3/zoom-").is_err());
         assert!(VideoId::parse("SN/１-2-3/zoom-0").is_err());
+        let long = "x".repeat(10_000);
+        let msg = VideoId::parse(&format!("{long}-/1-2-3/zoom-0"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.len() < 200 && msg.ends_with("is not [A-Za-z0-9]+"),
+            "{msg}"
+        );
     }
 
     #[test]

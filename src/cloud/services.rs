@@ -6,7 +6,7 @@
 //! logged. That split is what lets the caller keep the rule "every bad request gets a reply".
 
 use super::error::LiveErrorCode;
-use super::ids::{CameraPosition, Lens, UrlType, VideoId, VideoQuality};
+use super::ids::{clip, CameraPosition, Lens, UrlType, VideoId, VideoQuality};
 use super::url::StreamUrl;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -115,9 +115,6 @@ impl DecodeError {
     }
 }
 
-/// Longest method name or JSON type quoted back in a reason; keeps hostile input from bloating logs.
-const MAX_ECHO: usize = 64;
-
 /// Decodes one `thing/product/{gateway_sn}/services` payload. Never panics, whatever the bytes.
 pub fn decode_request(payload: &[u8]) -> Result<Request, DecodeError> {
     let value: Value = serde_json::from_slice(payload).map_err(|e| DecodeError::Unanswerable {
@@ -196,7 +193,7 @@ fn decode_command(method: &str, data: &Map<String, Value>) -> Result<Command, Fa
                     LiveErrorCode::UrlTypeNotSupported,
                     format!(
                         "data.url_type {} is not 0..=4",
-                        echo(
+                        clip(
                             &data
                                 .get("url_type")
                                 .map(Value::to_string)
@@ -230,12 +227,9 @@ fn decode_command(method: &str, data: &Map<String, Value>) -> Result<Command, Fa
         }),
         "live_lens_change" => {
             let lens_name = str_field(data, "video_type")?;
-            let lens = lens_name.parse::<Lens>().map_err(|e| {
-                (
-                    LiveErrorCode::BadParameters,
-                    format!("data.{}", echo(&e.to_string())),
-                )
-            })?;
+            let lens = lens_name
+                .parse::<Lens>()
+                .map_err(|e| (LiveErrorCode::BadParameters, format!("data.{e}")))?;
             let video_id = match data.get("video_id") {
                 None | Some(Value::Null) => None,
                 Some(_) => Some(video_id_field(data, "video_id")?),
@@ -258,7 +252,7 @@ fn decode_command(method: &str, data: &Map<String, Value>) -> Result<Command, Fa
         }
         other => Err((
             LiveErrorCode::FunctionNotSupported,
-            format!("unknown method {:?}", echo(other)),
+            format!("unknown method {:?}", clip(other)),
         )),
     }
 }
@@ -313,12 +307,8 @@ fn str_field<'a>(data: &'a Map<String, Value>, key: &str) -> Result<&'a str, Fai
 }
 
 fn video_id_field(data: &Map<String, Value>, key: &str) -> Result<VideoId, Failure> {
-    VideoId::parse(str_field(data, key)?).map_err(|e| {
-        (
-            LiveErrorCode::BadParameters,
-            format!("data.{key}: {}", echo(&e.to_string())),
-        )
-    })
+    VideoId::parse(str_field(data, key)?)
+        .map_err(|e| (LiveErrorCode::BadParameters, format!("data.{key}: {e}")))
 }
 
 fn quality_field(data: &Map<String, Value>) -> Result<VideoQuality, Failure> {
@@ -331,7 +321,7 @@ fn quality_field(data: &Map<String, Value>) -> Result<VideoQuality, Failure> {
             LiveErrorCode::QualityNotSupported,
             format!(
                 "data.video_quality {} is not 0..=4",
-                echo(
+                clip(
                     &data
                         .get("video_quality")
                         .map(Value::to_string)
@@ -350,17 +340,6 @@ fn type_name(v: &Value) -> &'static str {
         Value::String(_) => "string",
         Value::Array(_) => "array",
         Value::Object(_) => "object",
-    }
-}
-
-/// Cuts cloud-supplied text quoted in a reason to [`MAX_ECHO`] characters.
-fn echo(s: &str) -> String {
-    if s.chars().count() <= MAX_ECHO {
-        s.to_owned()
-    } else {
-        let mut t: String = s.chars().take(MAX_ECHO).collect();
-        t.push('…');
-        t
     }
 }
 
@@ -740,7 +719,10 @@ mod tests {
         let (_, code, reason) =
             rejected(r#"{"tid":"t","method":"live_lens_change","data":{"video_type":"infrared"}}"#);
         assert_eq!(code, LiveErrorCode::BadParameters);
-        assert!(reason.contains("infrared"));
+        assert_eq!(
+            reason,
+            r#"data.video_type "infrared" is not one of normal, wide, zoom, ir, thermal"#
+        );
         let (_, code, _) = rejected(r#"{"tid":"t","method":"live_lens_change","data":""}"#);
         assert_eq!(code, LiveErrorCode::BadParameters);
         let (_, code, _) = rejected(

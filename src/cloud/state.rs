@@ -119,8 +119,8 @@ pub fn encode_capacity(
     encode(gateway_sn, data, tid, bid, timestamp_ms)
 }
 
-/// Encodes a `state` message whose `data` holds `live_status` alone: the full array, one entry
-/// per stream, since the cloud replaces its view with each push.
+/// Encodes a `state` message whose `data` holds `live_status` alone. Pass the full array, one
+/// entry per stream, so that every message describes all streams and a lost one heals itself.
 pub fn encode_status(
     gateway_sn: &str,
     status: &[LiveStatus],

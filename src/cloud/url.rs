@@ -5,7 +5,7 @@
 //! print itself for logs with its secrets masked (`redacted()`, and `Debug` does the same), since
 //! stream keys, tokens and SIP passwords must never reach a log line in clear.
 
-use super::ids::UrlType;
+use super::ids::{clip, UrlType};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -209,10 +209,11 @@ impl RtmpUrl {
         // Path and query come from the original text, not from the parser, which would
         // re-encode characters some servers expect byte-for-byte in the stream key.
         let after_scheme = s.split_once("://").map(|(_, r)| r).unwrap_or_default();
-        let path_and_query = after_scheme
-            .find('/')
-            .map(|i| &after_scheme[i..])
-            .unwrap_or_default();
+        // The authority ends at the first `/`, `?` or `#`; only a `/` starts a path.
+        let path_and_query = match after_scheme.find(['/', '?', '#']) {
+            Some(i) if after_scheme[i..].starts_with('/') => &after_scheme[i..],
+            _ => "",
+        };
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
@@ -675,7 +676,7 @@ fn parse_port(key: &'static str, v: &str) -> Result<u16, UrlError> {
         Ok(p) if p != 0 && v.bytes().all(|b| b.is_ascii_digit()) => Ok(p),
         _ => Err(UrlError::BadPort {
             key,
-            value: v.to_owned(),
+            value: clip(v),
         }),
     }
 }
@@ -690,7 +691,7 @@ fn check_host(key: &'static str, v: &str) -> Result<(), UrlError> {
     } else {
         Err(UrlError::BadHost {
             key,
-            value: v.to_owned(),
+            value: clip(v),
         })
     }
 }
@@ -700,7 +701,7 @@ fn check_host(key: &'static str, v: &str) -> Result<(), UrlError> {
 fn check_gb_id(key: &'static str, v: &str, warnings: &mut Vec<String>) -> Result<String, UrlError> {
     let bad = || UrlError::BadGbId {
         key,
-        value: v.to_owned(),
+        value: clip(v),
     };
     if !v.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
@@ -810,6 +811,10 @@ mod tests {
         assert_eq!(err("rtmp://h/live"), UrlError::NoStreamKey { segments: 1 });
         assert_eq!(err("rtmp://h/live/"), UrlError::NoStreamKey { segments: 1 });
         assert_eq!(err("rtmp://h"), UrlError::NoStreamKey { segments: 0 });
+        assert_eq!(
+            err("rtmp://h?x=/live/k"),
+            UrlError::NoStreamKey { segments: 0 }
+        );
         assert_eq!(err("rtmp://h/a//k"), UrlError::EmptyPathSegment);
         let e = err("http://h/live/k");
         assert_eq!(e.to_string(), "scheme \"http\" is not rtmp or rtmps");
