@@ -541,7 +541,7 @@ impl fmt::Debug for RtspUrl {
 /// Masks secrets in an arbitrary url-ish string for logging when it could not be parsed (or its
 /// type is unknown): the userinfo password, the values of query keys that look secret (containing
 /// token, key, password, secret, auth or sign, case-insensitively) and, for rtmp/rtmps, the
-/// stream key. A bare `k=v&k=v` string is treated as a query. Best effort: a secret in a place
+/// stream key and every query value. A bare `k=v&k=v` string is treated as a query. Best effort: a secret in a place
 /// none of these rules covers is not found.
 pub fn redact_url_str(s: &str) -> String {
     let (head, query) = match s.split_once('?') {
@@ -550,6 +550,8 @@ pub fn redact_url_str(s: &str) -> String {
         None => (s, None),
     };
     let mut out = String::with_capacity(s.len());
+    // An RTMP query belongs to the stream key, so all of its values are masked.
+    let mut rtmp = false;
     if let Some((scheme, rest)) = head.split_once("://") {
         out.push_str(scheme);
         out.push_str("://");
@@ -571,7 +573,8 @@ pub fn redact_url_str(s: &str) -> String {
             }
             None => out.push_str(authority),
         }
-        if scheme.eq_ignore_ascii_case("rtmp") || scheme.eq_ignore_ascii_case("rtmps") {
+        rtmp = scheme.eq_ignore_ascii_case("rtmp") || scheme.eq_ignore_ascii_case("rtmps");
+        if rtmp {
             match path.rsplit_once('/') {
                 Some((dir, last)) if !dir.is_empty() => {
                     out.push_str(dir);
@@ -590,14 +593,18 @@ pub fn redact_url_str(s: &str) -> String {
         if !head.is_empty() {
             out.push('?');
         }
-        let items: Vec<String> = q
-            .split('&')
-            .map(|item| match item.split_once('=') {
-                Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
-                _ => item.to_owned(),
-            })
-            .collect();
-        out.push_str(&items.join("&"));
+        if rtmp {
+            out.push_str(&mask_all_query_values(q));
+        } else {
+            let items: Vec<String> = q
+                .split('&')
+                .map(|item| match item.split_once('=') {
+                    Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
+                    _ => item.to_owned(),
+                })
+                .collect();
+            out.push_str(&items.join("&"));
+        }
     }
     out
 }
@@ -1008,7 +1015,7 @@ mod tests {
         let cases = [
             (
                 "rtmp://user:hunter2@h:1935/live/streamkey123?sign=abc999&x=1",
-                "rtmp://user:***@h:1935/live/st***?sign=***&x=1",
+                "rtmp://user:***@h:1935/live/st***?sign=***&x=***",
             ),
             (
                 "https://h/whip?token=tok987&app=live",
@@ -1070,5 +1077,46 @@ mod tests {
         assert_eq!(percent_decode("%zz").as_deref(), Some("%zz"));
         assert_eq!(percent_decode("%e2%82%ac").as_deref(), Some("€"));
         assert_eq!(percent_decode("%ff"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_and_redact_never_panic(t in 0u64..5, s in "\\PC{0,80}") {
+            let url_type = UrlType::from_u64(t).unwrap();
+            if let Ok(u) = StreamUrl::parse(url_type, &s) {
+                let _ = u.redacted();
+            }
+            let _ = redact_url_str(&s);
+        }
+
+        #[test]
+        fn urlish_parse_never_panics(
+            t in 0u64..5,
+            s in "(rtmps?|https?)://[a-z0-9.:@\\[\\]]{0,12}(/[a-zA-Z0-9%?&=#+]{0,8}){0,4}",
+        ) {
+            let url_type = UrlType::from_u64(t).unwrap();
+            let _ = StreamUrl::parse(url_type, &s).map(|u| u.redacted());
+            let _ = redact_url_str(&s);
+        }
+
+        #[test]
+        fn redaction_hides_generated_secrets(secret in "[A-Za-z0-9]{12,24}") {
+            let gb = TV04_URL.replace("agentPassword=0000000", &format!("agentPassword={secret}"));
+            let ag = format!("channel=c&sn=S&token={secret}&uid=1");
+            let rt = format!("rtmp://h/live/{secret}?k={secret}");
+            let wh = format!("https://h/whip?app=live&token={secret}");
+            for (t, s) in [
+                (UrlType::Gb28181, gb),
+                (UrlType::Agora, ag),
+                (UrlType::Rtmp, rt),
+                (UrlType::Whip, wh),
+            ] {
+                let u = StreamUrl::parse(t, &s).unwrap();
+                proptest::prop_assert!(!u.redacted().contains(&secret));
+                let dbg = format!("{u:?}");
+                proptest::prop_assert!(!dbg.contains(&secret));
+                proptest::prop_assert!(!redact_url_str(&s).contains(&secret));
+            }
+        }
     }
 }
