@@ -5,7 +5,12 @@
 //! return bytes and decisions; the tokio tasks in `link`, `live::actor` and the sink shells only
 //! move bytes between sockets and those cores.
 
+pub mod backoff;
+pub mod cloud;
 pub mod config;
+pub mod ctl;
+pub mod link;
+pub mod live;
 pub mod media;
 pub mod sink;
 pub mod source;
