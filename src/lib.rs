@@ -5,5 +5,6 @@
 //! return bytes and decisions; the tokio tasks in `link`, `live::actor` and the sink shells only
 //! move bytes between sockets and those cores.
 
+pub mod backoff;
 pub mod media;
 pub mod sink;
