@@ -2,5 +2,6 @@
 
 pub mod encoder;
 pub mod frame;
+pub mod h264;
 pub mod pipeline;
 pub mod quality;

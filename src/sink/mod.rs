@@ -1,5 +1,7 @@
 //! Sinks: one per live session, each pushing encoded frames to a media server.
 
+pub mod rtmp;
+
 use std::time::Duration;
 
 /// What a sink reports to the session that owns it.

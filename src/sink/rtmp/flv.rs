@@ -1,0 +1,351 @@
+//! Pure FLV video tag bodies for H.264 and the per-connection logic that turns encoded frames
+//! into them.
+//!
+//! rml_rtmp treats video payloads as opaque FLV tag bodies, so the codec framing is ours: an
+//! AVC sequence header (the decoder configuration record) must precede the first coded frame and
+//! be repeated whenever SPS/PPS change, and every access unit goes out in AVCC form.
+
+use crate::media::frame::EncodedFrame;
+use crate::media::h264::{
+    annexb_to_avcc, avc_decoder_configuration_record, nal_units, H264Error, NalType, Sps,
+};
+use bytes::Bytes;
+
+/// FLV `CodecID` for AVC/H.264, as carried in the tag header and in `onMetaData.videocodecid`.
+pub const CODEC_ID_AVC: u8 = 7;
+
+const FRAME_TYPE_KEY: u8 = 1 << 4;
+const FRAME_TYPE_INTER: u8 = 2 << 4;
+const AVC_SEQUENCE_HEADER: u8 = 0;
+const AVC_NALU: u8 = 1;
+const AVC_END_OF_SEQUENCE: u8 = 2;
+
+/// The AVC sequence header tag body: keyframe, packet type 0, composition time 0, then the
+/// AVCDecoderConfigurationRecord built from `sps` and `pps` (NAL units without start codes).
+pub fn avc_sequence_header(sps: &[u8], pps: &[u8]) -> Result<Bytes, H264Error> {
+    let record = avc_decoder_configuration_record(sps, pps)?;
+    let mut body = Vec::with_capacity(5 + record.len());
+    body.extend_from_slice(&[FRAME_TYPE_KEY | CODEC_ID_AVC, AVC_SEQUENCE_HEADER, 0, 0, 0]);
+    body.extend_from_slice(&record);
+    Ok(Bytes::from(body))
+}
+
+/// The AVC NALU tag body for one Annex-B access unit, or `None` when nothing is left once AUD,
+/// SPS and PPS are removed (such a tag would be an empty frame to the server).
+///
+/// Composition time is 0 because dockcast's encoders emit no B-frames (pts == dts).
+pub fn avc_nalu(annexb_au: &[u8], keyframe: bool) -> Option<Bytes> {
+    let frame_type = if keyframe {
+        FRAME_TYPE_KEY
+    } else {
+        FRAME_TYPE_INTER
+    };
+    let mut body = Vec::with_capacity(5 + annexb_au.len());
+    body.extend_from_slice(&[frame_type | CODEC_ID_AVC, AVC_NALU, 0, 0, 0]);
+    annexb_to_avcc(annexb_au, &mut body);
+    (body.len() > 5).then(|| Bytes::from(body))
+}
+
+/// The AVC end-of-sequence tag body, sent before unpublishing so recorders close the stream.
+pub fn avc_end_of_sequence() -> Bytes {
+    Bytes::from_static(&[FRAME_TYPE_KEY | CODEC_ID_AVC, AVC_END_OF_SEQUENCE, 0, 0, 0])
+}
+
+/// What `onMetaData` announces about the video, so players and recorders size themselves before
+/// the first frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamMetadata {
+    /// Width in pixels (from the SPS).
+    pub width: u32,
+    /// Height in pixels (from the SPS).
+    pub height: u32,
+    /// Frames per second, when the producer knows it.
+    pub framerate: Option<f32>,
+    /// Target video bitrate in kbit/s, when the producer knows it.
+    pub videodatarate_kbps: Option<u32>,
+}
+
+impl StreamMetadata {
+    /// The encoder name dockcast announces.
+    pub const ENCODER: &'static str = "dockcast";
+
+    /// Converts to rml_rtmp's metadata, which serialises the `@setDataFrame onMetaData` message.
+    pub fn to_rml(&self) -> rml_rtmp::sessions::StreamMetadata {
+        let mut m = rml_rtmp::sessions::StreamMetadata::new();
+        m.video_width = Some(self.width);
+        m.video_height = Some(self.height);
+        m.video_codec_id = Some(u32::from(CODEC_ID_AVC));
+        m.video_frame_rate = self.framerate;
+        m.video_bitrate_kbps = self.videodatarate_kbps;
+        m.encoder = Some(Self::ENCODER.to_string());
+        m
+    }
+}
+
+/// One thing to send on the publishing stream, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// `onMetaData`, sent before the first sequence header and whenever the size changes.
+    Metadata(StreamMetadata),
+    /// An FLV video tag body with its RTMP timestamp in milliseconds.
+    Video {
+        /// RTMP timestamp (ms since the first frame of this connection; wraps at 2^32).
+        timestamp_ms: u32,
+        /// FLV video tag body.
+        body: Bytes,
+    },
+}
+
+/// Turns encoded frames into the tag sequence of one RTMP publish.
+///
+/// Keeps the last SPS/PPS across connections, because after a reconnect the first keyframe may
+/// not carry them inline, while the new connection still needs a sequence header first.
+#[derive(Debug, Default)]
+pub struct VideoTagger {
+    sps: Option<Bytes>,
+    pps: Option<Bytes>,
+    /// Whether the current connection has received the current SPS/PPS.
+    header_sent: bool,
+    metadata_sent: Option<(u32, u32)>,
+    /// pts (ms) of the first frame on this connection; timestamps are relative to it.
+    base_ms: Option<u64>,
+    last_ms: u64,
+    framerate: Option<f32>,
+    bitrate_kbps: Option<u32>,
+}
+
+impl VideoTagger {
+    /// Creates a tagger; `framerate` and `bitrate_kbps` only feed `onMetaData`.
+    pub fn new(framerate: Option<f32>, bitrate_kbps: Option<u32>) -> Self {
+        Self {
+            framerate,
+            bitrate_kbps,
+            ..Self::default()
+        }
+    }
+
+    /// Forgets what the previous connection was sent, so the next frame re-announces metadata
+    /// and the sequence header and timestamps restart near zero.
+    pub fn new_connection(&mut self) {
+        self.header_sent = false;
+        self.metadata_sent = None;
+        self.base_ms = None;
+        self.last_ms = 0;
+    }
+
+    /// The tags to send for `frame`, in order. Empty when the frame cannot be decoded by the
+    /// server yet (no SPS/PPS known) or carries no slice data.
+    pub fn tags_for(&mut self, frame: &EncodedFrame) -> Result<Vec<Outgoing>, H264Error> {
+        let mut out = Vec::new();
+        for nal in nal_units(&frame.data) {
+            match NalType::from_header(nal[0]) {
+                NalType::Sps if self.sps.as_deref() != Some(nal) => {
+                    self.sps = Some(Bytes::copy_from_slice(nal));
+                    self.header_sent = false;
+                }
+                NalType::Pps if self.pps.as_deref() != Some(nal) => {
+                    self.pps = Some(Bytes::copy_from_slice(nal));
+                    self.header_sent = false;
+                }
+                _ => {}
+            }
+        }
+        let (Some(sps), Some(pps)) = (self.sps.clone(), self.pps.clone()) else {
+            return Ok(out);
+        };
+        let timestamp_ms = self.timestamp_for(frame);
+        if !self.header_sent {
+            let parsed = Sps::parse(&sps)?;
+            let header = avc_sequence_header(&sps, &pps)?;
+            if self.metadata_sent != Some((parsed.width, parsed.height)) {
+                out.push(Outgoing::Metadata(StreamMetadata {
+                    width: parsed.width,
+                    height: parsed.height,
+                    framerate: self.framerate,
+                    videodatarate_kbps: self.bitrate_kbps,
+                }));
+                self.metadata_sent = Some((parsed.width, parsed.height));
+            }
+            out.push(Outgoing::Video {
+                timestamp_ms,
+                body: header,
+            });
+            self.header_sent = true;
+        }
+        if let Some(body) = avc_nalu(&frame.data, frame.keyframe) {
+            out.push(Outgoing::Video { timestamp_ms, body });
+        }
+        Ok(out)
+    }
+
+    /// Milliseconds since this connection's first frame, never going backwards.
+    fn timestamp_for(&mut self, frame: &EncodedFrame) -> u32 {
+        let pts_ms = u64::try_from(frame.pts.as_millis()).unwrap_or(u64::MAX);
+        let base = *self.base_ms.get_or_insert(pts_ms);
+        let rel = pts_ms.saturating_sub(base).max(self.last_ms);
+        self.last_ms = rel;
+        // RTMP timestamps are 32-bit and wrap by design (after ~49.7 days).
+        rel as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::frame::Codec;
+    use std::time::Duration;
+
+    const SPS: [u8; 25] = [
+        0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x2f, 0xf9, 0x70, 0x11, 0x00, 0x00, 0x03, 0x00,
+        0x01, 0x00, 0x00, 0x03, 0x00, 0x3c, 0x0f, 0x16, 0x2e, 0x48,
+    ];
+    const PPS: [u8; 5] = [0x68, 0xcb, 0x83, 0xcb, 0x20];
+
+    fn annexb(nals: &[&[u8]]) -> Bytes {
+        let mut v = Vec::new();
+        for n in nals {
+            v.extend_from_slice(&[0, 0, 0, 1]);
+            v.extend_from_slice(n);
+        }
+        Bytes::from(v)
+    }
+
+    fn frame(nals: &[&[u8]], pts_ms: u64, keyframe: bool) -> EncodedFrame {
+        EncodedFrame {
+            data: annexb(nals),
+            pts: Duration::from_millis(pts_ms),
+            keyframe,
+            codec: Codec::H264,
+        }
+    }
+
+    #[test]
+    fn sequence_header_bytes() {
+        let body = avc_sequence_header(&SPS[..4], &PPS[..2]).expect("header");
+        assert_eq!(
+            body.as_ref(),
+            &[
+                0x17, 0x00, 0, 0, 0, // key | AVC, sequence header, cts 0
+                0x01, 0x42, 0xc0, 0x1e, 0xff, 0xe1, // record header
+                0x00, 0x04, 0x67, 0x42, 0xc0, 0x1e, // SPS
+                0x01, 0x00, 0x02, 0x68, 0xcb, // PPS
+            ][..]
+        );
+    }
+
+    #[test]
+    fn nalu_bytes_key_and_inter() {
+        let key = avc_nalu(&annexb(&[&[0x09, 0xf0], &SPS, &PPS, &[0x65, 0x88]]), true);
+        assert_eq!(
+            key.as_deref(),
+            Some(&[0x17, 0x01, 0, 0, 0, 0, 0, 0, 2, 0x65, 0x88][..])
+        );
+        let inter = avc_nalu(&annexb(&[&[0x41, 0x9a, 0x01], &[0x41, 0x00, 0x02]]), false);
+        assert_eq!(
+            inter.as_deref(),
+            Some(&[0x27, 0x01, 0, 0, 0, 0, 0, 0, 3, 0x41, 0x9a, 0x01, 0, 0, 0, 3, 0x41, 0, 2][..])
+        );
+        assert_eq!(avc_nalu(&annexb(&[&SPS, &PPS]), true), None);
+    }
+
+    #[test]
+    fn end_of_sequence_bytes() {
+        assert_eq!(avc_end_of_sequence().as_ref(), &[0x17, 0x02, 0, 0, 0][..]);
+    }
+
+    #[test]
+    fn metadata_fields() {
+        let m = StreamMetadata {
+            width: 640,
+            height: 360,
+            framerate: Some(30.0),
+            videodatarate_kbps: Some(1000),
+        }
+        .to_rml();
+        assert_eq!(m.video_width, Some(640));
+        assert_eq!(m.video_height, Some(360));
+        assert_eq!(m.video_codec_id, Some(7));
+        assert_eq!(m.video_frame_rate, Some(30.0));
+        assert_eq!(m.video_bitrate_kbps, Some(1000));
+        assert_eq!(m.encoder.as_deref(), Some("dockcast"));
+    }
+
+    #[test]
+    fn tagger_sends_metadata_and_header_before_first_frame_and_on_change() {
+        let mut t = VideoTagger::new(Some(30.0), None);
+        // No parameter sets yet: nothing decodable to send.
+        assert!(t
+            .tags_for(&frame(&[&[0x41, 0x9a]], 0, false))
+            .expect("ok")
+            .is_empty());
+        let out = t
+            .tags_for(&frame(&[&SPS, &PPS, &[0x65, 0x88]], 1000, true))
+            .expect("ok");
+        assert_eq!(out.len(), 3);
+        assert!(matches!(&out[0], Outgoing::Metadata(m) if m.width == 640 && m.height == 360));
+        assert!(
+            matches!(&out[1], Outgoing::Video { timestamp_ms: 0, body } if body[..2] == [0x17, 0])
+        );
+        assert!(
+            matches!(&out[2], Outgoing::Video { timestamp_ms: 0, body } if body[..2] == [0x17, 1])
+        );
+        // Same parameter sets again: no new header.
+        let out = t
+            .tags_for(&frame(&[&SPS, &PPS, &[0x65, 0x88]], 1033, true))
+            .expect("ok");
+        assert_eq!(out.len(), 1);
+        assert!(matches!(
+            &out[0],
+            Outgoing::Video {
+                timestamp_ms: 33,
+                ..
+            }
+        ));
+        // Changed PPS: a new sequence header, but no metadata (size unchanged).
+        let out = t
+            .tags_for(&frame(&[&SPS, &[0x68, 0xce], &[0x65, 0x88]], 1066, true))
+            .expect("ok");
+        assert_eq!(out.len(), 2);
+        assert!(matches!(&out[0], Outgoing::Video { body, .. } if body[..2] == [0x17, 0]));
+    }
+
+    #[test]
+    fn tagger_timestamps_never_go_backwards_and_rebase_per_connection() {
+        let mut t = VideoTagger::default();
+        let ts = |out: Vec<Outgoing>| match out.last() {
+            Some(Outgoing::Video { timestamp_ms, .. }) => *timestamp_ms,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(
+            ts(t.tags_for(&frame(&[&SPS, &PPS, &[0x65, 0x88]], 5000, true))
+                .expect("ok")),
+            0
+        );
+        assert_eq!(
+            ts(t.tags_for(&frame(&[&[0x41, 0x9a]], 5100, false))
+                .expect("ok")),
+            100
+        );
+        assert_eq!(
+            ts(t.tags_for(&frame(&[&[0x41, 0x9a]], 5050, false))
+                .expect("ok")),
+            100
+        );
+        t.new_connection();
+        // Parameter sets are remembered: a keyframe without them still gets a header.
+        let out = t
+            .tags_for(&frame(&[&[0x65, 0x88]], 9000, true))
+            .expect("ok");
+        assert_eq!(out.len(), 3);
+        assert_eq!(ts(out), 0);
+    }
+
+    #[test]
+    fn tagger_reports_bad_sps() {
+        let mut t = VideoTagger::default();
+        let err = t
+            .tags_for(&frame(&[&[0x67, 0x42], &PPS, &[0x65, 0x88]], 0, true))
+            .expect_err("bad SPS");
+        assert!(matches!(err, H264Error::Truncated { .. }));
+    }
+}
