@@ -80,8 +80,13 @@ fn options(mqtt_url: &str, username: Option<&str>, password: Option<&str>) -> Re
     if url.scheme() != "mqtt" {
         bail!("ctl speaks plain mqtt:// only; use a local listener or a tunnel for mqtts");
     }
-    let host = url.host_str().ok_or_else(|| anyhow!("--mqtt-url has no host"))?;
-    let id = format!("dockcast-ctl-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let host = url
+        .host_str()
+        .ok_or_else(|| anyhow!("--mqtt-url has no host"))?;
+    let id = format!(
+        "dockcast-ctl-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let mut opts = MqttOptions::new(id, host, url.port().unwrap_or(1883));
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_max_packet_size(crate::link::MAX_PACKET, crate::link::MAX_PACKET);
@@ -122,7 +127,12 @@ pub async fn run(
         }
         let event = tokio::time::timeout(left, eventloop.poll())
             .await
-            .map_err(|_| anyhow!("no answer from gateway {gateway_sn} within {} s", timeout.as_secs()))?
+            .map_err(|_| {
+                anyhow!(
+                    "no answer from gateway {gateway_sn} within {} s",
+                    timeout.as_secs()
+                )
+            })?
             .with_context(|| format!("MQTT broker at {mqtt_url}"))?;
         match event {
             Event::Incoming(Packet::ConnAck(_)) => {

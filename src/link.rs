@@ -223,16 +223,18 @@ pub async fn run(
     // Give the final status and the DISCONNECT a moment to leave.
     if connected {
         while let Ok(cmd) = commands.try_recv() {
-            if let LinkCommand::Publish { topic, payload, retain }
+            let (LinkCommand::Publish {
+                topic,
+                payload,
+                retain,
+            }
             | LinkCommand::Announce {
                 topic,
                 payload,
                 retain,
                 ..
-            } = cmd
-            {
-                publish(&topic, &payload, retain);
-            }
+            }) = cmd;
+            publish(&topic, &payload, retain);
         }
         let _ = client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_millis(500), async {

@@ -18,7 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 #[derive(Parser)]
-#[command(name = "dockcast", version, about = "Live-stream gateway for DJI Docks")]
+#[command(
+    name = "dockcast",
+    version,
+    about = "Live-stream gateway for DJI Docks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -121,8 +125,7 @@ fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Under systemd, stderr is connected to the journal: log natively there so fields and
     // levels survive; on a terminal, log readable lines.
-    let journald = std::env::var_os("JOURNAL_STREAM")
-        .and_then(|_| tracing_journald::layer().ok());
+    let journald = std::env::var_os("JOURNAL_STREAM").and_then(|_| tracing_journald::layer().ok());
     let fmt = journald
         .is_none()
         .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
@@ -178,6 +181,7 @@ async fn run_daemon(
             connect_timeout: Duration::from_millis(config.rtmp.connect_timeout_ms),
             backoff_initial: Duration::from_millis(config.rtmp.backoff_initial_ms),
             backoff_max: Duration::from_millis(config.rtmp.backoff_max_ms),
+            ..RtmpOptions::default()
         },
         queue_frames: config.rtmp.queue_frames,
     };

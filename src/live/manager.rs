@@ -9,8 +9,8 @@
 //! so the cloud's "success" means the stream is really at the media server.
 
 use crate::cloud::{
-    CameraPosition, Command, DecodeError, Lens, LiveErrorCode, LiveStatus, Request, RequestHeader, StreamUrl,
-    VideoId, VideoQuality,
+    CameraPosition, Command, DecodeError, Lens, LiveErrorCode, LiveStatus, Request, RequestHeader,
+    StreamUrl, VideoId, VideoQuality,
 };
 use crate::live::catalog::Catalog;
 use crate::media::pipeline::PipelineSpec;
@@ -430,38 +430,37 @@ impl Manager {
     }
 
     fn lens(&mut self, h: &RequestHeader, video_id: Option<VideoId>, lens: Lens) -> Vec<Action> {
-        let id = match &video_id {
-            Some(video_id) => match self.running(h, video_id) {
-                Some(id) => id,
-                None => return self.not_running(h, video_id),
-            },
-            None => {
-                // Without a video_id the request means the one live stream that can switch.
-                let switchable: Vec<SessionId> = self
-                    .sessions
-                    .iter()
-                    .filter(|(_, s)| self.catalog.videos[s.video].lenses.len() > 1)
-                    .map(|(id, _)| *id)
-                    .collect();
-                match switchable.as_slice() {
-                    [one] => *one,
-                    [] => {
-                        return refuse(
-                            h,
-                            LiveErrorCode::NotStreaming,
-                            "no switchable stream is live",
-                        )
-                    }
-                    _ => {
-                        return refuse(
+        let id =
+            match &video_id {
+                Some(video_id) => match self.running(h, video_id) {
+                    Some(id) => id,
+                    None => return self.not_running(h, video_id),
+                },
+                None => {
+                    // Without a video_id the request means the one live stream that can switch.
+                    let switchable: Vec<SessionId> = self
+                        .sessions
+                        .iter()
+                        .filter(|(_, s)| self.catalog.videos[s.video].lenses.len() > 1)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    match switchable.as_slice() {
+                        [one] => *one,
+                        [] => {
+                            return refuse(
+                                h,
+                                LiveErrorCode::NotStreaming,
+                                "no switchable stream is live",
+                            )
+                        }
+                        _ => return refuse(
                             h,
                             LiveErrorCode::BadParameters,
                             "several switchable streams are live; the request must name video_id",
-                        )
+                        ),
                     }
                 }
-            }
-        };
+            };
         let s = self.sessions.get_mut(&id).expect("session exists");
         let entry = &self.catalog.videos[s.video];
         if !entry.lenses.contains(&lens) {
@@ -605,7 +604,10 @@ mod tests {
     fn start_is_answered_after_the_publish() {
         let mut m = manager();
         let actions = m.handle(start("t1", URL, 2));
-        assert!(replies(&actions).is_empty(), "no reply before the sink answered");
+        assert!(
+            replies(&actions).is_empty(),
+            "no reply before the sink answered"
+        );
         let Some(Action::Start { id, plan }) = actions.first() else {
             panic!("{actions:?}")
         };
@@ -621,7 +623,10 @@ mod tests {
         assert!(actions.iter().any(|a| matches!(a, Action::PublishStatus)));
         let st = m.status();
         assert_eq!(st.len(), 1);
-        assert_eq!((st[0].video_id.as_str(), st[0].status, st[0].error_status), (VID, 1, 0));
+        assert_eq!(
+            (st[0].video_id.as_str(), st[0].status, st[0].error_status),
+            (VID, 1, 0)
+        );
         assert_eq!(st[0].video_type, Lens::Normal);
         assert_eq!(st[0].video_quality.as_u8(), 2);
     }
@@ -637,16 +642,24 @@ mod tests {
             },
         });
         assert_eq!(replies(&actions), [("t1".to_string(), 513010)]);
-        assert!(actions.iter().any(|a| matches!(a, Action::Stop { id: i } if *i == id)));
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::Stop { id: i } if *i == id)));
         // The video can be started again.
-        assert!(matches!(m.handle(start("t2", URL, 0))[0], Action::Start { .. }));
+        assert!(matches!(
+            m.handle(start("t2", URL, 0))[0],
+            Action::Start { .. }
+        ));
     }
 
     #[test]
     fn retried_start_echoes_each_tid() {
         let mut m = manager();
         let id = started(&m.handle(start("t1", URL, 2)));
-        assert!(m.handle(start("t2", URL, 2)).is_empty(), "waits with the first");
+        assert!(
+            m.handle(start("t2", URL, 2)).is_empty(),
+            "waits with the first"
+        );
         let actions = m.handle(Input::Session {
             id,
             event: SessionEvent::Publishing,
@@ -655,7 +668,10 @@ mod tests {
             replies(&actions),
             [("t1".to_string(), 0), ("t2".to_string(), 0)]
         );
-        assert_eq!(replies(&m.handle(start("t3", URL, 2))), [("t3".to_string(), 0)]);
+        assert_eq!(
+            replies(&m.handle(start("t3", URL, 2))),
+            [("t3".to_string(), 0)]
+        );
         let other = "rtmp://127.0.0.1:1935/live/other";
         assert_eq!(
             replies(&m.handle(start("t4", other, 2))),
@@ -667,11 +683,20 @@ mod tests {
     fn stop_quality_and_lens_need_a_running_stream() {
         let mut m = manager();
         let vid = serde_json::json!({ "video_id": VID });
-        assert_eq!(replies(&m.handle(input("a", "live_stop_push", vid))), [("a".into(), 513011)]);
+        assert_eq!(
+            replies(&m.handle(input("a", "live_stop_push", vid))),
+            [("a".into(), 513011)]
+        );
         let q = serde_json::json!({ "video_id": VID, "video_quality": 3 });
-        assert_eq!(replies(&m.handle(input("b", "live_set_quality", q))), [("b".into(), 513011)]);
+        assert_eq!(
+            replies(&m.handle(input("b", "live_set_quality", q))),
+            [("b".into(), 513011)]
+        );
         let l = serde_json::json!({ "video_type": "zoom" });
-        assert_eq!(replies(&m.handle(input("c", "live_lens_change", l))), [("c".into(), 513011)]);
+        assert_eq!(
+            replies(&m.handle(input("c", "live_lens_change", l))),
+            [("c".into(), 513011)]
+        );
         let other_cam = serde_json::json!({ "video_id": "DOCKCAST0000001/39-0-7/normal-0" });
         assert_eq!(
             replies(&m.handle(input("d", "live_stop_push", other_cam))),
@@ -688,7 +713,11 @@ mod tests {
     fn stop_ends_the_session_and_clears_status() {
         let mut m = manager();
         let id = live(&mut m);
-        let actions = m.handle(input("s", "live_stop_push", serde_json::json!({ "video_id": VID })));
+        let actions = m.handle(input(
+            "s",
+            "live_stop_push",
+            serde_json::json!({ "video_id": VID }),
+        ));
         assert!(matches!(actions[0], Action::Stop { id: i } if i == id));
         assert_eq!(replies(&actions), [("s".into(), 0)]);
         assert!(m.status().is_empty());
@@ -708,7 +737,9 @@ mod tests {
         let q = serde_json::json!({ "video_id": VID, "video_quality": 4 });
         let actions = m.handle(input("q", "live_set_quality", q));
         let ladder = Config::default().quality;
-        assert!(matches!(actions[0], Action::Quality { id: i, rung } if i == id && rung == ladder.ultra_high));
+        assert!(
+            matches!(actions[0], Action::Quality { id: i, rung } if i == id && rung == ladder.ultra_high)
+        );
         assert_eq!(replies(&actions), [("q".into(), 0)]);
         assert_eq!(m.status()[0].video_quality.as_u8(), 4);
     }
@@ -719,7 +750,9 @@ mod tests {
         let id = live(&mut m);
         let with_id = serde_json::json!({ "video_id": VID, "video_type": "zoom" });
         let actions = m.handle(input("l1", "live_lens_change", with_id));
-        assert!(matches!(&actions[0], Action::Switch { id: i, input } if *i == id && input == "zoom"));
+        assert!(
+            matches!(&actions[0], Action::Switch { id: i, input } if *i == id && input == "zoom")
+        );
         assert_eq!(replies(&actions), [("l1".into(), 0)]);
         assert_eq!(m.status()[0].video_type, Lens::Zoom);
         let without = serde_json::json!({ "video_type": "ir" });
@@ -727,7 +760,10 @@ mod tests {
         assert!(matches!(&actions[0], Action::Switch { input, .. } if input == "ir"));
         // The demo cloud rewrites the video index to {type}-0: still the same stream.
         let demo = serde_json::json!({ "video_id": "DOCKCAST0000001/165-0-7/wide-0", "video_type": "wide" });
-        assert_eq!(replies(&m.handle(input("l3", "live_lens_change", demo))), [("l3".into(), 0)]);
+        assert_eq!(
+            replies(&m.handle(input("l3", "live_lens_change", demo))),
+            [("l3".into(), 0)]
+        );
         let thermal = serde_json::json!({ "video_type": "thermal" });
         assert_eq!(
             replies(&m.handle(input("l4", "live_lens_change", thermal))),
@@ -767,7 +803,10 @@ mod tests {
         // Without video_id the lens change goes to the one switchable stream; here the live
         // one has a single lens, so nothing can switch.
         let l = serde_json::json!({ "video_type": "zoom" });
-        assert_eq!(replies(&m.handle(input("y", "live_lens_change", l))), [("y".into(), 513011)]);
+        assert_eq!(
+            replies(&m.handle(input("y", "live_lens_change", l))),
+            [("y".into(), 513011)]
+        );
     }
 
     #[test]
@@ -835,7 +874,10 @@ mod tests {
         };
         assert!(matches!(ev(&mut m, reason())[..], [Action::PublishStatus]));
         assert_eq!(m.status()[0].error_status, 513015);
-        assert!(ev(&mut m, reason()).is_empty(), "no repeat while still down");
+        assert!(
+            ev(&mut m, reason()).is_empty(),
+            "no repeat while still down"
+        );
         let back = ev(&mut m, SessionEvent::Publishing);
         assert!(replies(&back).is_empty());
         assert!(matches!(back[..], [Action::PublishStatus]));

@@ -74,6 +74,9 @@ pub fn spawn(
             ))
         }
     };
+    let mut rtmp_opts = settings.rtmp.clone();
+    rtmp_opts.framerate = Some(plan.pipeline.rung.fps as f32);
+    rtmp_opts.bitrate_kbps = Some(plan.pipeline.rung.bitrate_kbps);
     let (frames_tx, frames_rx) = mpsc::channel(settings.queue_frames);
     let (pipe_tx, pipe_rx) = mpsc::channel(16);
     let pipeline = Pipeline::spawn(plan.pipeline, frames_tx, pipe_tx)
@@ -84,7 +87,7 @@ pub fn spawn(
     let sink_cancel = cancel.child_token();
     let sink = tokio::spawn(rtmp::run(
         target,
-        settings.rtmp.clone(),
+        rtmp_opts,
         frames_rx,
         sink_tx,
         sink_cancel.clone(),
@@ -140,7 +143,18 @@ async fn supervise(
                 }
                 Some(SinkEvent::Stopped) | None => {
                     sink_done = true;
-                    report(SessionEvent::Stopped).await;
+                    // The sink ends on its own when the pipeline closed its queue; the
+                    // pipeline's report says why, so prefer it.
+                    let why = pipe_events.try_recv().ok().and_then(|e| match e {
+                        PipelineEvent::Fatal { reason } => Some(reason),
+                        PipelineEvent::InputFailed { .. } => None,
+                    });
+                    match why {
+                        Some(reason) => {
+                            report(SessionEvent::Failed { reason: format!("pipeline: {reason}") }).await
+                        }
+                        None => report(SessionEvent::Stopped).await,
+                    }
                     break;
                 }
             },
@@ -164,7 +178,10 @@ async fn supervise(
     if !sink_done {
         sink_cancel.cancel();
         if tokio::time::timeout(STOP_GRACE, &mut sink).await.is_err() {
-            warn!(session = id, "sink did not close within {STOP_GRACE:?}; abandoning it");
+            warn!(
+                session = id,
+                "sink did not close within {STOP_GRACE:?}; abandoning it"
+            );
             sink.abort();
         }
     }

@@ -52,6 +52,8 @@ pub struct H264Encoder {
     /// overwritten by the configured one, so it waits here.
     initialised: bool,
     pending_bitrate: Option<u32>,
+    /// Bitrate the running encoder was last given, in bit/s.
+    current_bps: u32,
 }
 
 impl H264Encoder {
@@ -63,6 +65,7 @@ impl H264Encoder {
             gop_frames,
             initialised: false,
             pending_bitrate: None,
+            current_bps: rung.bitrate_kbps * 1000,
         })
     }
 
@@ -76,11 +79,12 @@ impl H264Encoder {
     /// fresh parameter sets.
     pub fn set_rung(&mut self, rung: Rung) -> Result<(), EncoderError> {
         if self.rung.needs_reinit(&rung) {
-            // A fresh encoder rather than openh264's in-place re-init: the latter keeps the old
-            // rate-control state and has refused new sizes with cmInitParaError.
+            // A fresh encoder: its first frame is an IDR with new parameter sets, and the
+            // wrapper's in-place re-init reacts only to a size change, not to a new frame rate.
             self.inner = build(&rung, self.gop_frames)?;
             self.initialised = false;
             self.pending_bitrate = None;
+            self.current_bps = rung.bitrate_kbps * 1000;
         } else if rung.bitrate_kbps != self.rung.bitrate_kbps {
             self.pending_bitrate = Some(rung.bitrate_kbps * 1000);
         }
@@ -120,8 +124,10 @@ impl H264Encoder {
         let yuv = YUVSlices::new((y, u, v), (w, h), (w, w / 2, w / 2));
         if self.initialised {
             if let Some(bps) = self.pending_bitrate.take() {
-                self.apply_bitrate(bps)
-                    .map_err(|e| codec_err("changing bitrate", e))?;
+                // A refused bitrate is not worth the stream: keep encoding at the old one.
+                if let Err(e) = self.apply_bitrate(bps) {
+                    tracing::warn!(bps, "bitrate change refused by openh264: {e}");
+                }
             }
         }
         let stream = self
@@ -147,14 +153,23 @@ impl H264Encoder {
 
     fn apply_bitrate(&mut self, bps: u32) -> Result<(), openh264::Error> {
         use openh264_sys2::{
-            SBitrateInfo, ENCODER_OPTION_BITRATE, ENCODER_OPTION_MAX_BITRATE, SPATIAL_LAYER_ALL,
+            SBitrateInfo, ENCODER_OPTION_BITRATE, ENCODER_OPTION_MAX_BITRATE, SPATIAL_LAYER_0,
+            SPATIAL_LAYER_ALL,
         };
         let bitrate = i32::try_from(bps).unwrap_or(i32::MAX);
-        // The safe wrapper has no runtime bitrate call; SetOption is openh264's documented way to
-        // change it on a running encoder. Max first, so the target is never above the cap.
-        for option in [ENCODER_OPTION_MAX_BITRATE, ENCODER_OPTION_BITRATE] {
+        let raising = bps > self.current_bps;
+        // openh264 verifies the layer's target against the layer's cap, which the wrapper set
+        // to the initial target: raise the cap before the target, lower it after.
+        let cap = (ENCODER_OPTION_MAX_BITRATE, SPATIAL_LAYER_0);
+        let target = (ENCODER_OPTION_BITRATE, SPATIAL_LAYER_ALL);
+        let order = if raising {
+            [cap, target]
+        } else {
+            [target, cap]
+        };
+        for (option, layer) in order {
             let mut info = SBitrateInfo {
-                iLayer: SPATIAL_LAYER_ALL,
+                iLayer: layer,
                 iBitrate: bitrate,
             };
             // SAFETY: the encoder is initialised (checked by the caller), `info` outlives the
@@ -168,6 +183,7 @@ impl H264Encoder {
                 return Err(openh264::Error::msg("SetOption(bitrate) was refused"));
             }
         }
+        self.current_bps = bps;
         Ok(())
     }
 }
@@ -286,6 +302,20 @@ mod tests {
         noise(&mut frame, 9);
         let out = enc.encode(&frame, Duration::ZERO).unwrap().unwrap();
         assert!(!out.keyframe);
+    }
+
+    #[test]
+    fn bitrate_goes_up_and_down_at_720p() {
+        let mut enc = H264Encoder::new(rung(1280, 720, 1000), 30).unwrap();
+        let mut frame = RawFrame::black(1280, 720);
+        noise(&mut frame, 1);
+        enc.encode(&frame, Duration::ZERO).unwrap();
+        for kbps in [1500, 3000, 500, 1000, 1000] {
+            enc.set_rung(rung(1280, 720, kbps)).unwrap();
+            noise(&mut frame, kbps);
+            let out = enc.encode(&frame, Duration::ZERO).unwrap();
+            assert!(out.is_some_and(|f| !f.keyframe), "{kbps} kbps");
+        }
     }
 
     #[test]
