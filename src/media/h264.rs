@@ -205,6 +205,13 @@ pub struct AccessUnitSplitter {
     nal_start: Option<usize>,
     /// Where the next start-code search begins, so each byte is scanned about once.
     scan_from: usize,
+    builder: AuBuilder,
+}
+
+/// The access-unit side of the splitter, apart from `buf` so NALs can be borrowed from `buf`
+/// while the unit grows (no per-NAL copy).
+#[derive(Debug)]
+struct AuBuilder {
     cur: PartialAu,
     ready: VecDeque<AccessUnit>,
     max_au_size: usize,
@@ -224,10 +231,12 @@ impl AccessUnitSplitter {
             buf: Vec::new(),
             nal_start: None,
             scan_from: 0,
-            cur: PartialAu::default(),
-            ready: VecDeque::new(),
-            max_au_size: max_au_size.max(16),
-            dropped: 0,
+            builder: AuBuilder {
+                cur: PartialAu::default(),
+                ready: VecDeque::new(),
+                max_au_size: max_au_size.max(16),
+                dropped: 0,
+            },
         }
     }
 
@@ -236,8 +245,8 @@ impl AccessUnitSplitter {
         self.buf.extend_from_slice(chunk);
         while let Some(sc) = find_start_code(&self.buf, self.scan_from) {
             if let Some(start) = self.nal_start {
-                let nal = self.buf[start..sc].to_vec();
-                self.on_nal(trim_trailing_zeros(&nal));
+                self.builder
+                    .on_nal(trim_trailing_zeros(&self.buf[start..sc]));
             }
             self.nal_start = Some(sc + 3);
             self.scan_from = sc + 3;
@@ -250,23 +259,22 @@ impl AccessUnitSplitter {
 
     /// Takes the next complete access unit, if any.
     pub fn pull(&mut self) -> Option<AccessUnit> {
-        self.ready.pop_front()
+        self.builder.ready.pop_front()
     }
 
     /// Ends the stream: the last NAL and access unit are completed and become pullable.
     pub fn flush(&mut self) {
         if let Some(start) = self.nal_start.take() {
-            let nal = self.buf[start..].to_vec();
-            self.on_nal(trim_trailing_zeros(&nal));
+            self.builder.on_nal(trim_trailing_zeros(&self.buf[start..]));
         }
         self.buf.clear();
         self.scan_from = 0;
-        self.finish_au();
+        self.builder.finish_au();
     }
 
     /// How many access units were dropped for exceeding the size bound.
     pub fn dropped(&self) -> u64 {
-        self.dropped
+        self.builder.dropped
     }
 
     fn compact(&mut self) {
@@ -285,19 +293,20 @@ impl AccessUnitSplitter {
     /// A single NAL that never ends would grow `buf` forever: drop it and the unit it is in.
     fn bound_pending(&mut self) {
         let Some(start) = self.nal_start else { return };
-        if self.buf.len() - start > self.max_au_size {
+        if self.buf.len() - start > self.builder.max_au_size {
             // Let the NAL's header still mark unit boundaries, as it would if it had completed.
             let head_end = (start + 2).min(self.buf.len());
-            let head = self.buf[start..head_end].to_vec();
-            self.begin_nal(&head);
-            self.poison();
+            self.builder.begin_nal(&self.buf[start..head_end]);
+            self.builder.poison();
             self.nal_start = None;
             let keep = self.buf.len().saturating_sub(2);
             self.buf.drain(..keep);
             self.scan_from = 0;
         }
     }
+}
 
+impl AuBuilder {
     fn poison(&mut self) {
         if !self.cur.poisoned {
             self.cur.poisoned = true;

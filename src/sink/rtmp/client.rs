@@ -211,7 +211,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
                 ClientSessionEvent::UnhandleableOnStatusCode { code } if is_failure_code(&code) => {
                     return Err(self.error(Phase::Send, RtmpErrorKind::Rejected(code)));
                 }
-                other => tracing::trace!(peer = %self.peer, event = ?other, "rtmp event"),
+                other => {
+                    tracing::trace!(peer = %self.peer, event = event_name(&other), "rtmp event")
+                }
             }
         }
         Ok(())
@@ -288,7 +290,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
                     Some(Err(reason)) => {
                         return Err(self.error(phase, RtmpErrorKind::Rejected(reason)))
                     }
-                    None => tracing::trace!(peer = %self.peer, event = ?event, "rtmp event"),
+                    None => {
+                        tracing::trace!(peer = %self.peer, event = event_name(&event), "rtmp event")
+                    }
                 }
             }
             let n = self.read_until(phase, deadline).await?;
@@ -359,6 +363,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
             phase,
             kind,
         }
+    }
+}
+
+/// The kind of a session event, for logs: event payloads are server text that may echo the
+/// stream name (i.e. the key), so they are never logged.
+fn event_name(event: &ClientSessionEvent) -> &'static str {
+    match event {
+        ClientSessionEvent::ConnectionRequestAccepted => "connection accepted",
+        ClientSessionEvent::ConnectionRequestRejected { .. } => "connection rejected",
+        ClientSessionEvent::PlaybackRequestAccepted => "playback accepted",
+        ClientSessionEvent::PublishRequestAccepted => "publish accepted",
+        ClientSessionEvent::StreamMetadataReceived { .. } => "metadata",
+        ClientSessionEvent::VideoDataReceived { .. } => "video data",
+        ClientSessionEvent::AudioDataReceived { .. } => "audio data",
+        ClientSessionEvent::UnhandleableAmf0Command { .. } => "unhandled AMF0 command",
+        ClientSessionEvent::UnknownTransactionResultReceived { .. } => "unknown transaction result",
+        ClientSessionEvent::UnhandleableOnStatusCode { .. } => "onStatus",
+        ClientSessionEvent::AcknowledgementReceived { .. } => "acknowledgement",
+        ClientSessionEvent::PingResponseReceived { .. } => "ping response",
     }
 }
 

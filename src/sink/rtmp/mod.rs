@@ -219,3 +219,82 @@ async fn publish(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    }
+
+    #[tokio::test]
+    async fn first_failure_is_reported_as_failed_without_the_key() {
+        let port = closed_port();
+        let target =
+            RtmpTarget::parse(&format!("rtmp://127.0.0.1:{port}/live/sekrit")).expect("valid");
+        let (_tx, rx) = mpsc::channel(4);
+        let (ev_tx, mut ev_rx) = mpsc::channel(4);
+        run(
+            target,
+            RtmpOptions::default(),
+            rx,
+            ev_tx,
+            CancellationToken::new(),
+        )
+        .await;
+        match ev_rx.recv().await {
+            Some(SinkEvent::Failed { reason }) => {
+                assert!(reason.contains("connect"), "{reason}");
+                assert!(reason.contains(&format!("127.0.0.1:{port}")), "{reason}");
+                assert!(!reason.contains("sekrit"), "{reason}");
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
+        assert_eq!(ev_rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn cancel_while_connecting_stops() {
+        // A listener that never answers the handshake keeps the sink connecting.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let target = RtmpTarget::parse(&format!("rtmp://127.0.0.1:{port}/live/k")).expect("valid");
+        let (tx, rx) = mpsc::channel(4);
+        let (ev_tx, mut ev_rx) = mpsc::channel(4);
+        let cancel = CancellationToken::new();
+        let sink = tokio::spawn(run(
+            target,
+            RtmpOptions::default(),
+            rx,
+            ev_tx,
+            cancel.clone(),
+        ));
+        // Frames sent while connecting are discarded, never blocking the producer.
+        for i in 0..20u64 {
+            let frame = EncodedFrame {
+                data: bytes::Bytes::from_static(&[0, 0, 0, 1, 0x65, 0x88]),
+                pts: Duration::from_millis(i * 33),
+                keyframe: true,
+                codec: crate::media::frame::Codec::H264,
+            };
+            tokio::time::timeout(Duration::from_secs(1), tx.send(frame))
+                .await
+                .expect("producer not blocked")
+                .expect("sink alive");
+        }
+        cancel.cancel();
+        let ev = tokio::time::timeout(Duration::from_secs(2), ev_rx.recv())
+            .await
+            .expect("event in time");
+        assert_eq!(ev, Some(SinkEvent::Stopped));
+        tokio::time::timeout(Duration::from_secs(2), sink)
+            .await
+            .expect("sink returned")
+            .expect("no panic");
+        drop(listener);
+    }
+}

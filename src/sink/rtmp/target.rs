@@ -83,7 +83,9 @@ impl RtmpTarget {
             Some(q) => format!("{key}?{q}"),
             None => key.to_string(),
         };
-        let tc_url = format!("{}://{authority}/{app}", scheme.to_ascii_lowercase());
+        // Credentials in the authority must not end up in tcUrl (sent and logged) or redacted().
+        let bare_authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+        let tc_url = format!("{}://{bare_authority}/{app}", scheme.to_ascii_lowercase());
         Ok(Self {
             tls,
             host,
@@ -198,5 +200,8 @@ mod tests {
         );
         assert_eq!(redact_key("é"), "é***");
         assert_eq!(t.peer(), "h:1936");
+        let t = RtmpTarget::parse("rtmp://user:pw@h/live/k").expect("valid");
+        assert_eq!(t.tc_url, "rtmp://h/live");
+        assert!(!format!("{t:?}").contains("pw"));
     }
 }

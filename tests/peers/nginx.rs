@@ -1,0 +1,150 @@
+//! nginx with the RTMP module, recording every published stream, on a private prefix.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const NGINX: &str = "/usr/sbin/nginx";
+const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+const SETUP_HINT: &str =
+    "run scripts/setup-deps.sh (installs nginx-light, libnginx-mod-rtmp, ffmpeg)";
+
+/// A running nginx-rtmp on 127.0.0.1 with `application live` recording into its temp dir.
+/// Killed and its directory removed on drop.
+pub struct Nginx {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Nginx {
+    /// Starts nginx on `port` (see `super::free_port`) and waits until it accepts connections.
+    pub fn start(port: u16) -> Self {
+        for path in [NGINX, RTMP_MODULE] {
+            assert!(
+                Path::new(path).exists(),
+                "{path} is missing: the RTMP tests need nginx with the RTMP module; {SETUP_HINT}"
+            );
+        }
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "dockcast-nginx-{}-{}-{nanos}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(dir.join("rec")).expect("create nginx temp dir");
+        let conf = format!(
+            "load_module {RTMP_MODULE};\n\
+             daemon off;\nmaster_process off;\n\
+             pid {dir}/nginx.pid;\nerror_log {dir}/error.log info;\n\
+             events {{ worker_connections 64; }}\n\
+             rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n\
+               application live {{ live on; record all; record_path {dir}/rec; record_unique off; }} }} }}\n",
+            dir = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
+        let mut nginx = Self {
+            dir,
+            port,
+            child: None,
+        };
+        nginx.spawn();
+        nginx
+    }
+
+    /// The RTMP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Where `record all` writes `<stream key>.flv`.
+    pub fn recording(&self, stream_key: &str) -> PathBuf {
+        self.dir.join("rec").join(format!("{stream_key}.flv"))
+    }
+
+    /// The temp dir, for test artefacts that should be cleaned up with the server.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// nginx's error log, for assertion messages.
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    /// Stops the server (TERM, then KILL after 3 s), dropping every client connection.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Stops and starts again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.join("nginx.conf");
+        let child = Command::new(NGINX)
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-e")
+            .arg(self.dir.join("error.log"))
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {NGINX}: {e}; {SETUP_HINT}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("nginx exited with {status}:\n{}", self.error_log());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen on 127.0.0.1:{} within 10 s:\n{}",
+                self.port,
+                self.error_log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
