@@ -173,12 +173,15 @@ impl CloudClient {
         self.try_wait_reply_with_tid(&want, timeout)
     }
 
-    /// Waits for the `services_reply` whose `tid` equals `tid` as a JSON value (for requests
-    /// that sent a non-string tid); `None` after `timeout`.
+    /// Waits for the `services_reply` whose `tid` matches `tid`; `None` after `timeout`.
+    ///
+    /// For requests that sent a non-string tid (a malformed-input test), an echo as the same
+    /// number or as its decimal string both count as carrying that tid.
     pub fn try_wait_reply_with_tid(&mut self, tid: &Value, timeout: Duration) -> Option<Value> {
-        let suffix = "/services_reply";
+        let want = tid_text(tid)?;
         self.wait_message(0, timeout, |m| {
-            m.topic.ends_with(suffix) && m.json.get("tid") == Some(tid)
+            m.topic.ends_with("/services_reply")
+                && m.json.get("tid").and_then(tid_text).as_deref() == Some(want.as_str())
         })
         .map(|i| self.history[i].json.clone())
     }
@@ -365,6 +368,15 @@ fn pump(
             Ok(Ok(_)) => {}
             Ok(Err(_)) => std::thread::sleep(Duration::from_millis(200)),
         }
+    }
+}
+
+/// A tid as text: strings as they are, numbers in decimal; anything else is no tid.
+fn tid_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 
