@@ -71,12 +71,10 @@ impl Rig {
             cfg,
             _serial: serial,
         };
-        let got =
-            rig.cloud
-                .try_wait_state_message("live_capacity", |_| true, Duration::from_secs(20));
+        let got = wait_capacity(&mut rig.cloud, &mut rig.daemon);
         assert!(
             got.is_some(),
-            "no live_capacity within 20 s; daemon {}; log tail:\n{}",
+            "no live_capacity (waited up to 20 s); daemon {}; log tail:\n{}",
             rig.daemon.state(),
             rig.daemon.log_tail(40)
         );
@@ -171,6 +169,18 @@ impl Rig {
             self.daemon.log_tail(40)
         );
     }
+}
+
+/// Waits up to 20 s for a `live_capacity` state message, giving up early if the daemon exits.
+fn wait_capacity(cloud: &mut CloudClient, daemon: &mut Daemon) -> Option<peers::mqtt::Received> {
+    for _ in 0..40 {
+        let got =
+            cloud.try_wait_state_message("live_capacity", |_| true, Duration::from_millis(500));
+        if got.is_some() || !daemon.is_running() {
+            return got;
+        }
+    }
+    None
 }
 
 fn start_data(url: &str, video_id: &str, quality: u8) -> Value {
@@ -296,7 +306,13 @@ fn publishes_capacity_on_connect() {
     let mut cloud = CloudClient::connect(broker.port(), &gw);
     let mut daemon = Daemon::start(&cfg);
 
-    let msg = cloud.wait_state_message("live_capacity", |_| true, Duration::from_secs(20));
+    let msg = wait_capacity(&mut cloud, &mut daemon).unwrap_or_else(|| {
+        panic!(
+            "no live_capacity (waited up to 20 s); daemon {}; log tail:\n{}",
+            daemon.state(),
+            daemon.log_tail(40)
+        )
+    });
     assert_eq!(msg.topic, format!("thing/product/{gw}/state"));
     let data = msg.data().as_object().expect("data is an object");
     assert_eq!(
