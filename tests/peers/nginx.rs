@@ -20,8 +20,13 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// Starts nginx on `port` (see `super::free_port`) and waits until it accepts connections.
+    /// Starts nginx on `port` (see `super::free_port`), recording each stream into
+    /// `<stream key>.flv`, and waits until it accepts connections.
     pub fn start(port: u16) -> Self {
+        Self::start_with(port, false)
+    }
+
+    fn start_with(port: u16, unique: bool) -> Self {
         for path in [NGINX, RTMP_MODULE] {
             assert!(
                 Path::new(path).exists(),
@@ -45,8 +50,9 @@ impl Nginx {
              pid {dir}/nginx.pid;\nerror_log {dir}/error.log info;\n\
              events {{ worker_connections 64; }}\n\
              rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n\
-               application live {{ live on; record all; record_path {dir}/rec; record_unique off; }} }} }}\n",
-            dir = dir.display()
+               application live {{ live on; record all; record_path {dir}/rec; record_unique {unique}; }} }} }}\n",
+            dir = dir.display(),
+            unique = if unique { "on" } else { "off" }
         );
         std::fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
         let mut nginx = Self {
@@ -146,5 +152,31 @@ impl Drop for Nginx {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// nginx-rtmp on a free port of its own that records every publish into a file of its own
+/// (`record_unique on`), so that a test counts publishes by counting files.
+pub struct NginxRtmp(Nginx);
+
+impl NginxRtmp {
+    /// Starts it on a free port.
+    pub fn start() -> Self {
+        NginxRtmp(Nginx::start_with(super::free_port(), true))
+    }
+
+    /// The RTMP port.
+    pub fn rtmp_port(&self) -> u16 {
+        self.0.port()
+    }
+
+    /// Where the recordings (`<stream key>-<time>.flv`) go.
+    pub fn record_dir(&self) -> PathBuf {
+        self.0.dir().join("rec")
+    }
+
+    /// nginx's error log, for assertion messages.
+    pub fn error_log(&self) -> String {
+        self.0.error_log()
     }
 }

@@ -68,3 +68,8 @@ pub fn probe(path: &Path) -> Result<VideoProbe, String> {
         frames: num("nb_read_frames")?,
     })
 }
+
+/// Probes `path` and fails the test with ffprobe's message when it cannot.
+pub fn probe_file(path: &Path) -> VideoProbe {
+    probe(path).unwrap_or_else(|e| panic!("{e}"))
+}

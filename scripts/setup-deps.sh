@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Installs everything dockcast's build and tests need on a fresh Debian 12 machine.
+#
+# Idempotent and fast on re-runs: apt is skipped when every package is already installed.
+# The Debian mosquitto/nginx system services are kept off the default ports (tests and the demo
+# start their own instances on ports they choose).
+set -euo pipefail
+
+BUILD_PKGS=(build-essential pkg-config nasm libclang-dev)
+PEER_PKGS=(mosquitto mosquitto-clients nginx-light libnginx-mod-rtmp libnginx-mod-stream ffmpeg)
+MISC_PKGS=(curl ca-certificates)
+ALL_PKGS=("${BUILD_PKGS[@]}" "${PEER_PKGS[@]}" "${MISC_PKGS[@]}")
+# System services the packages above ship; we never want them holding 1883/80/1935.
+SERVICES=(mosquitto nginx)
+
+say() { printf 'setup-deps: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || die "not root and sudo is not available"
+    SUDO=(sudo)
+fi
+
+missing_pkgs() {
+    local p status
+    for p in "${ALL_PKGS[@]}"; do
+        status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+        [ "$status" = "install ok installed" ] || printf '%s\n' "$p"
+    done
+}
+
+# Stops a Debian system service instance of mosquitto/nginx if one runs, and keeps it from
+# starting at boot. Only the distribution-managed instance is touched (systemd unit or the
+# init script's pid file), never processes started by anyone else.
+stop_system_service() {
+    local svc=$1
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        if systemctl is-enabled --quiet "$svc" 2>/dev/null || systemctl is-active --quiet "$svc" 2>/dev/null; then
+            say "disabling the system $svc service"
+            "${SUDO[@]}" systemctl disable --now --quiet "$svc" >/dev/null 2>&1 || die "could not stop $svc"
+        fi
+        return 0
+    fi
+    local pidfile
+    case $svc in
+        mosquitto) pidfile=/run/mosquitto/mosquitto.pid ;;
+        nginx) pidfile=/run/nginx.pid ;;
+        *) return 0 ;;
+    esac
+    if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        say "stopping the system $svc service"
+        "${SUDO[@]}" service "$svc" stop >/dev/null 2>&1 || die "could not stop $svc"
+    fi
+    if [ -x "/etc/init.d/$svc" ] && command -v update-rc.d >/dev/null 2>&1; then
+        "${SUDO[@]}" update-rc.d "$svc" disable >/dev/null 2>&1 || true
+    fi
+}
+
+# Runs an apt command quietly; its output is shown only when it fails.
+quiet() {
+    local out
+    if ! out=$("$@" 2>&1); then
+        printf '%s\n' "$out" >&2
+        return 1
+    fi
+}
+
+APT_UPDATED=0
+apt_update_once() {
+    export DEBIAN_FRONTEND=noninteractive
+    [ "$APT_UPDATED" -eq 1 ] && return 0
+    quiet "${SUDO[@]}" apt-get update -qq || die "apt-get update failed"
+    APT_UPDATED=1
+}
+
+mapfile -t MISSING < <(missing_pkgs)
+if [ "${#MISSING[@]}" -gt 0 ]; then
+    say "installing: ${MISSING[*]}"
+    # Keep package scripts from starting the services at install time (policy-rc.d convention);
+    # only when no policy is present, and removed again afterwards.
+    POLICY=/usr/sbin/policy-rc.d
+    if [ ! -e "$POLICY" ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$POLICY" >/dev/null
+        "${SUDO[@]}" chmod 755 "$POLICY"
+        trap '"${SUDO[@]}" rm -f "$POLICY"' EXIT
+    fi
+    apt_update_once
+    quiet "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${MISSING[@]}" \
+        || die "apt-get install failed for: ${MISSING[*]}"
+fi
+
+for svc in "${SERVICES[@]}"; do
+    stop_system_service "$svc"
+done
+
+# Rust toolchain: rustup's cargo first (it may just be missing from PATH in a fresh shell).
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if command -v rustup >/dev/null 2>&1; then
+    installed=$(rustup component list --installed 2>/dev/null || true)
+    want=()
+    grep -q '^rustfmt' <<<"$installed" || want+=(rustfmt)
+    grep -q '^clippy' <<<"$installed" || want+=(clippy)
+    if [ "${#want[@]}" -gt 0 ]; then
+        say "adding rust components: ${want[*]}"
+        rustup component add "${want[@]}" >/dev/null 2>&1 || die "rustup component add ${want[*]} failed"
+    fi
+elif ! command -v cargo >/dev/null 2>&1; then
+    # Last resort: Debian's toolchain (1.63 on bookworm) is older than the crate's
+    # rust-version, so the build will most likely refuse it; install rustup instead when you can.
+    say "warning: no cargo and no rustup; installing Debian's cargo/rustc as a last resort"
+    apt_update_once
+    quiet "${SUDO[@]}" apt-get install -y -qq cargo rustc rustfmt || die "apt-get install cargo rustc failed"
+fi
+
+command -v cargo >/dev/null 2>&1 || die "cargo is still not on PATH"
+exit 0
