@@ -125,8 +125,15 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, DecodeError> {
             reason: format!("payload is a JSON {}, not an object", type_name(&value)),
         });
     };
+    // A numeric tid breaks the envelope's contract, but it still names the request: echo its
+    // text with an error rather than leaving the cloud to time out.
+    let mut tid_problem = None;
     let tid = match obj.get("tid") {
         Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => {
+            tid_problem = Some(format!("tid {n} is a number, not a string"));
+            n.to_string()
+        }
         Some(other) => {
             return Err(DecodeError::Unanswerable {
                 reason: format!("tid is a {}, not a string", type_name(other)),
@@ -152,6 +159,9 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, DecodeError> {
         None => (String::new(), Some("method is missing".to_owned())),
     };
     let header = RequestHeader { tid, bid, method };
+    if let Some(reason) = tid_problem {
+        return Err(reject(header, LiveErrorCode::BadParameters, reason));
+    }
     if let Some(reason) = method_problem {
         return Err(reject(header, LiveErrorCode::FunctionNotSupported, reason));
     }
@@ -642,7 +652,10 @@ mod tests {
         assert!(
             unanswerable(br#"{"bid":"b","method":"live_stop_push"}"#).contains("tid is missing")
         );
-        assert!(unanswerable(br#"{"tid":42,"method":"live_stop_push"}"#).contains("number"));
+        assert!(unanswerable(br#"{"tid":true,"method":"live_stop_push"}"#).contains("boolean"));
+        let numeric = decode_request(br#"{"tid":42,"method":"live_stop_push"}"#).unwrap_err();
+        assert_eq!(numeric.header().map(|h| h.tid.as_str()), Some("42"));
+        assert_eq!(numeric.code(), LiveErrorCode::BadParameters);
         assert!(unanswerable(br#"{"tid":null}"#).contains("null"));
         let deep = "[".repeat(100_000);
         assert!(unanswerable(deep.as_bytes()).contains("not JSON"));
