@@ -929,3 +929,122 @@ fn secrets_never_logged() {
         leaks.join("\n")
     );
 }
+
+/// VCL NAL units (slices) of an Annex-B byte stream, parsed here independently of the crate.
+fn slices(annexb: &[u8]) -> Vec<Vec<u8>> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= annexb.len() {
+        if annexb[i..i + 3] == [0, 0, 1] {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for (k, &s) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).map_or(annexb.len(), |&n| n - 3);
+        let mut nal = &annexb[s..end];
+        while let [rest @ .., 0] = nal {
+            nal = rest;
+        }
+        if !nal.is_empty() && matches!(nal[0] & 0x1f, 1 | 5) {
+            out.push(nal.to_vec());
+        }
+    }
+    out
+}
+
+#[test]
+fn file_source_passes_the_clip_through_unchanged_and_loops() {
+    let serial = peers::exclusive();
+    let broker = Mosquitto::start();
+    let clip_dir = std::env::temp_dir().join(format!("dockcast-clip-{}", std::process::id()));
+    std::fs::create_dir_all(&clip_dir).expect("clip dir");
+    let clip = clip_dir.join("clip.h264");
+    let made = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x180:rate=30",
+        ])
+        .args(["-frames:v", "45", "-pix_fmt", "yuv420p", "-c:v", "libx264"])
+        .args([
+            "-profile:v",
+            "baseline",
+            "-g",
+            "15",
+            "-bsf:v",
+            "h264_mp4toannexb",
+            "-f",
+            "h264",
+        ])
+        .arg(&clip)
+        .status()
+        .expect("run ffmpeg (scripts/setup-deps.sh installs it)");
+    assert!(made.success(), "ffmpeg could not make the test clip");
+    let input = slices(&std::fs::read(&clip).expect("read clip"));
+    assert_eq!(input.len(), 45, "the clip has one slice per frame");
+
+    let mut cfg = DaemonConfig::new(&broker.url());
+    cfg.source = Some(format!("file:{}", clip.display()));
+    let mut rig = Rig::assemble(serial, broker, cfg, None, true);
+    let stream = "e2e-file";
+    let url = rig.rtmp_url(stream);
+    let started = rig.start_push(&url, 2);
+    rig.wait_live();
+    // Three seconds is two loops of the 1.5 s clip.
+    sleep_until(started + PUSH_FOR);
+    let stopped = rig.stop_push();
+    rig.wait_not_live();
+
+    let file = single_recording(&rig.record_dir(), stream);
+    let p = probe_file(&file);
+    assert_eq!(
+        (p.codec.as_str(), p.width, p.height),
+        ("h264", 320, 180),
+        "{p:?}"
+    );
+    let annexb = clip_dir.join("recorded.h264");
+    let copied = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(&file)
+        .args(["-c", "copy", "-bsf:v", "h264_mp4toannexb", "-f", "h264"])
+        .arg(&annexb)
+        .status()
+        .expect("run ffmpeg");
+    assert!(copied.success());
+    let recorded = slices(&std::fs::read(&annexb).expect("read recording"));
+    assert!(
+        recorded.len() > input.len(),
+        "the clip should have looped: {} slices recorded",
+        recorded.len()
+    );
+    // The sink starts on the first IDR after its publish, which may be any of the clip's.
+    let offset = input
+        .iter()
+        .position(|s| *s == recorded[0])
+        .expect("the first recorded slice is not a slice of the clip");
+    assert_eq!(recorded[0][0] & 0x1f, 5, "the recording starts on an IDR");
+    for (i, slice) in recorded.iter().enumerate() {
+        let j = (offset + i) % input.len();
+        assert!(
+            *slice == input[j],
+            "recorded slice {i} differs from clip slice {j}"
+        );
+    }
+    // Passthrough cannot force an IDR: after its publish the sink waits for the clip's next
+    // one, up to a GOP (15 frames) later, on top of the usual ±10 %.
+    let expected = 30.0 * (stopped - started).as_secs_f64();
+    let got = recorded.len() as f64;
+    assert!(
+        got >= (expected - 15.0) * 0.9 && got <= expected * 1.1,
+        "file source start → stop: {got} frames, expected {expected:.0} minus at most one GOP"
+    );
+    let _ = std::fs::remove_dir_all(&clip_dir);
+}

@@ -2,8 +2,10 @@
 //!
 //! A source is pulled by the pipeline thread once per frame interval; it either draws a raw
 //! picture (test pattern, and later V4L2 capture) or hands over an already encoded access unit
-//! (file, and later the payload feed), which the pipeline passes through without re-encoding.
+//! (an H.264 file, and later the payload feed), which the pipeline passes through without
+//! re-encoding.
 
+pub mod file;
 pub mod pattern;
 
 use crate::media::frame::RawFrame;
@@ -121,10 +123,7 @@ impl SourceSpec {
                 let style = style.unwrap_or_else(|| lens_name.parse().unwrap_or_default());
                 Ok(Box::new(pattern::PatternSource::new(style)))
             }
-            SourceSpec::File(path) => Err(SourceError::Invalid {
-                path: path.clone(),
-                why: "file sources are not available in this build".into(),
-            }),
+            SourceSpec::File(path) => Ok(Box::new(file::FileSource::open(path)?)),
         }
     }
 }

@@ -86,6 +86,8 @@ pub struct DaemonConfig {
     pub camera_index: String,
     /// Video index of its one video.
     pub video_index: String,
+    /// `--source URI` for `dockcast run`, feeding every lens from one source.
+    pub source: Option<String>,
 }
 
 impl DaemonConfig {
@@ -100,6 +102,7 @@ impl DaemonConfig {
             max_streams: 2,
             camera_index: "165-0-7".to_string(),
             video_index: "normal-0".to_string(),
+            source: None,
         }
     }
 
@@ -180,10 +183,12 @@ impl Daemon {
         std::fs::write(&config_path, config.to_toml()).expect("write dockcast.toml");
         let log_path = dir.path().join("dockcast.log");
         let log = File::create(&log_path).expect("create daemon log");
-        let child = Command::new(env!("CARGO_BIN_EXE_dockcast"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockcast"));
+        cmd.arg("run").arg("--config").arg(&config_path);
+        if let Some(source) = &config.source {
+            cmd.arg("--source").arg(source);
+        }
+        let child = cmd
             .env("RUST_LOG", "debug")
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
