@@ -92,21 +92,31 @@ async fn next_event(rx: &mut mpsc::Receiver<SinkEvent>, within: Duration) -> Sin
         .expect("sink ended without an event")
 }
 
-/// Polls ffprobe until the recording shows `want` frames or 10 s pass.
-async fn probe_until(path: &Path, want: impl Fn(&VideoProbe) -> bool) -> VideoProbe {
+/// Polls ffprobe until the recording satisfies `want` or 10 s pass.
+async fn probe_until(nginx: &Nginx, key: &str, want: impl Fn(&VideoProbe) -> bool) -> VideoProbe {
+    let path = nginx.recording(key);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let last = probe(path);
+        // ffprobe blocks; keep it off the runtime so the sink keeps running meanwhile.
+        let p = path.clone();
+        let last = tokio::task::spawn_blocking(move || probe(&p))
+            .await
+            .expect("probe task");
         match &last {
             Ok(p) if want(p) => return p.clone(),
-            _ if Instant::now() >= deadline => panic!("recording never matched: {last:?}"),
+            _ if Instant::now() >= deadline => panic!(
+                "recording {} never matched: {last:?}\nnginx log:\n{}",
+                path.display(),
+                nginx.error_log()
+            ),
             _ => sleep(Duration::from_millis(100)).await,
         }
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_90_frames_that_nginx_records_intact() {
+    require("ffprobe");
     let nginx = Nginx::start(peers::free_port());
     let input = make_input(nginx.dir());
     let aus = split(&input);
@@ -154,7 +164,7 @@ async fn publishes_90_frames_that_nginx_records_intact() {
         .expect("sink did not panic");
 
     let rec = nginx.recording("test");
-    let p = probe_until(&rec, |p| p.frames >= 90).await;
+    let p = probe_until(&nginx, "test", |p| p.frames >= 90).await;
     assert_eq!(
         p,
         VideoProbe {
@@ -189,8 +199,9 @@ async fn publishes_90_frames_that_nginx_records_intact() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_and_republishes_after_server_restart() {
+    require("ffprobe");
     let mut nginx = Nginx::start(peers::free_port());
     let aus = split(&make_input(nginx.dir()));
     let target = RtmpTarget::parse(&format!("rtmp://127.0.0.1:{}/live/restart", nginx.port()))
@@ -232,9 +243,9 @@ async fn reconnects_and_republishes_after_server_restart() {
         next_event(&mut ev_rx, Duration::from_secs(10)).await,
         SinkEvent::Publishing
     );
-    probe_until(&nginx.recording("restart"), |p| p.frames >= 30).await;
+    probe_until(&nginx, "restart", |p| p.frames >= 30).await;
 
-    nginx.restart();
+    tokio::task::block_in_place(|| nginx.restart());
 
     let mut saw_reconnecting = false;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -258,7 +269,7 @@ async fn reconnects_and_republishes_after_server_restart() {
     );
 
     // The new publish truncates the recording, so every frame found now came after the restart.
-    let p = probe_until(&nginx.recording("restart"), |p| p.frames >= 60).await;
+    let p = probe_until(&nginx, "restart", |p| p.frames >= 60).await;
     assert_eq!((p.codec.as_str(), p.width, p.height), ("h264", 640, 360));
 
     producing.cancel();
