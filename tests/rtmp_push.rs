@@ -18,20 +18,18 @@ use tokio_util::sync::CancellationToken;
 
 const FRAME: Duration = Duration::from_micros(33_333);
 
-/// Encodes 3 s of test pattern (90 frames, IDR every 30) as an Annex-B file.
+/// Encodes 3 s of test pattern (90 frames, IDR every 30) as the Annex-B file the brief names.
 fn make_input(dir: &Path) -> Vec<u8> {
+    encode(dir, "640x360", "baseline")
+}
+
+/// Encodes 3 s of `size` test pattern at 30 fps with an IDR every 30 frames.
+fn encode(dir: &Path, size: &str, profile: &str) -> Vec<u8> {
     require("ffmpeg");
-    let path = dir.join("in.h264");
+    let path = dir.join(format!("in-{size}-{profile}.h264"));
     let status = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=640x360:rate=30",
-        ])
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc=size={size}:rate=30"))
         .args([
             "-t",
             "3",
@@ -40,14 +38,14 @@ fn make_input(dir: &Path) -> Vec<u8> {
             "-c:v",
             "libx264",
             "-profile:v",
-            "baseline",
+            profile,
         ])
         .args(["-g", "30", "-bsf:v", "h264_mp4toannexb", "-f", "h264"])
         .arg(&path)
         .status()
         .expect("run ffmpeg");
     assert!(status.success(), "ffmpeg could not encode the test input");
-    std::fs::read(&path).expect("read in.h264")
+    std::fs::read(&path).expect("read test input")
 }
 
 fn split(stream: &[u8]) -> Vec<AccessUnit> {
@@ -92,23 +90,44 @@ async fn next_event(rx: &mut mpsc::Receiver<SinkEvent>, within: Duration) -> Sin
         .expect("sink ended without an event")
 }
 
-/// Polls ffprobe until the recording shows `want` frames or 10 s pass.
-async fn probe_until(path: &Path, want: impl Fn(&VideoProbe) -> bool) -> VideoProbe {
+/// Polls ffprobe until the recording satisfies `want` or 10 s pass.
+async fn probe_until(nginx: &Nginx, key: &str, want: impl Fn(&VideoProbe) -> bool) -> VideoProbe {
+    let path = nginx.recording(key);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let last = probe(path);
+        // ffprobe blocks; keep it off the runtime so the sink keeps running meanwhile.
+        let p = path.clone();
+        let last = tokio::task::spawn_blocking(move || probe(&p))
+            .await
+            .expect("probe task");
         match &last {
             Ok(p) if want(p) => return p.clone(),
-            _ if Instant::now() >= deadline => panic!("recording never matched: {last:?}"),
+            _ if Instant::now() >= deadline => panic!(
+                "recording {} never matched: {last:?}\nnginx log:\n{}",
+                path.display(),
+                nginx.error_log()
+            ),
             _ => sleep(Duration::from_millis(100)).await,
         }
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_90_frames_that_nginx_records_intact() {
+    push_and_verify("640x360", "baseline", 640, 360).await;
+}
+
+/// High profile: the AVC configuration record then carries chroma format and bit depth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_high_profile_1280x720() {
+    push_and_verify("1280x720", "high", 1280, 720).await;
+}
+
+/// Pushes 90 AUs of freshly encoded test pattern and checks nginx's recording against them.
+async fn push_and_verify(size: &str, profile: &str, width: u32, height: u32) {
+    require("ffprobe");
     let nginx = Nginx::start(peers::free_port());
-    let input = make_input(nginx.dir());
+    let input = encode(nginx.dir(), size, profile);
     let aus = split(&input);
     assert_eq!(aus.len(), 90);
     assert_eq!(aus.iter().filter(|a| a.idr).count(), 3);
@@ -154,13 +173,13 @@ async fn publishes_90_frames_that_nginx_records_intact() {
         .expect("sink did not panic");
 
     let rec = nginx.recording("test");
-    let p = probe_until(&rec, |p| p.frames >= 90).await;
+    let p = probe_until(&nginx, "test", |p| p.frames >= 90).await;
     assert_eq!(
         p,
         VideoProbe {
             codec: "h264".into(),
-            width: 640,
-            height: 360,
+            width,
+            height,
             frames: 90
         },
         "nginx log:\n{}",
@@ -189,8 +208,9 @@ async fn publishes_90_frames_that_nginx_records_intact() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_and_republishes_after_server_restart() {
+    require("ffprobe");
     let mut nginx = Nginx::start(peers::free_port());
     let aus = split(&make_input(nginx.dir()));
     let target = RtmpTarget::parse(&format!("rtmp://127.0.0.1:{}/live/restart", nginx.port()))
@@ -232,9 +252,9 @@ async fn reconnects_and_republishes_after_server_restart() {
         next_event(&mut ev_rx, Duration::from_secs(10)).await,
         SinkEvent::Publishing
     );
-    probe_until(&nginx.recording("restart"), |p| p.frames >= 30).await;
+    probe_until(&nginx, "restart", |p| p.frames >= 30).await;
 
-    nginx.restart();
+    tokio::task::block_in_place(|| nginx.restart());
 
     let mut saw_reconnecting = false;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -258,7 +278,7 @@ async fn reconnects_and_republishes_after_server_restart() {
     );
 
     // The new publish truncates the recording, so every frame found now came after the restart.
-    let p = probe_until(&nginx.recording("restart"), |p| p.frames >= 60).await;
+    let p = probe_until(&nginx, "restart", |p| p.frames >= 60).await;
     assert_eq!((p.codec.as_str(), p.width, p.height), ("h264", 640, 360));
 
     producing.cancel();

@@ -443,6 +443,21 @@ pub struct Sps {
     pub width: u32,
     /// Displayed height in pixels, after frame cropping.
     pub height: u32,
+    /// chroma_format_idc (1 = 4:2:0, the default when the SPS does not say).
+    pub chroma_format_idc: u8,
+    /// bit_depth_luma_minus8 (0 for 8-bit video).
+    pub bit_depth_luma_minus8: u8,
+    /// bit_depth_chroma_minus8 (0 for 8-bit video).
+    pub bit_depth_chroma_minus8: u8,
+}
+
+/// Profiles whose SPS carries chroma format and bit depth, and whose AVC configuration record
+/// must repeat them (ISO/IEC 14496-15 §5.3.3.1.2).
+fn has_chroma_fields(profile_idc: u8) -> bool {
+    matches!(
+        profile_idc,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    )
 }
 
 impl Sps {
@@ -471,10 +486,8 @@ impl Sps {
         }
         let mut chroma_format_idc = 1;
         let mut separate_colour_plane = false;
-        if matches!(
-            profile_idc,
-            100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
-        ) {
+        let (mut depth_luma, mut depth_chroma) = (0, 0);
+        if has_chroma_fields(profile_idc) {
             chroma_format_idc = r.ue("chroma_format_idc")?;
             if chroma_format_idc > 3 {
                 return Err(H264Error::InvalidValue {
@@ -485,8 +498,19 @@ impl Sps {
             if chroma_format_idc == 3 {
                 separate_colour_plane = r.bit("separate_colour_plane_flag")? == 1;
             }
-            r.ue("bit_depth_luma_minus8")?;
-            r.ue("bit_depth_chroma_minus8")?;
+            depth_luma = r.ue("bit_depth_luma_minus8")?;
+            depth_chroma = r.ue("bit_depth_chroma_minus8")?;
+            for (field, value) in [
+                ("bit_depth_luma_minus8", depth_luma),
+                ("bit_depth_chroma_minus8", depth_chroma),
+            ] {
+                if value > 6 {
+                    return Err(H264Error::InvalidValue {
+                        field,
+                        value: value.into(),
+                    });
+                }
+            }
             r.bit("qpprime_y_zero_transform_bypass_flag")?;
             if r.bit("seq_scaling_matrix_present_flag")? == 1 {
                 let lists = if chroma_format_idc == 3 { 12 } else { 8 };
@@ -578,6 +602,10 @@ impl Sps {
             level_idc,
             width,
             height,
+            // Range-checked above: chroma_format_idc <= 3, bit depths <= 6.
+            chroma_format_idc: chroma_format_idc as u8,
+            bit_depth_luma_minus8: depth_luma as u8,
+            bit_depth_chroma_minus8: depth_chroma as u8,
         })
     }
 }
@@ -600,8 +628,9 @@ fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Result<(), H264Error
 /// Builds an AVCDecoderConfigurationRecord (ISO/IEC 14496-15) from one SPS and one PPS NAL
 /// (header byte included, no start codes), as the FLV/MP4 sequence header carries it.
 ///
-/// Uses 4-byte NAL length fields, matching [`annexb_to_avcc`]. The optional high-profile
-/// trailer (chroma format, bit depths) is omitted; decoders take those from the SPS.
+/// Uses 4-byte NAL length fields, matching [`annexb_to_avcc`]. For High and other profiles
+/// whose SPS carries chroma format and bit depth, the record ends with those fields as the spec
+/// requires (strict demuxers reject records without them), so the SPS must then parse.
 pub fn avc_decoder_configuration_record(sps: &[u8], pps: &[u8]) -> Result<Vec<u8>, H264Error> {
     if sps.len() < 4 {
         return Err(H264Error::Truncated {
@@ -642,6 +671,13 @@ pub fn avc_decoder_configuration_record(sps: &[u8], pps: &[u8]) -> Result<Vec<u8
     out.push(1); // numOfPictureParameterSets
     out.extend_from_slice(&pps_len.to_be_bytes());
     out.extend_from_slice(pps);
+    if has_chroma_fields(sps[1]) {
+        let parsed = Sps::parse(sps)?;
+        out.push(0xfc | parsed.chroma_format_idc);
+        out.push(0xf8 | parsed.bit_depth_luma_minus8);
+        out.push(0xf8 | parsed.bit_depth_chroma_minus8);
+        out.push(0); // numOfSequenceParameterSetExt
+    }
     Ok(out)
 }
 
@@ -720,7 +756,10 @@ mod tests {
                 constraint_flags: 0xc0,
                 level_idc: 30,
                 width: 640,
-                height: 360
+                height: 360,
+                chroma_format_idc: 1,
+                bit_depth_luma_minus8: 0,
+                bit_depth_chroma_minus8: 0,
             }
         );
     }
@@ -735,6 +774,38 @@ mod tests {
         let sps = Sps::parse(&nal).expect("valid SPS");
         assert_eq!((sps.profile_idc, sps.level_idc), (100, 40));
         assert_eq!((sps.width, sps.height), (1920, 1080));
+        let rec = avc_decoder_configuration_record(&nal, &[0x68, 0xeb]).expect("record");
+        assert_eq!(rec[..6], [1, 0x64, 0x00, 0x28, 0xff, 0xe1]);
+        assert_eq!(rec[rec.len() - 4..], [0xfd, 0xf8, 0xf8, 0]);
+    }
+
+    #[test]
+    fn sps_high422_10bit_and_high444() {
+        // x264 High 4:2:2 10-bit 1280x720.
+        let nal = [
+            0x67, 0x7a, 0x00, 0x1f, 0xb6, 0xcd, 0x94, 0x05, 0x00, 0x5b, 0xb0, 0x11, 0x00, 0x00,
+            0x03, 0x00, 0x01, 0x00, 0x00, 0x03, 0x00, 0x3c, 0x0f, 0x18, 0x31, 0x96,
+        ];
+        let sps = Sps::parse(&nal).expect("valid SPS");
+        assert_eq!((sps.profile_idc, sps.width, sps.height), (122, 1280, 720));
+        assert_eq!(
+            (
+                sps.chroma_format_idc,
+                sps.bit_depth_luma_minus8,
+                sps.bit_depth_chroma_minus8
+            ),
+            (2, 2, 2)
+        );
+        let rec = avc_decoder_configuration_record(&nal, &[0x68, 0xeb]).expect("record");
+        assert_eq!(rec[rec.len() - 4..], [0xfe, 0xfa, 0xfa, 0]);
+        // x264 High 4:4:4 Predictive 320x240.
+        let nal = [
+            0x67, 0xf4, 0x00, 0x0d, 0x91, 0x9b, 0x28, 0x28, 0x3f, 0x60, 0x22, 0x00, 0x00, 0x03,
+            0x00, 0x02, 0x00, 0x00, 0x03, 0x00, 0x78, 0x1e, 0x28, 0x53, 0x2c,
+        ];
+        let sps = Sps::parse(&nal).expect("valid SPS");
+        assert_eq!((sps.profile_idc, sps.width, sps.height), (244, 320, 240));
+        assert_eq!(sps.chroma_format_idc, 3);
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub enum Outgoing {
     Metadata(StreamMetadata),
     /// An FLV video tag body with its RTMP timestamp in milliseconds.
     Video {
-        /// RTMP timestamp (ms since the first frame of this connection; wraps at 2^32).
+        /// RTMP timestamp: the frame's pts in ms, clamped so it never decreases; wraps at 2^32.
         timestamp_ms: u32,
         /// FLV video tag body.
         body: Bytes,
@@ -107,8 +107,7 @@ pub struct VideoTagger {
     /// Whether the current connection has received the current SPS/PPS.
     header_sent: bool,
     metadata_sent: Option<(u32, u32)>,
-    /// pts (ms) of the first frame on this connection; timestamps are relative to it.
-    base_ms: Option<u64>,
+    /// Highest timestamp sent so far; kept across reconnects since pts never restarts.
     last_ms: u64,
     framerate: Option<f32>,
     bitrate_kbps: Option<u32>,
@@ -125,12 +124,11 @@ impl VideoTagger {
     }
 
     /// Forgets what the previous connection was sent, so the next frame re-announces metadata
-    /// and the sequence header and timestamps restart near zero.
+    /// and the sequence header. Timestamps keep following pts, which is continuous across
+    /// reconnects.
     pub fn new_connection(&mut self) {
         self.header_sent = false;
         self.metadata_sent = None;
-        self.base_ms = None;
-        self.last_ms = 0;
     }
 
     /// The tags to send for `frame`, in order. Empty when the frame cannot be decoded by the
@@ -178,14 +176,14 @@ impl VideoTagger {
         Ok(out)
     }
 
-    /// Milliseconds since this connection's first frame, never going backwards.
+    /// pts in milliseconds, never going backwards (a producer glitch must not make the server
+    /// drop or reorder frames).
     fn timestamp_for(&mut self, frame: &EncodedFrame) -> u32 {
         let pts_ms = u64::try_from(frame.pts.as_millis()).unwrap_or(u64::MAX);
-        let base = *self.base_ms.get_or_insert(pts_ms);
-        let rel = pts_ms.saturating_sub(base).max(self.last_ms);
-        self.last_ms = rel;
+        let ms = pts_ms.max(self.last_ms);
+        self.last_ms = ms;
         // RTMP timestamps are 32-bit and wrap by design (after ~49.7 days).
-        rel as u32
+        ms as u32
     }
 }
 
@@ -284,10 +282,10 @@ mod tests {
         assert_eq!(out.len(), 3);
         assert!(matches!(&out[0], Outgoing::Metadata(m) if m.width == 640 && m.height == 360));
         assert!(
-            matches!(&out[1], Outgoing::Video { timestamp_ms: 0, body } if body[..2] == [0x17, 0])
+            matches!(&out[1], Outgoing::Video { timestamp_ms: 1000, body } if body[..2] == [0x17, 0])
         );
         assert!(
-            matches!(&out[2], Outgoing::Video { timestamp_ms: 0, body } if body[..2] == [0x17, 1])
+            matches!(&out[2], Outgoing::Video { timestamp_ms: 1000, body } if body[..2] == [0x17, 1])
         );
         // Same parameter sets again: no new header.
         let out = t
@@ -297,7 +295,7 @@ mod tests {
         assert!(matches!(
             &out[0],
             Outgoing::Video {
-                timestamp_ms: 33,
+                timestamp_ms: 1033,
                 ..
             }
         ));
@@ -310,34 +308,27 @@ mod tests {
     }
 
     #[test]
-    fn tagger_timestamps_never_go_backwards_and_rebase_per_connection() {
+    fn tagger_timestamps_follow_pts_and_never_go_backwards() {
         let mut t = VideoTagger::default();
         let ts = |out: Vec<Outgoing>| match out.last() {
             Some(Outgoing::Video { timestamp_ms, .. }) => *timestamp_ms,
             other => panic!("unexpected {other:?}"),
         };
-        assert_eq!(
-            ts(t.tags_for(&frame(&[&SPS, &PPS, &[0x65, 0x88]], 5000, true))
-                .expect("ok")),
-            0
-        );
-        assert_eq!(
-            ts(t.tags_for(&frame(&[&[0x41, 0x9a]], 5100, false))
-                .expect("ok")),
-            100
-        );
-        assert_eq!(
-            ts(t.tags_for(&frame(&[&[0x41, 0x9a]], 5050, false))
-                .expect("ok")),
-            100
-        );
+        let key = |pts| frame(&[&SPS, &PPS, &[0x65, 0x88]], pts, true);
+        let inter = |pts| frame(&[&[0x41, 0x9a]], pts, false);
+        assert_eq!(ts(t.tags_for(&key(5000)).expect("ok")), 5000);
+        assert_eq!(ts(t.tags_for(&inter(5100)).expect("ok")), 5100);
+        assert_eq!(ts(t.tags_for(&inter(5050)).expect("ok")), 5100);
         t.new_connection();
         // Parameter sets are remembered: a keyframe without them still gets a header.
         let out = t
             .tags_for(&frame(&[&[0x65, 0x88]], 9000, true))
             .expect("ok");
         assert_eq!(out.len(), 3);
-        assert_eq!(ts(out), 0);
+        assert_eq!(ts(out), 9000);
+        // 2^32 ms later the 32-bit RTMP timestamp wraps, as the protocol intends.
+        let wrapped = t.tags_for(&inter((1u64 << 32) + 7)).expect("ok");
+        assert_eq!(ts(wrapped), 7);
     }
 
     #[test]

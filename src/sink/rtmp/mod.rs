@@ -99,11 +99,11 @@ pub async fn run(
         let error = match result {
             Ok(conn) => {
                 published_once = true;
-                tracing::info!(target = %target_label, "rtmp publishing");
+                tracing::info!(url = %target_label, "rtmp publishing");
                 let _ = events.send(SinkEvent::KeyframeWanted).await;
                 let _ = events.send(SinkEvent::Publishing).await;
                 let started = Instant::now();
-                match publish(conn, &mut tagger, &mut frames, &cancel).await {
+                match publish(conn, &mut tagger, &mut frames, &events, &cancel).await {
                     Ended::Stopped => {
                         let _ = events.send(SinkEvent::Stopped).await;
                         return;
@@ -122,12 +122,12 @@ pub async fn run(
         };
         let reason = error.to_string();
         if !published_once {
-            tracing::warn!(target = %target_label, %reason, "rtmp publish failed");
+            tracing::warn!(url = %target_label, %reason, "rtmp publish failed");
             let _ = events.send(SinkEvent::Failed { reason }).await;
             return;
         }
         let retry_in = backoff.next_delay(&mut rng);
-        tracing::warn!(target = %target_label, %reason, ?retry_in, "rtmp connection lost");
+        tracing::warn!(url = %target_label, %reason, ?retry_in, "rtmp connection lost");
         let _ = events
             .send(SinkEvent::Reconnecting {
                 attempt: backoff.attempt(),
@@ -169,6 +169,7 @@ async fn publish(
     mut conn: RtmpConnection<TcpStream>,
     tagger: &mut VideoTagger,
     frames: &mut mpsc::Receiver<EncodedFrame>,
+    events: &mpsc::Sender<SinkEvent>,
     cancel: &CancellationToken,
 ) -> Ended {
     tagger.new_connection();
@@ -200,7 +201,10 @@ async fn publish(
                         // A broken SPS is the producer's fault, not the server's: skip the
                         // frame and wait for the next keyframe instead of reconnecting.
                         tracing::warn!(peer = conn.peer(), error = %e, "dropping undecodable frame");
-                        waiting_for_keyframe = true;
+                        if !waiting_for_keyframe {
+                            waiting_for_keyframe = true;
+                            let _ = events.send(SinkEvent::KeyframeWanted).await;
+                        }
                         continue;
                     }
                 };
