@@ -93,6 +93,7 @@ trap 'exit 130' INT TERM
 cat >"$WORK/mosquitto.conf" <<EOF
 listener $MQTT_PORT 127.0.0.1
 allow_anonymous true
+set_tcp_nodelay true
 persistence false
 log_dest stderr
 EOF

@@ -107,6 +107,7 @@ pub async fn run(
     timeout: Duration,
 ) -> Result<(Value, bool)> {
     let (client, mut eventloop) = AsyncClient::new(options(mqtt_url, username, password)?, 16);
+    eventloop.set_network_options(crate::link::network_options());
     let (topic, wanted) = match request {
         CtlRequest::Capacity => (format!("thing/product/{gateway_sn}/state"), None),
         other => (

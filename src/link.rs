@@ -128,6 +128,17 @@ pub fn options(settings: &LinkSettings) -> Result<MqttOptions, LinkError> {
     Ok(opts)
 }
 
+/// TCP options for every broker connection.
+///
+/// Without TCP_NODELAY a reply written right after the PUBACK of its request waits for the
+/// broker's delayed ACK (about 40 ms on Linux) before it leaves: Nagle's algorithm.
+pub fn network_options() -> rumqttc::NetworkOptions {
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(10);
+    net
+}
+
 /// Runs the link until `cancel` fires; services payloads go to `services`.
 pub async fn run(
     settings: LinkSettings,
@@ -137,6 +148,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    eventloop.set_network_options(network_options());
     let mut announced: BTreeMap<(String, &'static str), (Vec<u8>, bool)> = BTreeMap::new();
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let mut connected = false;

@@ -9,8 +9,8 @@ use crate::media::frame::{Codec, EncodedFrame, RawFrame};
 use crate::media::quality::Rung;
 use bytes::Bytes;
 use openh264::encoder::{
-    BitRate, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, RateControlMode,
-    UsageType,
+    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod,
+    RateControlMode, UsageType,
 };
 use openh264::formats::YUVSlices;
 use openh264::OpenH264API;
@@ -195,6 +195,10 @@ fn build(rung: &Rung, gop_frames: u32) -> Result<Encoder, EncoderError> {
         .rate_control_mode(RateControlMode::Bitrate)
         .usage_type(UsageType::CameraVideoRealTime)
         .scene_change_detect(false)
+        // Live drone video gains little from these and they cost CPU the edge box lacks.
+        .complexity(Complexity::Low)
+        .background_detection(false)
+        .adaptive_quantization(false)
         .skip_frames(false)
         .intra_frame_period(IntraFramePeriod::from_num_frames(gop_frames.max(1)));
     Encoder::with_api_config(OpenH264API::from_source(), config).map_err(|source| {

@@ -190,16 +190,31 @@ fn draw_rings(frame: &mut RawFrame, distance: &[u16], t: usize) {
     let (cw, ch) = (w / 2, h / 2);
     let period = (h / 6).max(4);
     let phase = period - (t * 2) % period;
+    // One table lookup per pixel instead of a division: the ring a distance falls in changes
+    // only with the frame's phase.
+    let max = distance.iter().copied().max().unwrap_or(0) as usize;
+    let ring: Vec<u8> = (0..=max)
+        .map(|d| ((d + phase) / period % 2) as u8)
+        .collect();
+    let luma: Vec<u8> = (0..=max)
+        .map(|d| {
+            if (d + phase) % period < period / 2 {
+                220
+            } else {
+                30
+            }
+        })
+        .collect();
     let (y, u, v) = frame.planes_mut();
     for (px, d) in y.iter_mut().zip(distance) {
-        let k = (*d as usize + phase) % period;
-        *px = if k < period / 2 { 220 } else { 30 };
+        *px = luma[*d as usize];
     }
     for r in 0..ch {
+        let row = &distance[2 * r * w..];
         for x in 0..cw {
-            let ring = (distance[2 * r * w + 2 * x] as usize + phase) / period;
-            u[r * cw + x] = if ring % 2 == 0 { 100 } else { 150 };
-            v[r * cw + x] = if ring % 2 == 0 { 200 } else { 100 };
+            let even = ring[row[2 * x] as usize] == 0;
+            u[r * cw + x] = if even { 100 } else { 150 };
+            v[r * cw + x] = if even { 200 } else { 100 };
         }
     }
 }

@@ -82,7 +82,11 @@ impl CloudClient {
         if let Some((user, pass)) = credentials {
             opts.set_credentials(user, pass);
         }
-        let (client, connection) = Client::new(opts, 64);
+        let (client, mut connection) = Client::new(opts, 64);
+        // Like a real cloud's client (and the daemon's), without Nagle's 40 ms stalls.
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        connection.eventloop.set_network_options(net);
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let topics = vec![
