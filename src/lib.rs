@@ -14,3 +14,4 @@ pub mod live;
 pub mod media;
 pub mod sink;
 pub mod source;
+pub mod systemd;

@@ -145,6 +145,7 @@ pub async fn run(
     opts: MqttOptions,
     services: mpsc::Sender<Bytes>,
     mut commands: mpsc::Receiver<LinkCommand>,
+    connected_tx: tokio::sync::watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
@@ -180,6 +181,7 @@ pub async fn run(
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     info!(code = ?ack.code, "connected to the MQTT broker");
                     connected = true;
+                    connected_tx.send_replace(true);
                     backoff.reset();
                     if let Err(e) = client.try_subscribe(&settings.services_topic, QoS::AtLeastOnce) {
                         warn!("subscribe to {} failed: {e}", settings.services_topic);
@@ -203,6 +205,7 @@ pub async fn run(
                 Ok(_) => {}
                 Err(e) => {
                     connected = false;
+                    connected_tx.send_replace(false);
                     let delay = backoff.next_delay(&mut rand::rng());
                     warn!(
                         attempt = backoff.attempt(),

@@ -6,11 +6,12 @@ use dockcast::cloud;
 use dockcast::config::{Config, DEFAULT_PATH};
 use dockcast::ctl::{self, CtlRequest};
 use dockcast::link::{self, LinkSettings};
-use dockcast::live::actor::{self, ActorSetup};
+use dockcast::live::actor::{self, ActorControl, ActorSetup};
 use dockcast::live::catalog::Catalog;
 use dockcast::live::manager::Manager;
 use dockcast::live::session::SinkSettings;
 use dockcast::sink::rtmp::RtmpOptions;
+use dockcast::systemd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -149,33 +150,50 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
     }
 }
 
-async fn run_daemon(
-    config: Option<PathBuf>,
+/// Everything the live manager needs from a config, rebuilt on SIGHUP.
+struct Prepared {
+    catalog: Catalog,
+    capacity: dockcast::cloud::LiveCapacity,
+    sinks: SinkSettings,
+}
+
+/// The config file plus the command-line overrides, as `run` was started with them.
+struct ConfigSource {
+    path: Option<PathBuf>,
     mqtt_url: Option<String>,
     gateway_sn: Option<String>,
     source: Option<String>,
-) -> Result<()> {
-    let mut config = load_config(config.as_ref())?;
-    if let Some(url) = mqtt_url {
-        config.mqtt.url = url;
-    }
-    if let Some(sn) = gateway_sn {
-        config.gateway.sn = sn;
-    }
-    if let Some(uri) = source {
-        config.override_source(&uri)?;
-    }
-    config.validate()?;
+}
 
-    let catalog = Catalog::from_config(&config);
-    let capacity = catalog.capacity(&config);
-    let gateway_sn = config.gateway.sn.clone();
-    let settings = LinkSettings {
-        mqtt: config.mqtt.clone(),
-        client_id: config.client_id(),
-        services_topic: cloud::services_topic(&gateway_sn),
-    };
-    let opts = link::options(&settings)?;
+impl ConfigSource {
+    fn load(&self) -> Result<Config> {
+        let mut config = load_config(self.path.as_ref())?;
+        if let Some(url) = &self.mqtt_url {
+            config.mqtt.url = url.clone();
+        }
+        if let Some(sn) = &self.gateway_sn {
+            config.gateway.sn = sn.clone();
+        }
+        if let Some(uri) = &self.source {
+            config.override_source(uri)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn prepare(config: &Config) -> Prepared {
+    let catalog = Catalog::from_config(config);
+    let capacity = catalog.capacity(config);
+    // A source that cannot open now (a missing file) is reported at start-up but does not stop
+    // the daemon: the cloud gets an error for that video only, and the others work.
+    for video in &catalog.videos {
+        for (name, spec) in &video.inputs {
+            if let Err(e) = spec.open(name) {
+                warn!(video_id = %video.id, input = %name, "source unavailable: {e}");
+            }
+        }
+    }
     let sinks = SinkSettings {
         rtmp: RtmpOptions {
             connect_timeout: Duration::from_millis(config.rtmp.connect_timeout_ms),
@@ -185,6 +203,31 @@ async fn run_daemon(
         },
         queue_frames: config.rtmp.queue_frames,
     };
+    Prepared {
+        catalog,
+        capacity,
+        sinks,
+    }
+}
+
+/// How long start-up waits for the broker before telling systemd it is ready anyway: a dock
+/// whose broker is down must still start, stream on command later, and keep retrying.
+const READY_WAIT: Duration = Duration::from_secs(15);
+
+async fn run_daemon(from: ConfigSource) -> Result<()> {
+    let config = from.load()?;
+    let Prepared {
+        catalog,
+        capacity,
+        sinks,
+    } = prepare(&config);
+    let gateway_sn = config.gateway.sn.clone();
+    let settings = LinkSettings {
+        mqtt: config.mqtt.clone(),
+        client_id: config.client_id(),
+        services_topic: cloud::services_topic(&gateway_sn),
+    };
+    let opts = link::options(&settings)?;
     let manager = Manager::new(catalog, config.quality.clone(), config.encoder.gop_frames);
     info!(
         gateway = %gateway_sn,
@@ -196,6 +239,8 @@ async fn run_daemon(
 
     let (services_tx, services_rx) = tokio::sync::mpsc::channel(64);
     let (link_tx, link_rx) = tokio::sync::mpsc::channel(256);
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel(4);
+    let (connected_tx, mut connected_rx) = tokio::sync::watch::channel(false);
     let stop_actor = CancellationToken::new();
     let stop_link = CancellationToken::new();
     let link_task = tokio::spawn(link::run(
@@ -203,6 +248,7 @@ async fn run_daemon(
         opts,
         services_tx,
         link_rx,
+        connected_tx,
         stop_link.clone(),
     ));
     let actor_task = tokio::spawn(actor::run(
@@ -213,12 +259,61 @@ async fn run_daemon(
             capacity,
         },
         services_rx,
+        control_rx,
         link_tx,
         stop_actor.clone(),
     ));
 
-    wait_for_signal().await?;
+    let broker_up = tokio::time::timeout(READY_WAIT, connected_rx.wait_for(|up| *up))
+        .await
+        .is_ok();
+    if broker_up {
+        systemd::ready("connected to the broker");
+    } else {
+        warn!("broker not reachable within {READY_WAIT:?}; running anyway and retrying");
+        systemd::ready("broker unreachable; retrying");
+    }
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                systemd::reloading();
+                match from.load() {
+                    Ok(new) => {
+                        if new.mqtt.url != config.mqtt.url
+                            || new.gateway.sn != config.gateway.sn
+                            || new.client_id() != config.client_id()
+                        {
+                            warn!("[mqtt] and [gateway] changes take effect at the next restart");
+                        }
+                        let Prepared { catalog, capacity, sinks } = prepare(&new);
+                        let reload = ActorControl::Reload {
+                            catalog,
+                            ladder: new.quality.clone(),
+                            gop_frames: new.encoder.gop_frames,
+                            sinks,
+                            capacity,
+                        };
+                        if control_tx.send(reload).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        warn!("reload refused, keeping the running config: {e:#}");
+                        systemd::ready("reload refused; running config kept");
+                    }
+                }
+            }
+        }
+    }
     info!("shutting down");
+    systemd::stopping();
     stop_actor.cancel();
     if tokio::time::timeout(Duration::from_secs(4), actor_task)
         .await
@@ -229,17 +324,6 @@ async fn run_daemon(
     stop_link.cancel();
     let _ = tokio::time::timeout(Duration::from_millis(700), link_task).await;
     info!("stopped");
-    Ok(())
-}
-
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
     Ok(())
 }
 
@@ -270,7 +354,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run_daemon(config, mqtt_url, gateway_sn, source)) {
+            match rt.block_on(run_daemon(ConfigSource {
+                path: config,
+                mqtt_url,
+                gateway_sn,
+                source,
+            })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

@@ -38,20 +38,43 @@ fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// Changes the actor takes while running.
+pub enum ActorControl {
+    /// A reloaded config (SIGHUP): sessions whose video is still configured keep running.
+    Reload {
+        /// The new decision inputs.
+        catalog: crate::live::catalog::Catalog,
+        /// The new ladder.
+        ladder: crate::media::quality::Ladder,
+        /// The new GOP.
+        gop_frames: u32,
+        /// Sink settings for new sessions.
+        sinks: SinkSettings,
+        /// The capacity to announce.
+        capacity: LiveCapacity,
+    },
+}
+
 /// Runs until `shutdown` fires, then stops every session (bounded by `STOP_GRACE`) and
 /// announces an empty `live_status`.
 pub async fn run(
     setup: ActorSetup,
     mut services: mpsc::Receiver<Bytes>,
+    mut control: mpsc::Receiver<ActorControl>,
     link: mpsc::Sender<LinkCommand>,
     shutdown: CancellationToken,
 ) {
     let ActorSetup {
         mut manager,
-        sinks,
+        mut sinks,
         gateway_sn,
         capacity,
     } = setup;
+    // The watchdog is fed from this loop, so a wedged manager stops feeding it. Without a
+    // watchdog the tick still runs, rarely, and does nothing.
+    let watchdog = crate::systemd::watchdog_interval();
+    let mut tick = tokio::time::interval(watchdog.unwrap_or(std::time::Duration::from_secs(3600)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state_topic = cloud::state_topic(&gateway_sn);
     let reply_topic = cloud::services_reply_topic(&gateway_sn);
     let send = |cmd: LinkCommand| {
@@ -69,19 +92,38 @@ pub async fn run(
     let mut handles: BTreeMap<SessionId, SessionHandle> = BTreeMap::new();
     let mut closing = tokio::task::JoinSet::new();
     loop {
-        let input = tokio::select! {
+        let actions = tokio::select! {
             _ = shutdown.cancelled() => break,
             payload = services.recv() => match payload {
-                Some(p) => match decode_request(&p) {
+                Some(p) => manager.handle(match decode_request(&p) {
                     Ok(req) => Input::Request(req),
                     Err(e) => Input::Undecodable(e),
-                },
+                }),
                 None => break,
             },
-            Some((id, event)) = events.recv() => Input::Session { id, event },
+            Some((id, event)) = events.recv() => manager.handle(Input::Session { id, event }),
             Some(_) = closing.join_next(), if !closing.is_empty() => continue,
+            _ = tick.tick() => {
+                if watchdog.is_some() {
+                    crate::systemd::watchdog();
+                }
+                continue;
+            }
+            Some(ActorControl::Reload { catalog, ladder, gop_frames, sinks: new_sinks, capacity }) = control.recv() => {
+                sinks = new_sinks;
+                send(LinkCommand::Announce {
+                    topic: state_topic.clone(),
+                    key: "live_capacity",
+                    payload: cloud::encode_capacity(&gateway_sn, &capacity, &new_id(), &new_id(), now_ms()),
+                    retain: true,
+                });
+                let actions = manager.reconfigure(catalog, ladder, gop_frames);
+                info!(sessions = manager.session_ids().len(), "config reloaded");
+                crate::systemd::ready("config reloaded");
+                actions
+            }
         };
-        for action in manager.handle(input) {
+        for action in actions {
             match action {
                 Action::Reply { header, result } => send(LinkCommand::Publish {
                     topic: reply_topic.clone(),

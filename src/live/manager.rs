@@ -185,6 +185,44 @@ impl Manager {
         }
     }
 
+    /// Takes a reloaded config: sessions whose video is still configured keep running
+    /// untouched (they keep the quality and lens they had); sessions whose video is gone are
+    /// stopped. New settings apply to the next start.
+    pub fn reconfigure(
+        &mut self,
+        catalog: Catalog,
+        ladder: Ladder,
+        gop_frames: u32,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (id, s) in self.sessions.iter_mut() {
+            let old = &self.catalog.videos[s.video].id;
+            match catalog.videos.iter().position(|v| v.id == *old) {
+                Some(v) => s.video = v,
+                None => gone.push(*id),
+            }
+        }
+        for id in gone {
+            if let Some(s) = self.sessions.remove(&id) {
+                info!(session = id, video_id = %s.video_id, "video removed from the config; stopping");
+                out.extend(
+                    s.waiting
+                        .iter()
+                        .map(|w| reply(w, LiveErrorCode::NoCamera.code())),
+                );
+                out.push(Action::Stop { id });
+            }
+        }
+        self.catalog = catalog;
+        self.ladder = ladder;
+        self.gop_frames = gop_frames;
+        if !out.is_empty() {
+            out.push(Action::PublishStatus);
+        }
+        out
+    }
+
     /// The catalog it serves.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
@@ -862,6 +900,48 @@ mod tests {
         let actions = m.handle(input("c2", "live_camera_change", change));
         assert!(matches!(&actions[0], Action::Switch { input, .. } if input == "inside"));
         assert_eq!(replies(&actions), [("c2".into(), 0)]);
+    }
+
+    #[test]
+    fn reload_keeps_configured_sessions_and_stops_removed_ones() {
+        let two_cams = r#"
+            [[device]]
+            [[device.camera]]
+            index = "39-0-7"
+            [[device.camera.video]]
+            index = "normal-0"
+            sources = { normal = "pattern" }
+            [[device.camera]]
+            index = "165-0-7"
+            [[device.camera.video]]
+            index = "normal-0"
+            sources = { normal = "pattern", zoom = "pattern" }
+        "#;
+        let mut m = manager();
+        let id = live(&mut m);
+        // Same video at another position in the tree: keeps running, nothing to do.
+        let c = Config::parse(two_cams, "t").unwrap();
+        let actions = m.reconfigure(Catalog::from_config(&c), c.quality.clone(), 30);
+        assert!(actions.is_empty(), "{actions:?}");
+        assert_eq!(m.status().len(), 1);
+        let vid = serde_json::json!({ "video_id": VID, "video_type": "zoom" });
+        assert_eq!(
+            replies(&m.handle(input("z", "live_lens_change", vid))),
+            [("z".into(), 0)]
+        );
+        // Its camera removed: stopped.
+        let other = r#"
+            [[device]]
+            [[device.camera]]
+            index = "39-0-7"
+            [[device.camera.video]]
+            index = "normal-0"
+            sources = { normal = "pattern" }
+        "#;
+        let c = Config::parse(other, "t").unwrap();
+        let actions = m.reconfigure(Catalog::from_config(&c), c.quality.clone(), 30);
+        assert!(matches!(actions[..], [Action::Stop { id: i }, Action::PublishStatus] if i == id));
+        assert!(m.status().is_empty());
     }
 
     #[test]
