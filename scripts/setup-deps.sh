@@ -8,8 +8,12 @@ set -euo pipefail
 
 BUILD_PKGS=(build-essential pkg-config nasm libclang-dev)
 PEER_PKGS=(mosquitto mosquitto-clients nginx-light libnginx-mod-rtmp libnginx-mod-stream ffmpeg)
-MISC_PKGS=(curl ca-certificates)
-ALL_PKGS=("${BUILD_PKGS[@]}" "${PEER_PKGS[@]}" "${MISC_PKGS[@]}")
+MISC_PKGS=(curl ca-certificates systemd)
+# Cross builds for the boards (aarch64, armv7) and qemu-user to run them in tests.
+CROSS_PKGS=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross
+            gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user)
+CROSS_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+ALL_PKGS=("${BUILD_PKGS[@]}" "${PEER_PKGS[@]}" "${MISC_PKGS[@]}" "${CROSS_PKGS[@]}")
 # System services the packages above ship; we never want them holding 1883/80/1935.
 SERVICES=(mosquitto nginx)
 
@@ -107,6 +111,13 @@ if command -v rustup >/dev/null 2>&1; then
         say "adding rust components: ${want[*]}"
         rustup component add "${want[@]}" >/dev/null 2>&1 || die "rustup component add ${want[*]} failed"
     fi
+    targets=$(rustup target list --installed 2>/dev/null || true)
+    for t in "${CROSS_TARGETS[@]}"; do
+        if ! grep -qx "$t" <<<"$targets"; then
+            say "adding rust target $t"
+            rustup target add "$t" >/dev/null 2>&1 || die "rustup target add $t failed"
+        fi
+    done
 elif ! command -v cargo >/dev/null 2>&1; then
     # Last resort: Debian's toolchain (1.63 on bookworm) is older than the crate's
     # rust-version, so the build will most likely refuse it; install rustup instead when you can.
@@ -116,4 +127,10 @@ elif ! command -v cargo >/dev/null 2>&1; then
 fi
 
 command -v cargo >/dev/null 2>&1 || die "cargo is still not on PATH"
+
+# cargo-deb builds the Debian package; installed once into ~/.cargo/bin.
+if ! cargo deb --version >/dev/null 2>&1; then
+    say "installing cargo-deb"
+    quiet cargo install --locked --quiet cargo-deb@3.8.0 || die "cargo install cargo-deb failed"
+fi
 exit 0

@@ -162,6 +162,23 @@ fn toml_str(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// The command that runs the daemon: the binary cargo built for these tests, or
+/// `$DOCKCAST_BIN` (e.g. a cross-built aarch64 binary) run through `$DOCKCAST_RUNNER`
+/// (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`) when those are set.
+pub fn daemon_command() -> Command {
+    let bin = std::env::var("DOCKCAST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_dockcast").to_string());
+    match std::env::var("DOCKCAST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut parts = runner.split_whitespace();
+            let mut cmd = Command::new(parts.next().unwrap_or("env"));
+            cmd.args(parts).arg(bin);
+            cmd
+        }
+        _ => Command::new(bin),
+    }
+}
+
 /// The `dockcast run` process.
 ///
 /// stdout and stderr go to one file so a test can read everything the daemon logged (to check,
@@ -183,7 +200,7 @@ impl Daemon {
         std::fs::write(&config_path, config.to_toml()).expect("write dockcast.toml");
         let log_path = dir.path().join("dockcast.log");
         let log = File::create(&log_path).expect("create daemon log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockcast"));
+        let mut cmd = daemon_command();
         cmd.arg("run").arg("--config").arg(&config_path);
         if let Some(source) = &config.source {
             cmd.arg("--source").arg(source);
