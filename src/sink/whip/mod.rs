@@ -1,0 +1,773 @@
+//! WHIP sink: publishes one session's frames over WebRTC (RFC 9725) and keeps doing so across
+//! server restarts and lost connections.
+//!
+//! Layout: [`http`] (signalling decisions) and [`rtc`] (offer/answer, payload-type choice) are
+//! pure; [`client`] is the HTTP shell; [`run`] is the sink task that owns one str0m `Rtc` and
+//! its UDP socket per session and applies the reconnect policy.
+//!
+//! Gaps, on purpose for now: no TURN client (TURN servers from `Link` headers are recorded and
+//! logged, not used), no server-reflexive candidate (non-trickle offers are sent before the
+//! answer's STUN servers are known), no trickle/ICE-restart PATCH (a new session is made instead).
+
+pub mod client;
+pub mod http;
+pub mod rtc;
+
+pub use client::HttpClient;
+pub use http::{Phase, WhipError};
+
+use crate::backoff::Backoff;
+use crate::cloud::{redact_url_str, WhipUrl};
+use crate::media::frame::EncodedFrame;
+use crate::sink::SinkEvent;
+use http::IceServerKind;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rtc::{H264Pt, RtcSettings, StreamProfile};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use str0m::bwe::BweKind;
+use str0m::media::Mid;
+use str0m::net::{Protocol, Receive};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+/// Where to publish: the endpoint url (query kept verbatim) and the bearer token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WhipTarget {
+    endpoint: Url,
+    token: Option<String>,
+    label: String,
+}
+
+impl WhipTarget {
+    /// Builds a target from the cloud's url. The token from config wins over a `token` query
+    /// parameter in the url (the url keeps that parameter either way: some servers read it).
+    pub fn new(url: &WhipUrl, config_token: Option<&str>) -> Result<Self, WhipError> {
+        let endpoint = Url::parse(&url.url).map_err(|e| WhipError::Local {
+            phase: Phase::Offer,
+            why: format!("endpoint is not a url: {e}"),
+        })?;
+        let token = config_token
+            .map(str::to_owned)
+            .or_else(|| url.token.clone())
+            .filter(|t| !t.is_empty());
+        Ok(WhipTarget {
+            endpoint,
+            token,
+            label: url.redacted(),
+        })
+    }
+
+    /// The endpoint with secrets masked, for logs.
+    pub fn redacted(&self) -> &str {
+        &self.label
+    }
+
+    /// True when requests will carry `Authorization: Bearer`.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+}
+
+impl fmt::Debug for WhipTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WhipTarget")
+            .field("endpoint", &self.label)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// Drops a share of the outgoing RTP datagrams, to test loss repair without a lossy network
+/// (the kernels we test on have no netem). Never set in production.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossInjection {
+    /// Share of RTP datagrams dropped, 0.0..=1.0.
+    pub ratio: f64,
+    /// Seed, so a run can be repeated.
+    pub seed: u64,
+}
+
+/// Tunables of a WHIP sink; `Default` suits a dock on a mobile uplink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WhipOptions {
+    /// Limit for each HTTP request (POST, DELETE).
+    pub http_timeout: Duration,
+    /// Limit from the answer to an established ICE+DTLS connection.
+    pub connect_timeout: Duration,
+    /// Limit for the best-effort DELETE of a dead session before reconnecting.
+    pub delete_timeout: Duration,
+    /// First reconnect backoff ceiling.
+    pub backoff_initial: Duration,
+    /// Largest reconnect backoff ceiling.
+    pub backoff_max: Duration,
+    /// Bandwidth estimate to start from (bit/s).
+    pub initial_bitrate_bps: u64,
+    /// Bitrate the estimator probes towards (bit/s); the top of the quality ladder.
+    pub desired_bitrate_bps: u64,
+    /// Longest wait between STUN consent retransmissions; with `ice_max_retransmits` it sets
+    /// how fast a dead server is noticed (about 6 s with the defaults).
+    pub ice_max_rto: Duration,
+    /// STUN retransmissions before the pair is declared dead.
+    pub ice_max_retransmits: usize,
+    /// Local address to bind; `None` picks the address that routes to the server.
+    pub bind_ip: Option<IpAddr>,
+    /// Test-only: drop a share of outgoing RTP datagrams.
+    pub loss: Option<LossInjection>,
+}
+
+impl Default for WhipOptions {
+    fn default() -> Self {
+        Self {
+            http_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            delete_timeout: Duration::from_secs(2),
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(10),
+            initial_bitrate_bps: 1_000_000,
+            desired_bitrate_bps: 4_000_000,
+            ice_max_rto: Duration::from_secs(1),
+            ice_max_retransmits: 7,
+            bind_ip: None,
+            loss: None,
+        }
+    }
+}
+
+/// How long between two [`SinkEvent::Bandwidth`] reports at most.
+const BANDWIDTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Largest UDP datagram read; WebRTC keeps datagrams under the path MTU.
+const RECV_BUF: usize = 2048;
+
+/// How a connected period ended.
+enum Ended {
+    /// Stop requested (cancel, or the producer went away).
+    Stopped,
+    /// The session failed; `published` tells whether media had flowed.
+    Lost { error: WhipError, published: bool },
+}
+
+/// A session the server accepted: ours to stream on and to DELETE.
+struct Session {
+    rtc: Rtc,
+    mid: Mid,
+    socket: UdpSocket,
+    local: SocketAddr,
+    session_url: Url,
+}
+
+/// Runs the WHIP sink until `cancel` fires or the frame sender is dropped.
+///
+/// Each attempt binds a UDP socket on the address that routes to the server, POSTs a
+/// non-trickle offer and streams once ICE+DTLS are up. The first attempt failing ends the sink
+/// with [`SinkEvent::Failed`]. After one successful publish every failure (consent lost, server
+/// gone, DTLS closed, no connection within `connect_timeout`) DELETEs the old session
+/// best-effort and starts a fresh one with jittered backoff, reported as
+/// [`SinkEvent::Reconnecting`]. On connect the sink reports [`SinkEvent::KeyframeWanted`] and
+/// [`SinkEvent::Publishing`] and drops frames until a keyframe; PLI/FIR from the receiver
+/// become [`SinkEvent::KeyframeWanted`], and the transport-wide bandwidth estimate becomes
+/// [`SinkEvent::Bandwidth`] at most once a second. On stop the session is DELETEd with the
+/// token and [`SinkEvent::Stopped`] is sent. Frames arriving while not connected are discarded
+/// so the producer never blocks.
+pub async fn run(
+    target: WhipTarget,
+    opts: WhipOptions,
+    mut frames: mpsc::Receiver<EncodedFrame>,
+    events: mpsc::Sender<SinkEvent>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Backoff::new(opts.backoff_initial, opts.backoff_max);
+    let mut rng = StdRng::from_os_rng();
+    let mut published_once = false;
+    let mut loss = opts.loss.map(LossState::new);
+
+    let client = match HttpClient::new(opts.http_timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = events
+                .send(SinkEvent::Failed {
+                    reason: e.to_string(),
+                })
+                .await;
+            return;
+        }
+    };
+
+    loop {
+        let attempt = establish(&client, &target, &opts);
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            r = discard_while(&mut frames, attempt) => r,
+        };
+        let Some(result) = result else {
+            let _ = events.send(SinkEvent::Stopped).await;
+            return;
+        };
+        let (error, published) = match result {
+            Ok(mut session) => {
+                tracing::info!(target = %target.redacted(), session = %redact_url_str(session.session_url.as_str()), local = %session.local, "whip: session created");
+                let started = Instant::now();
+                let ended = stream(
+                    &mut session,
+                    &opts,
+                    loss.as_mut(),
+                    &mut frames,
+                    &events,
+                    &cancel,
+                )
+                .await;
+                match ended {
+                    Ended::Stopped => {
+                        let del = tokio::time::timeout(
+                            opts.http_timeout,
+                            client.delete_session(&session.session_url, target.token.as_deref()),
+                        )
+                        .await;
+                        log_delete(&session.session_url, del);
+                        let _ = events.send(SinkEvent::Stopped).await;
+                        return;
+                    }
+                    Ended::Lost { error, published } => {
+                        // Tell the server the session is over, in case it still thinks it
+                        // is not; bounded, since the server may be the thing that died.
+                        let del = tokio::select! {
+                            biased;
+                            _ = cancel.cancelled() => None,
+                            r = discard_while(&mut frames, tokio::time::timeout(
+                                opts.delete_timeout,
+                                client.delete_session(&session.session_url, target.token.as_deref()),
+                            )) => r,
+                        };
+                        if let Some(del) = del {
+                            log_delete(&session.session_url, del);
+                        }
+                        if published && started.elapsed() >= opts.backoff_max {
+                            backoff.reset();
+                        }
+                        (error, published)
+                    }
+                }
+            }
+            Err(e) => (e, false),
+        };
+        published_once |= published;
+        let reason = error.to_string();
+        if !published_once {
+            tracing::warn!(target = %target.redacted(), %reason, "whip publish failed");
+            let _ = events.send(SinkEvent::Failed { reason }).await;
+            return;
+        }
+        if cancel.is_cancelled() {
+            let _ = events.send(SinkEvent::Stopped).await;
+            return;
+        }
+        let retry_in = backoff.next_delay(&mut rng);
+        tracing::warn!(target = %target.redacted(), %reason, ?retry_in, "whip session lost");
+        let _ = events
+            .send(SinkEvent::Reconnecting {
+                attempt: backoff.attempt(),
+                reason,
+                retry_in,
+            })
+            .await;
+        let slept = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            r = discard_while(&mut frames, tokio::time::sleep(retry_in)) => r,
+        };
+        if slept.is_none() {
+            let _ = events.send(SinkEvent::Stopped).await;
+            return;
+        }
+    }
+}
+
+fn log_delete(url: &Url, result: Result<Result<(), WhipError>, tokio::time::error::Elapsed>) {
+    let url = redact_url_str(url.as_str());
+    match result {
+        Ok(Ok(())) => tracing::info!(session = %url, "whip: session deleted"),
+        Ok(Err(e)) => tracing::info!(session = %url, error = %e, "whip: DELETE failed"),
+        Err(_) => tracing::info!(session = %url, "whip: DELETE timed out"),
+    }
+}
+
+/// Drives `fut` while discarding incoming frames; `None` if the frame sender went away.
+async fn discard_while<F: std::future::Future>(
+    frames: &mut mpsc::Receiver<EncodedFrame>,
+    fut: F,
+) -> Option<F::Output> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return Some(out),
+            frame = frames.recv() => {
+                frame.as_ref()?;
+            }
+        }
+    }
+}
+
+/// The local address whose route leads to `server`: connecting a UDP socket sends nothing but
+/// makes the kernel pick the source address it would use.
+fn local_ip_towards(server: SocketAddr) -> Result<IpAddr, WhipError> {
+    let unspecified: SocketAddr = match server {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let probe = std::net::UdpSocket::bind(unspecified)
+        .and_then(|s| s.connect(server).map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map_err(|e| WhipError::Local {
+            phase: Phase::Offer,
+            why: format!("no route to {server}: {e}"),
+        })?;
+    Ok(probe.ip())
+}
+
+/// Binds the socket, makes the offer, POSTs it and applies the answer.
+async fn establish(
+    client: &HttpClient,
+    target: &WhipTarget,
+    opts: &WhipOptions,
+) -> Result<Session, WhipError> {
+    let local_err = |why: String| WhipError::Local {
+        phase: Phase::Offer,
+        why,
+    };
+    let ip = match opts.bind_ip {
+        Some(ip) => ip,
+        None => {
+            let host = target
+                .endpoint
+                .host_str()
+                .ok_or_else(|| local_err("endpoint has no host".into()))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = target.endpoint.port_or_known_default().unwrap_or(443);
+            let server = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| local_err(format!("cannot resolve {host}: {e}")))?
+                .next()
+                .ok_or_else(|| local_err(format!("{host} resolves to nothing")))?;
+            local_ip_towards(server)?
+        }
+    };
+    let socket = UdpSocket::bind((ip, 0))
+        .await
+        .map_err(|e| local_err(format!("bind udp on {ip}: {e}")))?;
+    let local = socket
+        .local_addr()
+        .map_err(|e| local_err(format!("udp local address: {e}")))?;
+    let settings = RtcSettings {
+        initial_bitrate_bps: opts.initial_bitrate_bps,
+        desired_bitrate_bps: opts.desired_bitrate_bps,
+        ice_max_rto: opts.ice_max_rto,
+        ice_max_retransmits: opts.ice_max_retransmits,
+    };
+    let mut offered = rtc::make_offer(local, &settings, std::time::Instant::now())?;
+    let created = client
+        .create_session(
+            target.endpoint.clone(),
+            target.token.clone(),
+            &offered.offer_sdp,
+        )
+        .await?;
+    for s in &created.ice_servers {
+        match s.kind {
+            IceServerKind::Stun => {
+                tracing::debug!(uri = %s.uri, "whip: server offers a STUN server (not used: non-trickle offer already sent)")
+            }
+            IceServerKind::Turn | IceServerKind::Turns => {
+                tracing::info!(uri = %s.uri, "whip: server offers a TURN server; TURN is not supported, relying on direct connectivity")
+            }
+        }
+    }
+    if let Err(e) = rtc::accept_answer(&mut offered.rtc, offered.pending, &created.answer_sdp) {
+        let _ = tokio::time::timeout(
+            opts.delete_timeout,
+            client.delete_session(&created.session_url, target.token.as_deref()),
+        )
+        .await;
+        return Err(e);
+    }
+    Ok(Session {
+        rtc: offered.rtc,
+        mid: offered.mid,
+        socket,
+        local,
+        session_url: created.session_url,
+    })
+}
+
+/// Seeded dropper for [`LossInjection`], with counters for the log.
+struct LossState {
+    ratio: f64,
+    rng: StdRng,
+    seen: u64,
+    dropped: u64,
+}
+
+impl LossState {
+    fn new(cfg: LossInjection) -> Self {
+        LossState {
+            ratio: cfg.ratio.clamp(0.0, 1.0),
+            rng: StdRng::seed_from_u64(cfg.seed),
+            seen: 0,
+            dropped: 0,
+        }
+    }
+
+    /// True to drop this datagram: only RTP (RFC 7983 demultiplexing: first byte 128..=191,
+    /// and not an RTCP packet type), so ICE/DTLS and feedback still get through.
+    fn drop(&mut self, datagram: &[u8]) -> bool {
+        let is_rtp = match datagram {
+            [b0, b1, ..] => (128..=191).contains(b0) && !(192..=223).contains(b1),
+            _ => false,
+        };
+        if !is_rtp {
+            return false;
+        }
+        self.seen += 1;
+        let drop = self.rng.random_bool(self.ratio);
+        if drop {
+            self.dropped += 1;
+        }
+        drop
+    }
+}
+
+/// Per-session streaming state.
+struct StreamState {
+    connected: bool,
+    waiting_for_keyframe: bool,
+    profile: Option<StreamProfile>,
+    pt: Option<H264Pt>,
+    last_bandwidth: Option<Instant>,
+    pending_bandwidth: Option<u64>,
+}
+
+/// One session: ICE/DTLS, then frames out until stop or failure.
+async fn stream(
+    s: &mut Session,
+    opts: &WhipOptions,
+    mut loss: Option<&mut LossState>,
+    frames: &mut mpsc::Receiver<EncodedFrame>,
+    events: &mpsc::Sender<SinkEvent>,
+    cancel: &CancellationToken,
+) -> Ended {
+    let mut buf = vec![0u8; RECV_BUF];
+    let connect_deadline = Instant::now() + opts.connect_timeout;
+    let mut st = StreamState {
+        connected: false,
+        waiting_for_keyframe: true,
+        profile: None,
+        pt: None,
+        last_bandwidth: None,
+        pending_bandwidth: None,
+    };
+    let lost = |error: WhipError, st: &StreamState| Ended::Lost {
+        error,
+        published: st.connected,
+    };
+    loop {
+        // Drain everything str0m has to say before waiting (its single-mutation contract).
+        let mut to_send = Vec::new();
+        let deadline = loop {
+            match s.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => break t,
+                Ok(Output::Transmit(t)) => {
+                    if loss.as_mut().is_some_and(|l| l.drop(&t.contents)) {
+                        continue;
+                    }
+                    if let Err(e) = s.socket.try_send_to(&t.contents, t.destination) {
+                        // UDP: a full buffer or a transient route error loses one datagram,
+                        // which RTX/ICE retransmission cover.
+                        tracing::debug!(error = %e, "whip: udp send failed");
+                    }
+                }
+                Ok(Output::Event(e)) => {
+                    if let Err(error) = on_event(e, &mut st, &mut to_send) {
+                        return lost(error, &st);
+                    }
+                }
+                Err(e) => {
+                    let phase = if st.connected {
+                        Phase::Stream
+                    } else {
+                        Phase::Connect
+                    };
+                    return lost(
+                        WhipError::Disconnected {
+                            phase,
+                            why: e.to_string(),
+                        },
+                        &st,
+                    );
+                }
+            }
+        };
+        if let Some(bps) = st.pending_bandwidth {
+            if st
+                .last_bandwidth
+                .is_none_or(|t| t.elapsed() >= BANDWIDTH_INTERVAL)
+            {
+                st.pending_bandwidth = None;
+                st.last_bandwidth = Some(Instant::now());
+                to_send.push(SinkEvent::Bandwidth { bps });
+            }
+        }
+        for ev in to_send {
+            match ev {
+                // Lossy hints: never let a slow consumer stall the media loop on them.
+                SinkEvent::KeyframeWanted | SinkEvent::Bandwidth { .. } => {
+                    let _ = events.try_send(ev);
+                }
+                other => {
+                    let _ = events.send(other).await;
+                }
+            }
+        }
+        let wake = Instant::from_std(deadline);
+        let input_time = std::time::Instant::now();
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                s.rtc.disconnect();
+                return Ended::Stopped;
+            }
+            _ = tokio::time::sleep_until(connect_deadline), if !st.connected => {
+                return lost(WhipError::ConnectTimeout { after: opts.connect_timeout }, &st);
+            }
+            r = s.socket.recv_from(&mut buf) => {
+                let (n, source) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Linux reports ICMP errors of earlier sends here; they say nothing
+                        // the ICE consent checks will not say more reliably.
+                        tracing::debug!(error = %e, "whip: udp receive error");
+                        continue;
+                    }
+                };
+                let Ok(receive) = Receive::new(Protocol::Udp, source, s.local, &buf[..n]) else {
+                    continue; // not STUN/DTLS/RTP: stray datagram
+                };
+                let input = Input::Receive(std::time::Instant::now(), receive);
+                if !s.rtc.accepts(&input) {
+                    continue;
+                }
+                if let Err(e) = s.rtc.handle_input(input) {
+                    tracing::debug!(error = %e, "whip: datagram refused");
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                if let Err(e) = s.rtc.handle_input(Input::Timeout(std::time::Instant::now().max(input_time))) {
+                    return lost(WhipError::Disconnected { phase: Phase::Stream, why: e.to_string() }, &st);
+                }
+            }
+            frame = frames.recv() => {
+                let Some(frame) = frame else {
+                    s.rtc.disconnect();
+                    return Ended::Stopped;
+                };
+                if let Err(error) = write_frame(s, &mut st, &frame) {
+                    return lost(error, &st);
+                }
+            }
+        }
+    }
+}
+
+/// Turns a str0m event into state changes and events for the session.
+fn on_event(e: Event, st: &mut StreamState, out: &mut Vec<SinkEvent>) -> Result<(), WhipError> {
+    let phase = if st.connected {
+        Phase::Stream
+    } else {
+        Phase::Connect
+    };
+    match e {
+        Event::Connected => {
+            st.connected = true;
+            st.waiting_for_keyframe = true;
+            out.push(SinkEvent::KeyframeWanted);
+            out.push(SinkEvent::Publishing);
+        }
+        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+            return Err(WhipError::Disconnected {
+                phase,
+                why: "ICE consent lost".into(),
+            });
+        }
+        Event::Closed => {
+            return Err(WhipError::Disconnected {
+                phase,
+                why: "peer closed the DTLS connection".into(),
+            });
+        }
+        Event::KeyframeRequest(r) => {
+            tracing::debug!(kind = ?r.kind, "whip: keyframe requested by the receiver");
+            out.push(SinkEvent::KeyframeWanted);
+        }
+        Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+            st.pending_bandwidth = Some(estimate.as_u64());
+        }
+        Event::MediaEgressStats(stats) => {
+            tracing::trace!(?stats, "whip: egress stats");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Writes one access unit on the payload type that matches its SPS.
+fn write_frame(
+    s: &mut Session,
+    st: &mut StreamState,
+    frame: &EncodedFrame,
+) -> Result<(), WhipError> {
+    if !st.connected {
+        return Ok(());
+    }
+    if st.waiting_for_keyframe && !frame.keyframe {
+        return Ok(());
+    }
+    if frame.keyframe {
+        if let Some(profile) = StreamProfile::of_access_unit(&frame.data) {
+            if st.profile != Some(profile) {
+                let negotiated = rtc::negotiated_h264(&mut s.rtc, s.mid);
+                let Some(chosen) = rtc::choose_pt(&negotiated, &profile) else {
+                    return Err(WhipError::BadAnswer {
+                        why: format!(
+                            "no negotiated H.264 payload type fits the stream's profile-level-id {:06x} (answer offers {})",
+                            profile.profile_level_id,
+                            negotiated
+                                .iter()
+                                .map(|p| format!("{}:{:06x}", p.pt, p.profile_level_id.unwrap_or(0)))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    });
+                };
+                tracing::info!(
+                    pt = chosen.pt,
+                    stream = format!("{:06x}", profile.profile_level_id),
+                    negotiated = format!("{:06x}", chosen.profile_level_id.unwrap_or(0)),
+                    "whip: payload type chosen"
+                );
+                st.profile = Some(profile);
+                st.pt = Some(chosen);
+            }
+        }
+    }
+    let Some(chosen) = st.pt else {
+        // A keyframe without parameter sets before any with them: nothing a decoder can use.
+        st.waiting_for_keyframe = true;
+        return Ok(());
+    };
+    let Some(writer) = s.rtc.writer(s.mid) else {
+        return Err(WhipError::Local {
+            phase: Phase::Stream,
+            why: "video m-line vanished".into(),
+        });
+    };
+    let data: Arc<[u8]> = Arc::from(&frame.data[..]);
+    match writer.write(
+        rtc::pt(chosen.pt),
+        std::time::Instant::now(),
+        rtc::media_time(frame.pts),
+        data,
+    ) {
+        Ok(()) => st.waiting_for_keyframe = false,
+        Err(e) => {
+            tracing::warn!(error = %e, "whip: frame refused by the packetizer");
+            st.waiting_for_keyframe = true;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::{StreamUrl, UrlType};
+
+    fn whip_url(s: &str) -> WhipUrl {
+        match StreamUrl::parse(UrlType::Whip, s).unwrap() {
+            StreamUrl::Whip(u) => u,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn target_takes_the_config_token_else_the_query_token() {
+        let u = whip_url("http://h:1985/rtc/v1/whip/?app=live&stream=s&token=qtok");
+        let t = WhipTarget::new(&u, None).unwrap();
+        assert_eq!(t.token.as_deref(), Some("qtok"));
+        assert_eq!(
+            t.endpoint.as_str(),
+            "http://h:1985/rtc/v1/whip/?app=live&stream=s&token=qtok"
+        );
+        let t = WhipTarget::new(&u, Some("ctok")).unwrap();
+        assert_eq!(t.token.as_deref(), Some("ctok"));
+        let dbg = format!("{t:?}");
+        assert!(!dbg.contains("qtok") && !dbg.contains("ctok"), "{dbg}");
+        let t = WhipTarget::new(&whip_url("https://h/whip/cam"), None).unwrap();
+        assert!(!t.has_token());
+    }
+
+    #[test]
+    fn loss_drops_only_rtp() {
+        let mut l = LossState::new(LossInjection {
+            ratio: 1.0,
+            seed: 1,
+        });
+        assert!(l.drop(&[0x80, 0x60, 0, 0]));
+        assert!(!l.drop(&[0x80, 200, 0, 0]), "RTCP SR kept");
+        assert!(!l.drop(&[0x00, 0x01]), "STUN kept");
+        assert!(!l.drop(&[22, 254]), "DTLS kept");
+        let mut l = LossState::new(LossInjection {
+            ratio: 0.05,
+            seed: 7,
+        });
+        for _ in 0..10_000 {
+            l.drop(&[0x80, 0x60]);
+        }
+        assert!((400..600).contains(&l.dropped), "{}", l.dropped);
+    }
+
+    #[tokio::test]
+    async fn refused_connection_fails_first_attempt_without_the_token() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let u = whip_url(&format!("http://127.0.0.1:{port}/whip/cam?token=sekrit"));
+        let (_tx, rx) = mpsc::channel(4);
+        let (ev_tx, mut ev_rx) = mpsc::channel(8);
+        run(
+            WhipTarget::new(&u, None).unwrap(),
+            WhipOptions::default(),
+            rx,
+            ev_tx,
+            CancellationToken::new(),
+        )
+        .await;
+        match ev_rx.recv().await {
+            Some(SinkEvent::Failed { reason }) => {
+                assert!(reason.starts_with("offer: http request"), "{reason}");
+                assert!(reason.contains(&format!("127.0.0.1:{port}")), "{reason}");
+                assert!(!reason.contains("sekrit"), "{reason}");
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
+    }
+}
