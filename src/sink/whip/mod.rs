@@ -117,6 +117,10 @@ pub struct WhipOptions {
     pub ice_max_rto: Duration,
     /// STUN retransmissions before the pair is declared dead.
     pub ice_max_retransmits: usize,
+    /// A connected session from which nothing at all (consent answers, RTCP) arrived for this
+    /// long is treated as dead. str0m's consent checks get there too, but only after their
+    /// whole retransmission schedule (~14 s); a live receiver answers every second.
+    pub silence_timeout: Duration,
     /// Local address to bind; `None` picks the address that routes to the server.
     pub bind_ip: Option<IpAddr>,
     /// Test-only: drop a share of outgoing RTP datagrams.
@@ -135,6 +139,7 @@ impl Default for WhipOptions {
             desired_bitrate_bps: 4_000_000,
             ice_max_rto: Duration::from_secs(1),
             ice_max_retransmits: 7,
+            silence_timeout: Duration::from_secs(5),
             bind_ip: None,
             loss: None,
         }
@@ -466,6 +471,7 @@ async fn stream(
 ) -> Ended {
     let mut buf = vec![0u8; RECV_BUF];
     let connect_deadline = Instant::now() + opts.connect_timeout;
+    let mut last_heard = Instant::now();
     let mut st = StreamState {
         connected: false,
         waiting_for_keyframe: true,
@@ -547,6 +553,12 @@ async fn stream(
             _ = tokio::time::sleep_until(connect_deadline), if !st.connected => {
                 return lost(WhipError::ConnectTimeout { after: opts.connect_timeout }, &st);
             }
+            _ = tokio::time::sleep_until(last_heard + opts.silence_timeout), if st.connected => {
+                return lost(WhipError::Disconnected {
+                    phase: Phase::Stream,
+                    why: format!("nothing received from the server for {:?}", opts.silence_timeout),
+                }, &st);
+            }
             r = s.socket.recv_from(&mut buf) => {
                 let (n, source) = match r {
                     Ok(x) => x,
@@ -557,6 +569,7 @@ async fn stream(
                         continue;
                     }
                 };
+                last_heard = Instant::now();
                 let Ok(receive) = Receive::new(Protocol::Udp, source, s.local, &buf[..n]) else {
                     continue; // not STUN/DTLS/RTP: stray datagram
                 };
@@ -619,6 +632,8 @@ fn on_event(e: Event, st: &mut StreamState, out: &mut Vec<SinkEvent>) -> Result<
         Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
             st.pending_bandwidth = Some(estimate.as_u64());
         }
+        // REMB is deliberately not reported: it is the receiver's guess (aiortc's starts near
+        // 100 kbit/s for an 800 kbit/s stream) and would drag adaptive quality down.
         Event::MediaEgressStats(stats) => {
             tracing::trace!(?stats, "whip: egress stats");
         }
