@@ -450,14 +450,40 @@ impl LossState {
     }
 }
 
+/// Holds back bandwidth estimates so that at most one per [`BANDWIDTH_INTERVAL`] is reported;
+/// the newest one wins, none is reported twice.
+#[derive(Debug, Default)]
+struct BandwidthReports {
+    last: Option<std::time::Instant>,
+    pending: Option<u64>,
+}
+
+impl BandwidthReports {
+    fn estimate(&mut self, bps: u64) {
+        self.pending = Some(bps);
+    }
+
+    fn poll(&mut self, now: std::time::Instant) -> Option<u64> {
+        let due = self
+            .last
+            .is_none_or(|t| now.saturating_duration_since(t) >= BANDWIDTH_INTERVAL);
+        if !due {
+            return None;
+        }
+        let bps = self.pending.take()?;
+        self.last = Some(now);
+        Some(bps)
+    }
+}
+
 /// Per-session streaming state.
+#[derive(Debug, Default)]
 struct StreamState {
     connected: bool,
     waiting_for_keyframe: bool,
     profile: Option<StreamProfile>,
     pt: Option<H264Pt>,
-    last_bandwidth: Option<Instant>,
-    pending_bandwidth: Option<u64>,
+    bandwidth: BandwidthReports,
 }
 
 /// One session: ICE/DTLS, then frames out until stop or failure.
@@ -473,12 +499,8 @@ async fn stream(
     let connect_deadline = Instant::now() + opts.connect_timeout;
     let mut last_heard = Instant::now();
     let mut st = StreamState {
-        connected: false,
         waiting_for_keyframe: true,
-        profile: None,
-        pt: None,
-        last_bandwidth: None,
-        pending_bandwidth: None,
+        ..StreamState::default()
     };
     let lost = |error: WhipError, st: &StreamState| Ended::Lost {
         error,
@@ -521,15 +543,8 @@ async fn stream(
                 }
             }
         };
-        if let Some(bps) = st.pending_bandwidth {
-            if st
-                .last_bandwidth
-                .is_none_or(|t| t.elapsed() >= BANDWIDTH_INTERVAL)
-            {
-                st.pending_bandwidth = None;
-                st.last_bandwidth = Some(Instant::now());
-                to_send.push(SinkEvent::Bandwidth { bps });
-            }
+        if let Some(bps) = st.bandwidth.poll(std::time::Instant::now()) {
+            to_send.push(SinkEvent::Bandwidth { bps });
         }
         for ev in to_send {
             match ev {
@@ -542,7 +557,9 @@ async fn stream(
                 }
             }
         }
-        let wake = Instant::from_std(deadline);
+        // str0m may ask to be woken "now" again and again while it paces; a 1 ms floor keeps
+        // that from becoming a busy loop and costs at most 1 ms of pacing precision.
+        let wake = Instant::from_std(deadline).max(Instant::now() + Duration::from_millis(1));
         let input_time = std::time::Instant::now();
         tokio::select! {
             biased;
@@ -630,7 +647,7 @@ fn on_event(e: Event, st: &mut StreamState, out: &mut Vec<SinkEvent>) -> Result<
             out.push(SinkEvent::KeyframeWanted);
         }
         Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
-            st.pending_bandwidth = Some(estimate.as_u64());
+            st.bandwidth.estimate(estimate.as_u64());
         }
         // REMB is deliberately not reported: it is the receiver's guess (aiortc's starts near
         // 100 kbit/s for an 800 kbit/s stream) and would drag adaptive quality down.
@@ -756,6 +773,209 @@ mod tests {
             l.drop(&[0x80, 0x60]);
         }
         assert!((400..600).contains(&l.dropped), "{}", l.dropped);
+    }
+
+    #[test]
+    fn bandwidth_reports_at_most_once_a_second_newest_wins() {
+        let t0 = std::time::Instant::now();
+        let mut b = BandwidthReports::default();
+        assert_eq!(b.poll(t0), None);
+        b.estimate(1);
+        assert_eq!(b.poll(t0), Some(1));
+        b.estimate(2);
+        b.estimate(3);
+        assert_eq!(b.poll(t0 + Duration::from_millis(500)), None);
+        assert_eq!(b.poll(t0 + Duration::from_millis(1000)), Some(3));
+        assert_eq!(b.poll(t0 + Duration::from_millis(3000)), None, "no repeats");
+    }
+
+    /// A datagram in flight: source, destination, bytes.
+    type Datagram = (SocketAddr, SocketAddr, Vec<u8>);
+
+    /// Moves datagrams between two str0m peers in memory, with simulated time.
+    struct Wire {
+        now: std::time::Instant,
+    }
+
+    impl Wire {
+        /// Drains `rtc`, returning its datagrams (src, dst, bytes), events and next timeout.
+        fn drain(rtc: &mut Rtc) -> (Vec<Datagram>, Vec<Event>, std::time::Instant) {
+            let mut out = Vec::new();
+            let mut events = Vec::new();
+            loop {
+                match rtc.poll_output().expect("poll_output") {
+                    Output::Timeout(t) => return (out, events, t),
+                    Output::Transmit(t) => out.push((t.source, t.destination, t.contents.to_vec())),
+                    Output::Event(e) => events.push(e),
+                }
+            }
+        }
+
+        /// Delivers `packets` to `rtc` one by one (each followed by a drain, as str0m
+        /// requires); returns what `rtc` sent and emitted meanwhile.
+        fn deliver(&self, rtc: &mut Rtc, packets: Vec<Datagram>) -> (Vec<Datagram>, Vec<Event>) {
+            let mut out = Vec::new();
+            let mut events = Vec::new();
+            for (src, dst, data) in packets {
+                let r = Receive::new(Protocol::Udp, src, dst, &data).expect("datagram");
+                rtc.handle_input(Input::Receive(self.now, r))
+                    .expect("input");
+                let (o, e, _) = Self::drain(rtc);
+                out.extend(o);
+                events.extend(e);
+            }
+            (out, events)
+        }
+    }
+
+    /// Our offer against a str0m receiver (which, unlike aiortc, sends transport-cc feedback
+    /// and can send PLI): the estimate must become `Bandwidth` events and a PLI must become
+    /// `KeyframeWanted`.
+    #[test]
+    fn twcc_estimate_and_pli_reach_the_session() {
+        use crate::media::encoder::H264Encoder;
+        use crate::media::frame::RawFrame;
+        use crate::media::quality::Rung;
+        use str0m::change::SdpOffer;
+        use str0m::media::KeyframeRequestKind;
+
+        let a_addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let b_addr: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let start = std::time::Instant::now();
+        let settings = RtcSettings {
+            initial_bitrate_bps: 300_000,
+            desired_bitrate_bps: 2_000_000,
+            ice_max_rto: Duration::from_secs(1),
+            ice_max_retransmits: 7,
+        };
+        let offered = rtc::make_offer(a_addr, &settings, start).unwrap();
+        let mut a = offered.rtc;
+        let mid = offered.mid;
+        let mut b = Rtc::builder().clear_codecs().enable_h264(true).build(start);
+        b.add_local_candidate(str0m::Candidate::host(b_addr, "udp").unwrap());
+        let offer = SdpOffer::from_sdp_string(&offered.offer_sdp).unwrap();
+        let answer = b.sdp_api().accept_offer(offer).unwrap();
+        rtc::accept_answer(&mut a, offered.pending, &answer.to_sdp_string()).unwrap();
+
+        let mut wire = Wire { now: start };
+        let mut st = StreamState {
+            waiting_for_keyframe: true,
+            ..StreamState::default()
+        };
+        let mut sink_events = Vec::new();
+        let rung = Rung {
+            width: 320,
+            height: 180,
+            fps: 30,
+            bitrate_kbps: 500,
+        };
+        let mut enc = H264Encoder::new(rung, 30).unwrap();
+        let mut raw = RawFrame::black(320, 180);
+        let mut frame_no = 0u64;
+        let mut next_frame = start;
+        let mut pli_sent = false;
+        let mut to_a = Vec::new();
+        let mut to_b = Vec::new();
+        // 8 simulated seconds, bounded by step count as well.
+        for _ in 0..200_000 {
+            if wire.now >= start + Duration::from_secs(8) {
+                break;
+            }
+            let (oa, ea, ta) = Wire::drain(&mut a);
+            to_b.extend(oa);
+            for e in ea {
+                on_event(e, &mut st, &mut sink_events).unwrap();
+            }
+            let (ob, _, tb) = Wire::drain(&mut b);
+            to_a.extend(ob);
+            if let Some(bps) = st.bandwidth.poll(wire.now) {
+                sink_events.push(SinkEvent::Bandwidth { bps });
+            }
+            if !to_a.is_empty() || !to_b.is_empty() {
+                let (o, ev) = wire.deliver(&mut a, std::mem::take(&mut to_a));
+                to_b.extend(o);
+                for e in ev {
+                    on_event(e, &mut st, &mut sink_events).unwrap();
+                }
+                let (o, _) = wire.deliver(&mut b, std::mem::take(&mut to_b));
+                to_a.extend(o);
+                continue;
+            }
+            if st.connected && !pli_sent && wire.now >= start + Duration::from_secs(3) {
+                b.writer(mid)
+                    .expect("receiver media")
+                    .request_keyframe(None, KeyframeRequestKind::Pli)
+                    .unwrap();
+                pli_sent = true;
+                continue;
+            }
+            // Real time always moves a little between two polls; simulated time must too.
+            let wake = ta
+                .min(tb)
+                .min(next_frame)
+                .max(wire.now + Duration::from_millis(1));
+            wire.now = wake;
+            if wire.now >= next_frame {
+                next_frame += Duration::from_micros(33_333);
+                if st.connected {
+                    let y = raw.planes_mut().0;
+                    for (i, px) in y.iter_mut().enumerate() {
+                        *px = ((i as u64 + frame_no * 7) % 251) as u8;
+                    }
+                    let pts = Duration::from_micros(33_333 * frame_no);
+                    if let Some(f) = enc.encode(&raw, pts).unwrap() {
+                        let pt = if let Some(p) = st.pt {
+                            p
+                        } else {
+                            let prof = StreamProfile::of_access_unit(&f.data).unwrap();
+                            let p = rtc::choose_pt(&rtc::negotiated_h264(&mut a, mid), &prof)
+                                .expect("a matching payload type");
+                            st.pt = Some(p);
+                            p
+                        };
+                        a.writer(mid)
+                            .unwrap()
+                            .write(
+                                rtc::pt(pt.pt),
+                                wire.now,
+                                rtc::media_time(pts),
+                                Arc::<[u8]>::from(&f.data[..]),
+                            )
+                            .unwrap();
+                    }
+                    frame_no += 1;
+                }
+                continue;
+            }
+            a.handle_input(Input::Timeout(wire.now)).unwrap();
+            let (oa, ea, _) = Wire::drain(&mut a);
+            to_b.extend(oa);
+            for e in ea {
+                on_event(e, &mut st, &mut sink_events).unwrap();
+            }
+            b.handle_input(Input::Timeout(wire.now)).unwrap();
+        }
+        assert!(st.connected, "never connected: {sink_events:?}");
+        println!("simulated {:?}", wire.now - start);
+        assert!(frame_no > 100, "only {frame_no} frames written");
+        let bw: Vec<u64> = sink_events
+            .iter()
+            .filter_map(|e| match e {
+                SinkEvent::Bandwidth { bps } => Some(*bps),
+                _ => None,
+            })
+            .collect();
+        let keyframe_wanted = sink_events
+            .iter()
+            .filter(|e| **e == SinkEvent::KeyframeWanted)
+            .count();
+        println!("bandwidth reports {bw:?}; keyframe requests {keyframe_wanted}");
+        assert!(!bw.is_empty(), "no Bandwidth event: {sink_events:?}");
+        assert!(bw.len() <= 9, "more than one a second: {bw:?}");
+        assert!(
+            keyframe_wanted >= 2,
+            "connect + PLI should each ask for a keyframe: {sink_events:?}"
+        );
     }
 
     #[tokio::test]
