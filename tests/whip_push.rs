@@ -46,12 +46,13 @@ impl Producer {
         tx: mpsc::Sender<EncodedFrame>,
         keyframe: Arc<AtomicBool>,
         limit: Option<u32>,
+        resize: Option<(u32, u32, u32)>,
     ) -> Producer {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU32::new(0));
         let (stop2, sent2) = (stop.clone(), sent.clone());
         let thread = std::thread::spawn(move || {
-            let rung = Rung {
+            let mut rung = Rung {
                 width: WIDTH,
                 height: HEIGHT,
                 fps: 30,
@@ -64,6 +65,17 @@ impl Producer {
             for i in 0..limit.unwrap_or(30 * 300) {
                 if stop2.load(Ordering::Relaxed) {
                     break;
+                }
+                if let Some((at, width, height)) = resize {
+                    if i == at {
+                        // As a quality change would: new size from the next (IDR) frame on.
+                        rung = Rung {
+                            width,
+                            height,
+                            ..rung
+                        };
+                        enc.set_rung(rung).expect("resize");
+                    }
                 }
                 if keyframe.swap(false, Ordering::Relaxed) {
                     enc.force_keyframe();
@@ -160,8 +172,13 @@ impl Sink {
     }
 
     fn producer(&self, limit: Option<u32>) -> Producer {
+        self.producer_resizing(limit, None)
+    }
+
+    /// A producer that switches to `(width, height)` at frame `at`.
+    fn producer_resizing(&self, limit: Option<u32>, resize: Option<(u32, u32, u32)>) -> Producer {
         let tx = self.tx.clone().expect("sink still has its frame sender");
-        Producer::start(tx, self.keyframe.clone(), limit)
+        Producer::start(tx, self.keyframe.clone(), limit, resize)
     }
 
     fn events(&self) -> Vec<SinkEvent> {
@@ -506,6 +523,47 @@ fn sink_reconnect_reasons(events: &[SinkEvent]) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+#[test]
+fn resolution_change_stays_in_one_session() {
+    let _guard = peers::exclusive();
+    block_on(async {
+        let server = WhipServer::start(WhipServerOptions::default());
+        let sink = Sink::start(&server.url("cam1"), None, test_opts());
+        sink.wait_events("Publishing", Duration::from_secs(20), publishing(1))
+            .await;
+        let mut producer = sink.producer_resizing(Some(90 + TRAILING), Some((45, 1280, 720)));
+        producer.finish(Duration::from_secs(60)).await;
+        let want = 88;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while decoded_of_first(&only_session(&server), 90) < want && Instant::now() < deadline {
+            sleep(Duration::from_millis(100)).await;
+        }
+        let session = only_session(&server);
+        let decoded = decoded_of_first(&session, 90);
+        let events = sink.stop().await;
+        let stats = server.stats();
+        println!(
+            "resize 640x360 -> 1280x720: decoded {decoded}/90, sizes {}",
+            session["sizes"]
+        );
+        assert_eq!(stats["posts"], 1, "one POST for both sizes: {stats}");
+        assert_eq!(
+            session["sizes"],
+            serde_json::json!(["640x360", "1280x720"]),
+            "{session}"
+        );
+        assert!(decoded >= want, "decoded {decoded}/90");
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| **e == SinkEvent::Publishing)
+                .count(),
+            1,
+            "{events:?}"
+        );
+    });
 }
 
 /// Returns (decoded of the 90, decoded of the last 30 of them, events).

@@ -54,6 +54,9 @@ async def consume(sid, track):
         if len(st["pts"]) < 10000:
             st["pts"].append(frame.pts)  # RTP timestamp (90 kHz) of the decoded frame
         st["width"], st["height"] = frame.width, frame.height
+        size = f"{frame.width}x{frame.height}"
+        if size not in st["sizes"]:
+            st["sizes"].append(size)
         if st["first_frame_at"] is None:
             st["first_frame_at"] = time.time()
         st["last_frame_at"] = time.time()
@@ -85,6 +88,7 @@ async def post_offer(req):
         "path": req.path,
         "frames": 0,
         "pts": [],
+        "sizes": [],
         "state": "new",
         "width": 0,
         "height": 0,

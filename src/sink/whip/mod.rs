@@ -156,8 +156,13 @@ const RECV_BUF: usize = 2048;
 enum Ended {
     /// Stop requested (cancel, or the producer went away).
     Stopped,
-    /// The session failed; `published` tells whether media had flowed.
-    Lost { error: WhipError, published: bool },
+    /// The session failed; `published` tells whether media had flowed, `fatal` that a new
+    /// session would fail the same way (the server cannot take the stream as encoded).
+    Lost {
+        error: WhipError,
+        published: bool,
+        fatal: bool,
+    },
 }
 
 /// A session the server accepted: ours to stream on and to DELETE.
@@ -176,9 +181,10 @@ struct Session {
 /// with [`SinkEvent::Failed`]. After one successful publish every failure (consent lost, server
 /// gone, DTLS closed, no connection within `connect_timeout`) DELETEs the old session
 /// best-effort and starts a fresh one with jittered backoff, reported as
-/// [`SinkEvent::Reconnecting`]. On connect the sink reports [`SinkEvent::KeyframeWanted`] and
-/// [`SinkEvent::Publishing`] and drops frames until a keyframe; PLI/FIR from the receiver
-/// become [`SinkEvent::KeyframeWanted`], and the transport-wide bandwidth estimate becomes
+/// [`SinkEvent::Reconnecting`]; except when the answer has no H.264 payload type matching the
+/// stream's profile, which no new session would change ([`SinkEvent::Failed`]). On connect
+/// the sink reports [`SinkEvent::KeyframeWanted`] and [`SinkEvent::Publishing`] and drops
+/// frames until a keyframe; PLI/FIR from the receiver become [`SinkEvent::KeyframeWanted`], and the transport-wide bandwidth estimate becomes
 /// [`SinkEvent::Bandwidth`] at most once a second. On stop the session is DELETEd with the
 /// token and [`SinkEvent::Stopped`] is sent. Frames arriving while not connected are discarded
 /// so the producer never blocks.
@@ -217,7 +223,7 @@ pub async fn run(
             let _ = events.send(SinkEvent::Stopped).await;
             return;
         };
-        let (error, published) = match result {
+        let (error, published, fatal) = match result {
             Ok(mut session) => {
                 tracing::info!(target = %target.redacted(), session = %redact_url_str(session.session_url.as_str()), local = %session.local, "whip: session created");
                 let started = Instant::now();
@@ -241,7 +247,11 @@ pub async fn run(
                         let _ = events.send(SinkEvent::Stopped).await;
                         return;
                     }
-                    Ended::Lost { error, published } => {
+                    Ended::Lost {
+                        error,
+                        published,
+                        fatal,
+                    } => {
                         // Tell the server the session is over, in case it still thinks it
                         // is not; bounded, since the server may be the thing that died.
                         let del = tokio::select! {
@@ -258,15 +268,15 @@ pub async fn run(
                         if published && started.elapsed() >= opts.backoff_max {
                             backoff.reset();
                         }
-                        (error, published)
+                        (error, published, fatal)
                     }
                 }
             }
-            Err(e) => (e, false),
+            Err(e) => (e, false, false),
         };
         published_once |= published;
         let reason = error.to_string();
-        if !published_once {
+        if !published_once || fatal {
             tracing::warn!(target = %target.redacted(), %reason, "whip publish failed");
             let _ = events.send(SinkEvent::Failed { reason }).await;
             return;
@@ -505,6 +515,7 @@ async fn stream(
     let lost = |error: WhipError, st: &StreamState| Ended::Lost {
         error,
         published: st.connected,
+        fatal: false,
     };
     loop {
         // Drain everything str0m has to say before waiting (its single-mutation contract).
@@ -609,7 +620,7 @@ async fn stream(
                     return Ended::Stopped;
                 };
                 if let Err(error) = write_frame(s, &mut st, &frame) {
-                    return lost(error, &st);
+                    return Ended::Lost { error, published: st.connected, fatal: true };
                 }
             }
         }
@@ -659,7 +670,8 @@ fn on_event(e: Event, st: &mut StreamState, out: &mut Vec<SinkEvent>) -> Result<
     Ok(())
 }
 
-/// Writes one access unit on the payload type that matches its SPS.
+/// Writes one access unit on the payload type that matches its SPS. An error means the
+/// negotiated session cannot carry this stream at all (no payload type fits its profile).
 fn write_frame(
     s: &mut Session,
     st: &mut StreamState,
