@@ -526,6 +526,39 @@ fn sink_reconnect_reasons(events: &[SinkEvent]) -> Vec<String> {
 }
 
 #[test]
+fn https_certificates_are_verified() {
+    let _guard = peers::exclusive();
+    block_on(async {
+        let server = WhipServer::start(WhipServerOptions {
+            tls: true,
+            ..Default::default()
+        });
+        let url = server.https_url("cam1").expect("tls port");
+        let sink = Sink::start(&url, Some("tok"), test_opts());
+        sink.wait_events("Failed", Duration::from_secs(15), |evs| {
+            evs.iter().any(|e| matches!(e, SinkEvent::Failed { .. }))
+        })
+        .await;
+        let reason = sink
+            .events()
+            .iter()
+            .find_map(|e| match e {
+                SinkEvent::Failed { reason } => Some(reason.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        println!("self-signed server refused: {reason}");
+        assert!(reason.to_lowercase().contains("certificate"), "{reason}");
+        assert!(reason.contains("UnknownIssuer"), "{reason}");
+        assert_eq!(
+            server.stats()["posts"],
+            0,
+            "offer sent to an unverified server"
+        );
+    });
+}
+
+#[test]
 fn resolution_change_stays_in_one_session() {
     let _guard = peers::exclusive();
     block_on(async {

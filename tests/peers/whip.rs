@@ -22,6 +22,8 @@ pub struct WhipServerOptions {
     pub redirect_first: bool,
     /// Answer the first (non-redirected) POST with 503 and this `Retry-After` in seconds.
     pub busy_once: Option<u32>,
+    /// Also serve HTTPS on a second port, with a self-signed certificate no client trusts.
+    pub tls: bool,
 }
 
 /// The venv's python: `$DOCKCAST_VENV/bin/python`, else `<repo>/.work/venv/bin/python`.
@@ -41,6 +43,7 @@ pub fn venv_python() -> PathBuf {
 /// A running aiortc WHIP endpoint on 127.0.0.1.
 pub struct WhipServer {
     port: u16,
+    tls_port: Option<u16>,
     opts: WhipServerOptions,
     dir: TestDir,
     child: Option<Child>,
@@ -52,6 +55,7 @@ impl WhipServer {
     pub fn start(opts: WhipServerOptions) -> Self {
         let mut s = WhipServer {
             port: super::free_port(),
+            tls_port: opts.tls.then(super::free_port),
             opts,
             dir: TestDir::new("whip"),
             child: None,
@@ -67,6 +71,12 @@ impl WhipServer {
             "http://127.0.0.1:{}/whip/{stream}?app=live&stream={stream}",
             self.port
         )
+    }
+
+    /// The same endpoint over HTTPS (self-signed), when started with `tls`.
+    pub fn https_url(&self, stream: &str) -> Option<String> {
+        self.tls_port
+            .map(|p| format!("https://127.0.0.1:{p}/whip/{stream}"))
     }
 
     /// The HTTP port.
@@ -137,6 +147,43 @@ impl WhipServer {
         }
         if self.opts.redirect_first {
             cmd.arg("--redirect-first");
+        }
+        if let Some(tls_port) = self.tls_port {
+            let (cert, key) = (
+                self.dir.path().join("cert.pem"),
+                self.dir.path().join("key.pem"),
+            );
+            if !cert.exists() {
+                let ok = Command::new("openssl")
+                    .args([
+                        "req",
+                        "-x509",
+                        "-newkey",
+                        "ec",
+                        "-pkeyopt",
+                        "ec_paramgen_curve:P-256",
+                    ])
+                    .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+                    .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+                    // A leaf, so the only thing wrong with it is that nobody vouches for it.
+                    .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+                    .arg("-keyout")
+                    .arg(&key)
+                    .arg("-out")
+                    .arg(&cert)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                assert!(ok, "openssl could not make a self-signed certificate");
+            }
+            cmd.arg("--tls-port")
+                .arg(tls_port.to_string())
+                .arg("--cert")
+                .arg(&cert)
+                .arg("--key")
+                .arg(&key);
         }
         if let Some(secs) = self.opts.busy_once {
             cmd.arg("--busy-once")

@@ -6,11 +6,13 @@ POST /whip-moved/{stream}      -> same; the target of --redirect-first
 PATCH /whip/session/{sid}      -> 405 (no trickle, no ICE restart)
 DELETE /whip/session/{sid}     -> 200 (401 without the token when --token)
 GET /stats                     -> JSON: counters and, per session, decoded frames and state
+With --tls-port the same routes are served over HTTPS too (self-signed cert from the test).
 
 Listens on 127.0.0.1 only; ICE candidates are 127.0.0.1 only.
 """
 import argparse
 import asyncio
+import ssl
 import time
 import uuid
 
@@ -155,6 +157,9 @@ def main():
     p.add_argument("--redirect-first", action="store_true", help="answer the first POST with 307")
     p.add_argument("--busy-once", action="store_true", help="answer the first POST with 503")
     p.add_argument("--retry-after", type=int, default=1)
+    p.add_argument("--tls-port", type=int, help="also serve HTTPS here (needs --cert/--key)")
+    p.add_argument("--cert")
+    p.add_argument("--key")
     ARGS = p.parse_args()
     app = web.Application()
     for prefix in ("/whip", "/whip-moved"):
@@ -162,7 +167,18 @@ def main():
     app.router.add_patch("/whip/session/{sid}", patch_session)
     app.router.add_delete("/whip/session/{sid}", delete_session)
     app.router.add_get("/stats", stats)
-    web.run_app(app, host="127.0.0.1", port=ARGS.port, print=None)
+    asyncio.run(serve(app))
+
+
+async def serve(app):
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", ARGS.port).start()
+    if ARGS.tls_port:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(ARGS.cert, ARGS.key)
+        await web.TCPSite(runner, "127.0.0.1", ARGS.tls_port, ssl_context=ctx).start()
+    await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
