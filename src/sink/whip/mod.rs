@@ -5,13 +5,17 @@
 //! pure; [`client`] is the HTTP shell; [`run`] is the sink task that owns one str0m `Rtc` and
 //! its UDP socket per session and applies the reconnect policy.
 //!
+//! ICE: a host candidate on the address that routes to the server, plus a server-reflexive
+//! one when a STUN server is known: from the options (config), or from the `Link` headers of
+//! the previous session's 201 (a non-trickle offer is sent before the answer names any).
+//!
 //! Gaps, on purpose for now: no TURN client (TURN servers from `Link` headers are recorded and
-//! logged, not used), no server-reflexive candidate (non-trickle offers are sent before the
-//! answer's STUN servers are known), no trickle/ICE-restart PATCH (a new session is made instead).
+//! logged, not used), no trickle/ICE-restart PATCH (a new session is made instead).
 
 pub mod client;
 pub mod http;
 pub mod rtc;
+pub mod stun;
 
 pub use client::HttpClient;
 pub use http::{Phase, WhipError};
@@ -123,6 +127,11 @@ pub struct WhipOptions {
     pub silence_timeout: Duration,
     /// Local address to bind; `None` picks the address that routes to the server.
     pub bind_ip: Option<IpAddr>,
+    /// STUN servers (`stun:host[:port]` or `host[:port]`) asked for a server-reflexive
+    /// candidate, in order, before `Link` ones the server sent; the first that answers counts.
+    pub stun_servers: Vec<String>,
+    /// Limit for each STUN server's answer.
+    pub stun_timeout: Duration,
     /// Test-only: drop a share of outgoing RTP datagrams.
     pub loss: Option<LossInjection>,
 }
@@ -141,6 +150,8 @@ impl Default for WhipOptions {
             ice_max_retransmits: 7,
             silence_timeout: Duration::from_secs(5),
             bind_ip: None,
+            stun_servers: Vec::new(),
+            stun_timeout: Duration::from_millis(500),
             loss: None,
         }
     }
@@ -172,6 +183,8 @@ struct Session {
     socket: UdpSocket,
     local: SocketAddr,
     session_url: Url,
+    /// STUN servers the 201 named, for the next session's reflexive candidate.
+    link_stun: Vec<(String, u16)>,
 }
 
 /// Runs the WHIP sink until `cancel` fires or the frame sender is dropped.
@@ -212,8 +225,9 @@ pub async fn run(
         }
     };
 
+    let mut link_stun: Vec<(String, u16)> = Vec::new();
     loop {
-        let attempt = establish(&client, &target, &opts);
+        let attempt = establish(&client, &target, &opts, &link_stun);
         let result = tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
@@ -225,6 +239,7 @@ pub async fn run(
         };
         let (error, published, fatal) = match result {
             Ok(mut session) => {
+                link_stun = std::mem::take(&mut session.link_stun);
                 tracing::info!(target = %target.redacted(), session = %redact_url_str(session.session_url.as_str()), local = %session.local, "whip: session created");
                 let started = Instant::now();
                 let ended = stream(
@@ -354,6 +369,7 @@ async fn establish(
     client: &HttpClient,
     target: &WhipTarget,
     opts: &WhipOptions,
+    link_stun: &[(String, u16)],
 ) -> Result<Session, WhipError> {
     let local_err = |why: String| WhipError::Local {
         phase: Phase::Offer,
@@ -388,7 +404,8 @@ async fn establish(
         ice_max_rto: opts.ice_max_rto,
         ice_max_retransmits: opts.ice_max_retransmits,
     };
-    let mut offered = rtc::make_offer(local, &settings, std::time::Instant::now())?;
+    let reflexive = reflexive_candidate(&socket, local, opts, link_stun).await;
+    let mut offered = rtc::make_offer(local, reflexive, &settings, std::time::Instant::now())?;
     let created = client
         .create_session(
             target.endpoint.clone(),
@@ -396,10 +413,12 @@ async fn establish(
             &offered.offer_sdp,
         )
         .await?;
+    let mut next_stun = Vec::new();
     for s in &created.ice_servers {
         match s.kind {
             IceServerKind::Stun => {
-                tracing::debug!(uri = %s.uri, "whip: server offers a STUN server (not used: non-trickle offer already sent)")
+                tracing::debug!(uri = %s.uri, "whip: server offers a STUN server (used from the next session on)");
+                next_stun.extend(s.stun_host_port());
             }
             IceServerKind::Turn | IceServerKind::Turns => {
                 tracing::info!(uri = %s.uri, "whip: server offers a TURN server; TURN is not supported, relying on direct connectivity")
@@ -420,7 +439,53 @@ async fn establish(
         socket,
         local,
         session_url: created.session_url,
+        link_stun: next_stun,
     })
+}
+
+/// Asks the configured, then the server-named STUN servers for our reflexive address; the
+/// first answer wins. Servers of the other IP family than `local` are skipped.
+async fn reflexive_candidate(
+    socket: &UdpSocket,
+    local: SocketAddr,
+    opts: &WhipOptions,
+    link_stun: &[(String, u16)],
+) -> Option<SocketAddr> {
+    let configured = opts.stun_servers.iter().filter_map(|s| {
+        let uri = if s.starts_with("stun:") {
+            s.clone()
+        } else {
+            format!("stun:{s}")
+        };
+        let parsed = http::IceServer {
+            uri,
+            kind: IceServerKind::Stun,
+            username: None,
+            credential: None,
+        }
+        .stun_host_port();
+        if parsed.is_none() {
+            tracing::warn!(server = %s, "whip: unusable STUN server in config");
+        }
+        parsed
+    });
+    for (host, port) in configured.chain(link_stun.iter().cloned()) {
+        let Ok(mut addrs) = tokio::net::lookup_host((host.as_str(), port)).await else {
+            tracing::debug!(%host, "whip: STUN server does not resolve");
+            continue;
+        };
+        let Some(server) = addrs.find(|a| a.is_ipv4() == local.is_ipv4()) else {
+            continue;
+        };
+        match stun::reflexive_address(socket, server, opts.stun_timeout).await {
+            Some(addr) => {
+                tracing::debug!(%server, %addr, "whip: reflexive address");
+                return Some(addr);
+            }
+            None => tracing::debug!(%server, "whip: STUN server did not answer"),
+        }
+    }
+    None
 }
 
 /// Seeded dropper for [`LossInjection`], with counters for the log.
@@ -860,7 +925,7 @@ mod tests {
             ice_max_rto: Duration::from_secs(1),
             ice_max_retransmits: 7,
         };
-        let offered = rtc::make_offer(a_addr, &settings, start).unwrap();
+        let offered = rtc::make_offer(a_addr, None, &settings, start).unwrap();
         let mut a = offered.rtc;
         let mid = offered.mid;
         let mut b = Rtc::builder().clear_codecs().enable_h264(true).build(start);

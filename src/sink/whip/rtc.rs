@@ -183,10 +183,12 @@ pub fn dtls_certificate() -> Result<str0m::config::DtlsCert, WhipError> {
         })
 }
 
-/// Builds a peer connection with one sendonly H.264 video m-line and `local` as its only host
-/// candidate, and makes the (non-trickle) offer.
+/// Builds a peer connection with one sendonly H.264 video m-line, `local` as host candidate
+/// (and `reflexive`, learnt from STUN, as server-reflexive candidate of the same socket), and
+/// makes the (non-trickle) offer.
 pub fn make_offer(
     local: SocketAddr,
+    reflexive: Option<SocketAddr>,
     settings: &RtcSettings,
     now: Instant,
 ) -> Result<Offered, WhipError> {
@@ -209,6 +211,17 @@ pub fn make_offer(
         Candidate::host(local, "udp").map_err(|e| local_err(format!("host candidate: {e}")))?;
     if rtc.add_local_candidate(candidate).is_none() {
         return Err(local_err(format!("host candidate {local} refused")));
+    }
+    if let Some(addr) = reflexive.filter(|a| *a != local) {
+        // Optional: a bad or redundant reflexive address must not cost the host candidate.
+        match Candidate::server_reflexive(addr, local, "udp") {
+            Ok(c) => {
+                if rtc.add_local_candidate(c).is_none() {
+                    tracing::debug!(%addr, "whip: reflexive candidate not added (redundant)");
+                }
+            }
+            Err(e) => tracing::debug!(%addr, error = %e, "whip: reflexive candidate refused"),
+        }
     }
     rtc.bwe()
         .set_desired_bitrate(Bitrate::bps(settings.desired_bitrate_bps));
@@ -395,6 +408,7 @@ mod tests {
         };
         make_offer(
             "127.0.0.1:40000".parse().unwrap(),
+            None,
             &settings,
             Instant::now(),
         )
@@ -413,6 +427,27 @@ mod tests {
         assert!(sdp.contains("transport-cc"), "{sdp}");
         assert!(sdp.contains("apt="), "RTX offered: {sdp}");
         assert!(!sdp.contains("m=audio"), "{sdp}");
+    }
+
+    #[test]
+    fn reflexive_candidate_goes_into_the_offer() {
+        let settings = RtcSettings {
+            initial_bitrate_bps: 1_000_000,
+            desired_bitrate_bps: 2_000_000,
+            ice_max_rto: Duration::from_secs(1),
+            ice_max_retransmits: 7,
+        };
+        let o = make_offer(
+            "192.168.7.2:40000".parse().unwrap(),
+            Some("203.0.113.9:61000".parse().unwrap()),
+            &settings,
+            Instant::now(),
+        )
+        .unwrap();
+        let sdp = &o.offer_sdp;
+        assert!(sdp.contains("192.168.7.2 40000 typ host"), "{sdp}");
+        // str0m masks raddr/rport (0.0.0.0 0) unless built with its `pii` feature.
+        assert!(sdp.contains("203.0.113.9 61000 typ srflx"), "{sdp}");
     }
 
     #[test]
