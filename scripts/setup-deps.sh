@@ -133,4 +133,29 @@ if ! cargo deb --version >/dev/null 2>&1; then
     say "installing cargo-deb"
     quiet cargo install --locked --quiet cargo-deb@3.8.0 || die "cargo install cargo-deb failed"
 fi
+
+# --- WHIP test peer (tests/peers/whip_server.py) --------------------------------------------
+# A Python venv at .work/venv (or $DOCKCAST_VENV) with aiortc + aiohttp; the pip step is
+# skipped when the venv already has the pinned versions, so re-runs stay fast.
+WHIP_AIORTC=1.16.0
+WHIP_AIOHTTP=3.14.5
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WHIP_VENV=${DOCKCAST_VENV:-$REPO_ROOT/.work/venv}
+if [ "$(dpkg-query -W -f='${Status}' python3-venv 2>/dev/null || true)" != "install ok installed" ]; then
+    say "installing: python3-venv"
+    apt_update_once
+    quiet "${SUDO[@]}" apt-get install -y -qq --no-install-recommends python3-venv \
+        || die "apt-get install failed for: python3-venv"
+fi
+if ! "$WHIP_VENV/bin/python" -c "
+import sys, aiortc, aiohttp
+sys.exit(0 if (aiortc.__version__, aiohttp.__version__) == ('$WHIP_AIORTC', '$WHIP_AIOHTTP') else 1)
+" >/dev/null 2>&1; then
+    say "creating the WHIP test venv at $WHIP_VENV (aiortc $WHIP_AIORTC, aiohttp $WHIP_AIOHTTP)"
+    python3 -m venv "$WHIP_VENV" || die "python3 -m venv $WHIP_VENV failed"
+    quiet "$WHIP_VENV/bin/pip" install -q --disable-pip-version-check \
+        "aiortc==$WHIP_AIORTC" "aiohttp==$WHIP_AIOHTTP" || die "pip install aiortc aiohttp failed"
+fi
+# --- end WHIP test peer ---------------------------------------------------------------------
+
 exit 0

@@ -132,6 +132,8 @@ async fn supervise(
             _ = cancel.cancelled() => break,
             ev = sink_events.recv() => match ev {
                 Some(SinkEvent::KeyframeWanted) => pipeline.send(Control::Keyframe),
+                // Adaptive quality does not consume the estimate yet.
+                Some(SinkEvent::Bandwidth { .. }) => {}
                 Some(SinkEvent::Publishing) => report(SessionEvent::Publishing).await,
                 Some(SinkEvent::Reconnecting { attempt, reason, retry_in }) => {
                     debug!(session = id, attempt, ?retry_in, "sink reconnecting");

@@ -1,6 +1,7 @@
 //! Sinks: one per live session, each pushing encoded frames to a media server.
 
 pub mod rtmp;
+pub mod whip;
 
 use std::time::Duration;
 
@@ -31,4 +32,11 @@ pub enum SinkEvent {
     KeyframeWanted,
     /// The sink closed cleanly after a stop request.
     Stopped,
+    /// The sink's current estimate of the bandwidth the path to the server sustains, in bit/s
+    /// (WHIP: transport-wide congestion control feedback). Sent at most once a second, only by
+    /// sinks that can measure it; the session feeds it to adaptive quality (video_quality 0).
+    Bandwidth {
+        /// Estimated sustainable send rate in bit/s, all overhead included.
+        bps: u64,
+    },
 }

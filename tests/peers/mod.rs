@@ -11,6 +11,7 @@ pub mod mosquitto;
 pub mod mqtt;
 pub mod nginx;
 pub mod probe;
+pub mod whip;
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
