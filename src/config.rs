@@ -104,6 +104,9 @@ pub struct Config {
     /// RTMP sink defaults.
     #[serde(default)]
     pub rtmp: RtmpSettings,
+    /// WHIP sink defaults.
+    #[serde(default)]
+    pub whip: WhipSettings,
     /// Video-source devices (the dock itself, an aircraft) with their cameras.
     #[serde(default = "default_devices", rename = "device")]
     pub devices: Vec<DeviceConfig>,
@@ -206,6 +209,42 @@ impl Default for RtmpSettings {
     }
 }
 
+/// `[whip]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WhipSettings {
+    /// How long the first POST + ICE + DTLS may take before the start is answered with a
+    /// connect error.
+    pub connect_timeout_ms: u64,
+    /// STUN servers (`host:port`) asked for a server-reflexive candidate, for WHIP servers
+    /// that are not on the box's own network.
+    pub stun_servers: Vec<String>,
+    /// Bearer tokens per WHIP server, keyed by `host` or `host:port` of the endpoint url. A
+    /// token here wins over a `token` query parameter in the cloud's url.
+    pub tokens: BTreeMap<String, Secret>,
+}
+
+impl Default for WhipSettings {
+    fn default() -> Self {
+        WhipSettings {
+            connect_timeout_ms: 10_000,
+            stun_servers: Vec::new(),
+            tokens: BTreeMap::new(),
+        }
+    }
+}
+
+impl WhipSettings {
+    /// The configured token for an endpoint url, by `host:port` first, then `host`.
+    pub fn token_for(&self, endpoint: &str) -> Option<&Secret> {
+        let url = url::Url::parse(endpoint).ok()?;
+        let host = url.host_str()?;
+        url.port_or_known_default()
+            .and_then(|p| self.tokens.get(&format!("{host}:{p}")))
+            .or_else(|| self.tokens.get(host))
+    }
+}
+
 /// `[[device]]`: a video-source device (the dock itself, or an aircraft).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -293,6 +332,7 @@ impl Default for Config {
             quality: Ladder::default(),
             encoder: EncoderSettings::default(),
             rtmp: RtmpSettings::default(),
+            whip: WhipSettings::default(),
             devices: default_devices(),
         }
     }
@@ -416,6 +456,23 @@ impl Config {
         }
         if !(2..=1000).contains(&self.rtmp.queue_frames) {
             return Err(invalid("rtmp.queue_frames", "must be within 2..=1000"));
+        }
+        if !(1000..=60_000).contains(&self.whip.connect_timeout_ms) {
+            return Err(invalid(
+                "whip.connect_timeout_ms",
+                "must be within 1000..=60000 (the cloud waits 20 s for a reply)",
+            ));
+        }
+        for (i, server) in self.whip.stun_servers.iter().enumerate() {
+            let ok = server
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(invalid(
+                    format!("whip.stun_servers[{i}]"),
+                    format!("{server:?} is not host:port"),
+                ));
+            }
         }
         self.validate_devices()
     }
@@ -669,6 +726,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_streams"), "{e}");
+    }
+
+    #[test]
+    fn whip_tokens_are_found_by_host_and_port() {
+        let c = Config::parse(
+            "[whip]\nstun_servers = [\"127.0.0.1:3478\"]\n[whip.tokens]\n\"srs.local:1985\" = \"a\"\n\"whip.example\" = \"b\"",
+            "t",
+        )
+        .unwrap();
+        let t = |u: &str| c.whip.token_for(u).map(|s| s.expose().to_string());
+        assert_eq!(
+            t("http://srs.local:1985/rtc/v1/whip/?app=live&stream=x").as_deref(),
+            Some("a")
+        );
+        assert_eq!(t("https://whip.example/live").as_deref(), Some("b"));
+        assert_eq!(t("http://srs.local/whip"), None);
+        assert_eq!(
+            err_key("[whip]\nstun_servers = [\"nope\"]"),
+            "whip.stun_servers[0]"
+        );
     }
 
     #[test]

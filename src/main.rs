@@ -11,6 +11,7 @@ use dockcast::live::catalog::Catalog;
 use dockcast::live::manager::Manager;
 use dockcast::live::session::SinkSettings;
 use dockcast::sink::rtmp::RtmpOptions;
+use dockcast::sink::whip::WhipOptions;
 use dockcast::systemd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -201,6 +202,12 @@ fn prepare(config: &Config) -> Prepared {
             backoff_max: Duration::from_millis(config.rtmp.backoff_max_ms),
             ..RtmpOptions::default()
         },
+        whip: WhipOptions {
+            connect_timeout: Duration::from_millis(config.whip.connect_timeout_ms),
+            stun_servers: config.whip.stun_servers.clone(),
+            ..WhipOptions::default()
+        },
+        whip_config: config.whip.clone(),
         queue_frames: config.rtmp.queue_frames,
     };
     Prepared {

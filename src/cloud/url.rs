@@ -595,6 +595,24 @@ pub fn redact_url_str(s: &str) -> String {
         }
         if rtmp {
             out.push_str(&mask_all_query_values(q));
+        } else if !head.is_empty() {
+            // A url's query is where clouds put tokens and signed stream names, under any key
+            // and sometimes in a malformed query: only values known to be harmless stay.
+            let items: Vec<String> = q
+                .split('&')
+                .map(|item| match item.split_once('=') {
+                    Some((k, v)) if k.eq_ignore_ascii_case("app") && !v.contains('?') => {
+                        item.to_owned()
+                    }
+                    Some((k, v)) if k.eq_ignore_ascii_case("stream") => {
+                        format!("{k}={}", mask_keep_prefix(v))
+                    }
+                    Some((k, _)) => format!("{k}=***"),
+                    None if item.is_empty() => String::new(),
+                    None => "***".to_owned(),
+                })
+                .collect();
+            out.push_str(&items.join("&"));
         } else {
             let items: Vec<String> = q
                 .split('&')
@@ -961,7 +979,11 @@ mod tests {
         };
         assert_eq!(w.url, TV05_URL);
         assert_eq!(w.token, None);
-        assert_eq!(w.redacted(), TV05_URL);
+        // SRS's stream name works as a stream key: logged like an RTMP key.
+        assert_eq!(
+            w.redacted(),
+            "http://192.168.1.1:8080/rtc/v1/whip/?app=live&stream=li***"
+        );
 
         let s = "https://whip.example.com/rtc/v1/whip/?app=live&stream=x&token=t0p%2Bsecret";
         let StreamUrl::Whip(w) = StreamUrl::parse(UrlType::Whip, s).unwrap() else {
@@ -970,7 +992,7 @@ mod tests {
         assert_eq!(w.token.as_deref(), Some("t0p+secret"));
         assert_eq!(
             w.redacted(),
-            "https://whip.example.com/rtc/v1/whip/?app=live&stream=x&token=***"
+            "https://whip.example.com/rtc/v1/whip/?app=live&stream=***&token=***"
         );
         assert!(!format!("{w:?}").contains("t0p"));
         let e = StreamUrl::parse(UrlType::Whip, "rtmp://h/live/k").unwrap_err();
@@ -1029,6 +1051,11 @@ mod tests {
                 "http://h/x?API_KEY=zz888&Secret=yy666&authorization=q",
                 "http://h/x?API_KEY=***&Secret=***&authorization=***",
             ),
+            (
+                "http://h:1985/rtc/v1/whip/?app=live&stream=dock-cam?token=tok-SECRET",
+                "http://h:1985/rtc/v1/whip/?app=live&stream=do***",
+            ),
+            ("https://h/whip?abcsecret&x=1", "https://h/whip?***&x=***"),
             ("not a url", "not a url"),
             ("", ""),
         ];

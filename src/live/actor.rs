@@ -7,7 +7,7 @@
 use crate::cloud::{self, decode_request, LiveCapacity};
 use crate::link::LinkCommand;
 use crate::live::manager::{Action, Input, Manager, SessionEvent, SessionId};
-use crate::live::session::{self, SessionHandle, SinkSettings, STOP_GRACE};
+use crate::live::session::{self, SessionCommand, SessionHandle, SinkSettings, STOP_GRACE};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -149,12 +149,12 @@ pub async fn run(
                 }
                 Action::Switch { id, input } => {
                     if let Some(h) = handles.get(&id) {
-                        h.control(crate::media::pipeline::Control::Input(input));
+                        h.command(SessionCommand::Input(input));
                     }
                 }
-                Action::Quality { id, rung } => {
+                Action::Quality { id, rung, adaptive } => {
                     if let Some(h) = handles.get(&id) {
-                        h.control(crate::media::pipeline::Control::Rung(rung));
+                        h.command(SessionCommand::Quality { rung, adaptive });
                     }
                 }
                 Action::PublishStatus => send(LinkCommand::Announce {

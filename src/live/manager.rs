@@ -65,6 +65,8 @@ pub struct SessionPlan {
     pub url: StreamUrl,
     /// What to push.
     pub pipeline: PipelineSpec,
+    /// The cloud asked for adaptive quality (level 0): the bitrate follows the sink.
+    pub adaptive: bool,
 }
 
 /// What the actor must do.
@@ -102,6 +104,8 @@ pub enum Action {
         id: SessionId,
         /// The new rung.
         rung: Rung,
+        /// Level 0: the bitrate follows the sink's estimate, up to the rung's.
+        adaptive: bool,
     },
     /// `live_status` changed: publish `Manager::status()`.
     PublishStatus,
@@ -310,7 +314,11 @@ impl Manager {
                 }
                 info!(tid = %h.tid, video_id = %video_id, quality = quality.as_u8(), "quality");
                 vec![
-                    Action::Quality { id, rung },
+                    Action::Quality {
+                        id,
+                        rung,
+                        adaptive: quality == VideoQuality::Adaptive,
+                    },
                     reply(h, 0),
                     Action::PublishStatus,
                 ]
@@ -395,6 +403,7 @@ impl Manager {
         }
         match &url {
             StreamUrl::Rtmp(rtmp) if !rtmp.tls => {}
+            StreamUrl::Whip(_) => {}
             StreamUrl::Rtmp(_) => {
                 return refuse(
                     h,
@@ -448,6 +457,7 @@ impl Manager {
                 rung,
                 gop_frames: self.gop_frames,
             },
+            adaptive: quality == VideoQuality::Adaptive,
         };
         self.sessions.insert(
             id,
@@ -776,7 +786,7 @@ mod tests {
         let actions = m.handle(input("q", "live_set_quality", q));
         let ladder = Config::default().quality;
         assert!(
-            matches!(actions[0], Action::Quality { id: i, rung } if i == id && rung == ladder.ultra_high)
+            matches!(actions[0], Action::Quality { id: i, rung, adaptive: false } if i == id && rung == ladder.ultra_high)
         );
         assert_eq!(replies(&actions), [("q".into(), 0)]);
         assert_eq!(m.status()[0].video_quality.as_u8(), 4);
@@ -854,7 +864,6 @@ mod tests {
             (0, "channel=c&sn=s&token=t&uid=1"),
             (2, "userName=u&password=p&port=8554"),
             (3, "serverIP=127.0.0.1&serverPort=5060&serverID=34020000002000000001&agentID=34020000001320000001&agentPassword=x&localPort=5070&channel=34020000001310000001"),
-            (4, "http://127.0.0.1:1985/rtc/v1/whip/?app=live&stream=s"),
             (1, "rtmps://127.0.0.1:443/live/key"),
         ];
         for (i, (url_type, url)) in cases.iter().enumerate() {

@@ -1,43 +1,69 @@
 //! One live session: a pipeline thread feeding one sink task, and the glue between them.
 //!
 //! The session turns the sink's reports into manager events, passes the sink's keyframe
-//! requests to the pipeline, and on stop gives the sink a bounded time to unpublish before it
-//! lets everything go.
+//! requests to the pipeline, follows the sink's bandwidth estimate when the cloud asked for
+//! adaptive quality, and on stop gives the sink a bounded time to close before it lets
+//! everything go.
 
 use crate::cloud::StreamUrl;
+use crate::config::WhipSettings;
 use crate::live::manager::{SessionEvent, SessionId, SessionPlan};
 use crate::media::pipeline::{Control, Pipeline, PipelineEvent};
+use crate::media::quality::Rung;
 use crate::sink::rtmp::{self, RtmpOptions, RtmpTarget};
+use crate::sink::whip::{self, WhipOptions, WhipTarget};
 use crate::sink::SinkEvent;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// How long a stopping sink may take to unpublish before it is abandoned.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Sink settings shared by every session.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SinkSettings {
     /// RTMP client settings.
     pub rtmp: RtmpOptions,
+    /// WHIP client settings.
+    pub whip: WhipOptions,
+    /// Bearer tokens per WHIP server.
+    pub whip_config: WhipSettings,
     /// Frames buffered between pipeline and sink.
     pub queue_frames: usize,
 }
 
+/// Changes the actor sends to a running session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCommand {
+    /// Feed the pipeline from another input (lens or camera position).
+    Input(String),
+    /// New quality: the rung, and whether the cloud asked for adaptive quality (then the
+    /// bitrate follows the sink's bandwidth estimate, never above the rung's).
+    Quality {
+        /// Output format.
+        rung: Rung,
+        /// Level 0.
+        adaptive: bool,
+    },
+}
+
 /// The actor's handle on a running session.
 pub struct SessionHandle {
-    control: std::sync::mpsc::Sender<Control>,
+    commands: mpsc::Sender<SessionCommand>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
 }
 
 impl SessionHandle {
-    /// Sends a change to the pipeline.
-    pub fn control(&self, control: Control) {
-        let _ = self.control.send(control);
+    /// Sends a change; dropped (with a log line) if the session is not keeping up, which
+    /// only happens when it is already ending.
+    pub fn command(&self, command: SessionCommand) {
+        if self.commands.try_send(command).is_err() {
+            warn!("a session did not take a command; it is ending");
+        }
     }
 
     /// Asks the session to stop; `join` waits for it.
@@ -51,6 +77,18 @@ impl SessionHandle {
     }
 }
 
+/// The bitrate adaptive quality should use, given the rung's ceiling, the bitrate in force and
+/// the sink's estimate of the path; `None` to leave it. It aims at 85 % of the estimate, keeps
+/// at least 150 kbit/s (or the rung's bitrate if that is lower), and ignores changes under 10 %
+/// so the encoder is not retuned every second for noise.
+pub fn adaptive_bitrate(ceiling_kbps: u32, current_kbps: u32, estimate_bps: u64) -> Option<u32> {
+    let floor = ceiling_kbps.min(150);
+    let wanted = (estimate_bps.saturating_mul(85) / 100 / 1000).min(u64::from(ceiling_kbps)) as u32;
+    let target = wanted.max(floor);
+    let diff = target.abs_diff(current_kbps);
+    (diff * 10 > current_kbps).then_some(target)
+}
+
 /// Starts a session. Its events reach `events` tagged with `id`.
 pub fn spawn(
     id: SessionId,
@@ -58,15 +96,47 @@ pub fn spawn(
     settings: &SinkSettings,
     events: mpsc::Sender<(SessionId, SessionEvent)>,
 ) -> Result<SessionHandle, String> {
-    let target = match &plan.url {
-        StreamUrl::Rtmp(url) => RtmpTarget {
-            tls: url.tls,
-            host: url.host.clone(),
-            port: url.port,
-            app: url.app.clone(),
-            stream_key: url.stream_key.clone(),
-            tc_url: url.tc_url.clone(),
-        },
+    let rung = plan.pipeline.rung;
+    let (frames_tx, frames_rx) = mpsc::channel(settings.queue_frames.max(2));
+    let (sink_tx, sink_rx) = mpsc::channel(16);
+    let cancel = CancellationToken::new();
+    let sink_cancel = cancel.child_token();
+    // The sink is built first: a url it cannot use fails the start before any encoding.
+    let sink = match &plan.url {
+        StreamUrl::Rtmp(url) => {
+            let target = RtmpTarget {
+                tls: url.tls,
+                host: url.host.clone(),
+                port: url.port,
+                app: url.app.clone(),
+                stream_key: url.stream_key.clone(),
+                tc_url: url.tc_url.clone(),
+            };
+            let mut opts = settings.rtmp.clone();
+            opts.framerate = Some(rung.fps as f32);
+            opts.bitrate_kbps = Some(rung.bitrate_kbps);
+            tokio::spawn(rtmp::run(
+                target,
+                opts,
+                frames_rx,
+                sink_tx,
+                sink_cancel.clone(),
+            ))
+        }
+        StreamUrl::Whip(url) => {
+            let token = settings.whip_config.token_for(&url.url).map(|t| t.expose());
+            let target = WhipTarget::new(url, token).map_err(|e| e.to_string())?;
+            let mut opts = settings.whip.clone();
+            opts.initial_bitrate_bps = u64::from(rung.bitrate_kbps) * 1000;
+            opts.desired_bitrate_bps = u64::from(rung.bitrate_kbps) * 1000;
+            tokio::spawn(whip::run(
+                target,
+                opts,
+                frames_rx,
+                sink_tx,
+                sink_cancel.clone(),
+            ))
+        }
         other => {
             return Err(format!(
                 "no sink for url_type {} in this build",
@@ -74,119 +144,169 @@ pub fn spawn(
             ))
         }
     };
-    let mut rtmp_opts = settings.rtmp.clone();
-    rtmp_opts.framerate = Some(plan.pipeline.rung.fps as f32);
-    rtmp_opts.bitrate_kbps = Some(plan.pipeline.rung.bitrate_kbps);
-    let (frames_tx, frames_rx) = mpsc::channel(settings.queue_frames);
     let (pipe_tx, pipe_rx) = mpsc::channel(16);
-    let pipeline = Pipeline::spawn(plan.pipeline, frames_tx, pipe_tx)
-        .map_err(|e| format!("cannot start the pipeline thread: {e}"))?;
-    let control = pipeline.controller();
-    let cancel = CancellationToken::new();
-    let (sink_tx, sink_rx) = mpsc::channel(16);
-    let sink_cancel = cancel.child_token();
-    let sink = tokio::spawn(rtmp::run(
-        target,
-        rtmp_opts,
-        frames_rx,
-        sink_tx,
-        sink_cancel.clone(),
-    ));
-    let task = tokio::spawn(supervise(
-        id,
-        pipeline,
-        sink,
-        sink_cancel,
-        sink_rx,
-        pipe_rx,
-        cancel.clone(),
-        events,
-    ));
+    let pipeline = match Pipeline::spawn(plan.pipeline, frames_tx, pipe_tx) {
+        Ok(p) => p,
+        Err(e) => {
+            sink_cancel.cancel();
+            return Err(format!("cannot start the pipeline thread: {e}"));
+        }
+    };
+    let (commands, commands_rx) = mpsc::channel(16);
+    let task = tokio::spawn(
+        Supervisor {
+            id,
+            pipeline,
+            sink_cancel,
+            rung,
+            adaptive: plan.adaptive,
+            current_kbps: rung.bitrate_kbps,
+            events,
+        }
+        .run(sink, sink_rx, pipe_rx, commands_rx, cancel.clone()),
+    );
     Ok(SessionHandle {
-        control,
+        commands,
         cancel,
         task,
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn supervise(
+struct Supervisor {
     id: SessionId,
     pipeline: Pipeline,
-    mut sink: JoinHandle<()>,
     sink_cancel: CancellationToken,
-    mut sink_events: mpsc::Receiver<SinkEvent>,
-    mut pipe_events: mpsc::Receiver<PipelineEvent>,
-    cancel: CancellationToken,
+    /// The rung the cloud asked for (the ceiling when adaptive).
+    rung: Rung,
+    adaptive: bool,
+    current_kbps: u32,
     events: mpsc::Sender<(SessionId, SessionEvent)>,
-) {
-    let report = |event| {
-        let events = events.clone();
-        async move {
-            let _ = events.send((id, event)).await;
-        }
-    };
-    let mut sink_done = false;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            ev = sink_events.recv() => match ev {
-                Some(SinkEvent::KeyframeWanted) => pipeline.send(Control::Keyframe),
-                // Adaptive quality does not consume the estimate yet.
-                Some(SinkEvent::Bandwidth { .. }) => {}
-                Some(SinkEvent::Publishing) => report(SessionEvent::Publishing).await,
-                Some(SinkEvent::Reconnecting { attempt, reason, retry_in }) => {
-                    debug!(session = id, attempt, ?retry_in, "sink reconnecting");
-                    report(SessionEvent::Reconnecting { reason }).await
-                }
-                Some(SinkEvent::Failed { reason }) => {
-                    report(SessionEvent::Failed { reason }).await;
-                    break;
-                }
-                Some(SinkEvent::Stopped) | None => {
-                    sink_done = true;
-                    // The sink ends on its own when the pipeline closed its queue; the
-                    // pipeline's report says why, so prefer it.
-                    let why = pipe_events.try_recv().ok().and_then(|e| match e {
-                        PipelineEvent::Fatal { reason } => Some(reason),
-                        PipelineEvent::InputFailed { .. } => None,
-                    });
-                    match why {
-                        Some(reason) => {
-                            report(SessionEvent::Failed { reason: format!("pipeline: {reason}") }).await
-                        }
-                        None => report(SessionEvent::Stopped).await,
+}
+
+impl Supervisor {
+    async fn report(&self, event: SessionEvent) {
+        let _ = self.events.send((self.id, event)).await;
+    }
+
+    async fn run(
+        mut self,
+        mut sink: JoinHandle<()>,
+        mut sink_events: mpsc::Receiver<SinkEvent>,
+        mut pipe_events: mpsc::Receiver<PipelineEvent>,
+        mut commands: mpsc::Receiver<SessionCommand>,
+        cancel: CancellationToken,
+    ) {
+        let id = self.id;
+        let mut sink_done = false;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(command) = commands.recv() => match command {
+                    SessionCommand::Input(name) => self.pipeline.send(Control::Input(name)),
+                    SessionCommand::Quality { rung, adaptive } => {
+                        self.rung = rung;
+                        self.adaptive = adaptive;
+                        self.current_kbps = rung.bitrate_kbps;
+                        self.pipeline.send(Control::Rung(rung));
                     }
-                    break;
-                }
-            },
-            ev = pipe_events.recv() => match ev {
-                Some(PipelineEvent::InputFailed { input, reason }) => {
-                    warn!(session = id, input = %input, "input failed: {reason}");
-                }
-                Some(PipelineEvent::Fatal { reason }) => {
-                    report(SessionEvent::Failed { reason: format!("pipeline: {reason}") }).await;
-                    break;
-                }
-                None => {
-                    // The thread ended without saying why (its frame queue closed): nothing
-                    // more will be sent, so the session cannot go on.
-                    report(SessionEvent::Failed { reason: "pipeline ended".into() }).await;
-                    break;
-                }
-            },
+                },
+                ev = sink_events.recv() => match ev {
+                    Some(SinkEvent::KeyframeWanted) => self.pipeline.send(Control::Keyframe),
+                    Some(SinkEvent::Publishing) => self.report(SessionEvent::Publishing).await,
+                    Some(SinkEvent::Reconnecting { attempt, reason, retry_in }) => {
+                        debug!(session = id, attempt, ?retry_in, "sink reconnecting");
+                        self.report(SessionEvent::Reconnecting { reason }).await
+                    }
+                    Some(SinkEvent::Bandwidth { bps }) => self.follow_bandwidth(bps),
+                    Some(SinkEvent::Failed { reason }) => {
+                        self.report(SessionEvent::Failed { reason }).await;
+                        break;
+                    }
+                    Some(SinkEvent::Stopped) | None => {
+                        sink_done = true;
+                        // The sink ends on its own when the pipeline closed its queue; the
+                        // pipeline's report says why, so prefer it.
+                        let why = pipe_events.try_recv().ok().and_then(|e| match e {
+                            PipelineEvent::Fatal { reason } => Some(reason),
+                            PipelineEvent::InputFailed { .. } => None,
+                        });
+                        match why {
+                            Some(reason) => {
+                                self.report(SessionEvent::Failed { reason: format!("pipeline: {reason}") }).await
+                            }
+                            None => self.report(SessionEvent::Stopped).await,
+                        }
+                        break;
+                    }
+                },
+                ev = pipe_events.recv() => match ev {
+                    Some(PipelineEvent::InputFailed { input, reason }) => {
+                        warn!(session = id, input = %input, "input failed: {reason}");
+                    }
+                    Some(PipelineEvent::Fatal { reason }) => {
+                        self.report(SessionEvent::Failed { reason: format!("pipeline: {reason}") }).await;
+                        break;
+                    }
+                    None => {
+                        // The thread ended without saying why (its frame queue closed): nothing
+                        // more will be sent, so the session cannot go on.
+                        self.report(SessionEvent::Failed { reason: "pipeline ended".into() }).await;
+                        break;
+                    }
+                },
+            }
         }
+        if !sink_done {
+            self.sink_cancel.cancel();
+            if tokio::time::timeout(STOP_GRACE, &mut sink).await.is_err() {
+                warn!(
+                    session = id,
+                    "sink did not close within {STOP_GRACE:?}; abandoning it"
+                );
+                sink.abort();
+            }
+        }
+        // Joining the pipeline thread can take one frame interval: keep it off the async workers.
+        let pipeline = self.pipeline;
+        let _ = tokio::task::spawn_blocking(move || drop(pipeline)).await;
     }
-    if !sink_done {
-        sink_cancel.cancel();
-        if tokio::time::timeout(STOP_GRACE, &mut sink).await.is_err() {
-            warn!(
-                session = id,
-                "sink did not close within {STOP_GRACE:?}; abandoning it"
+
+    fn follow_bandwidth(&mut self, bps: u64) {
+        if !self.adaptive {
+            return;
+        }
+        if let Some(kbps) = adaptive_bitrate(self.rung.bitrate_kbps, self.current_kbps, bps) {
+            info!(
+                session = self.id,
+                from = self.current_kbps,
+                to = kbps,
+                "adaptive bitrate"
             );
-            sink.abort();
+            self.current_kbps = kbps;
+            self.pipeline.send(Control::Rung(Rung {
+                bitrate_kbps: kbps,
+                ..self.rung
+            }));
         }
     }
-    // Joining the pipeline thread can take one frame interval: keep it off the async workers.
-    let _ = tokio::task::spawn_blocking(move || drop(pipeline)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::adaptive_bitrate;
+
+    #[test]
+    fn adaptive_bitrate_follows_the_estimate_within_the_rung() {
+        // Plenty of room: stays at the ceiling.
+        assert_eq!(adaptive_bitrate(1500, 1500, 10_000_000), None);
+        // Congested: 85 % of 1 Mbit/s.
+        assert_eq!(adaptive_bitrate(1500, 1500, 1_000_000), Some(850));
+        // Small wobble: left alone.
+        assert_eq!(adaptive_bitrate(1500, 850, 1_050_000), None);
+        // Recovery back to the ceiling, never above.
+        assert_eq!(adaptive_bitrate(1500, 850, 5_000_000), Some(1500));
+        // A collapsed path still keeps a floor.
+        assert_eq!(adaptive_bitrate(1500, 1500, 10_000), Some(150));
+        assert_eq!(adaptive_bitrate(100, 100, 10_000), None);
+    }
 }
