@@ -216,6 +216,14 @@ impl Ua {
         }
     }
 
+    /// Ends the dialog `call_id` with a BYE because its media cannot flow (TCP connect refused,
+    /// media server closed the connection).
+    pub fn hang_up(&mut self, now: Instant, call_id: &str) {
+        if self.dialog.as_ref().is_some_and(|d| d.call_id == call_id) {
+            self.end_dialog(now);
+        }
+    }
+
     /// True once the user agent has nothing left to do (failed first registration, or stopped
     /// and unregistered).
     pub fn is_done(&self) -> bool {
