@@ -9,7 +9,12 @@ set -euo pipefail
 BUILD_PKGS=(build-essential pkg-config nasm libclang-dev)
 PEER_PKGS=(mosquitto mosquitto-clients nginx-light libnginx-mod-rtmp libnginx-mod-stream ffmpeg)
 MISC_PKGS=(curl ca-certificates)
-ALL_PKGS=("${BUILD_PKGS[@]}" "${PEER_PKGS[@]}" "${MISC_PKGS[@]}")
+# GB/T 28181 tests: SIPp (package sip-tester) plays the platform; GStreamer's mpegpsdemux is the
+# PS media server stand-in (rtpmp1sdepay/rtpstreamdepay are in -good, mpegpsdemux in -bad);
+# ffprobe (ffmpeg, above) counts what it demuxed.
+GB28181_PKGS=(sip-tester gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+    gstreamer1.0-plugins-bad)
+ALL_PKGS=("${BUILD_PKGS[@]}" "${PEER_PKGS[@]}" "${MISC_PKGS[@]}" "${GB28181_PKGS[@]}")
 # System services the packages above ship; we never want them holding 1883/80/1935.
 SERVICES=(mosquitto nginx)
 

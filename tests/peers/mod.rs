@@ -1,5 +1,6 @@
 //! Real, independent peers for integration tests: a mosquitto broker, an nginx-rtmp media
-//! server, ffprobe, a cloud-side MQTT client, and the dockcast daemon itself as a process.
+//! server, SIPp as a GB/T 28181 platform, a GStreamer PS receiver, ffprobe, a cloud-side MQTT
+//! client, and the dockcast daemon itself as a process.
 //!
 //! Every peer listens on 127.0.0.1 only, on a port chosen here, keeps its files in its own
 //! temporary directory and is killed when dropped, so a failing test leaves nothing running.
@@ -7,10 +8,12 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod gst;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod nginx;
 pub mod probe;
+pub mod sipp;
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};

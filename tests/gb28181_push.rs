@@ -1,0 +1,351 @@
+//! `sink::gb28181::run` against SIPp as the GB/T 28181 platform and GStreamer as its media
+//! server: digest registration checked by SIPp, queries answered with the SN echoed, INVITE
+//! answered and PS/RTP decoded by `mpegpsdemux ! h264parse`, BYE stopping the media, unregister
+//! on cancel, re-registration after a platform outage. Needs sip-tester, gstreamer1.0-* and
+//! ffmpeg (scripts/setup-deps.sh).
+
+mod peers;
+
+use dockcast::media::encoder::H264Encoder;
+use dockcast::media::frame::EncodedFrame;
+use dockcast::media::quality::Rung;
+use dockcast::sink::gb28181::{run, GbOptions, GbTarget};
+use dockcast::sink::SinkEvent;
+use dockcast::source::pattern::{PatternSource, Style};
+use dockcast::source::{SourceFrame, VideoSource};
+use peers::gst::{Mode, PsReceiver};
+use peers::probe::probe_file;
+use peers::sipp::{start_uac, PlatformUas, UacProcess};
+use peers::{free_port, wait_until};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+const SERVER_ID: &str = "34020000002000000001";
+const DEVICE: &str = "34020000001320000001";
+const CHANNEL: &str = "34020000001310000001";
+const PASSWORD: &str = "12345678";
+const FRAME: Duration = Duration::from_micros(33_333);
+
+/// The tests count frames against wall-clock time; an encoder, SIPp and GStreamer per test
+/// competing for two cores would make the counts lie, so they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// 5 s of 640x360 test pattern at 30 fps, an IDR every 30 frames.
+fn encode_clip() -> Vec<EncodedFrame> {
+    let rung = Rung {
+        width: 640,
+        height: 360,
+        fps: 30,
+        bitrate_kbps: 800,
+    };
+    let mut enc = H264Encoder::new(rung, 30).expect("encoder");
+    let mut src = PatternSource::new(Style::Normal);
+    let mut out = Vec::new();
+    for i in 0..150u32 {
+        let SourceFrame::Raw(raw) = src.next_frame(&rung).expect("pattern") else {
+            panic!("pattern gives raw frames");
+        };
+        if let Some(f) = enc.encode(raw, FRAME * i).expect("encode") {
+            out.push(f);
+        }
+    }
+    assert!(out[0].keyframe);
+    out
+}
+
+/// Counts frames fed to the sink from the first keyframe after `armed` until `counting` ends.
+#[derive(Default)]
+struct Tally {
+    armed: AtomicBool,
+    counting: AtomicBool,
+    sent: AtomicU64,
+}
+
+/// Feeds the clip in a loop at 30 fps, with a media clock that keeps going up.
+fn feed(
+    clip: Vec<EncodedFrame>,
+    tx: mpsc::Sender<EncodedFrame>,
+    tally: Arc<Tally>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(FRAME);
+        for n in 0u32.. {
+            tick.tick().await;
+            let mut f = clip[n as usize % clip.len()].clone();
+            f.pts = FRAME * n;
+            if f.keyframe && tally.armed.swap(false, Ordering::SeqCst) {
+                tally.counting.store(true, Ordering::SeqCst);
+            }
+            if tally.counting.load(Ordering::SeqCst) {
+                tally.sent.fetch_add(1, Ordering::SeqCst);
+            }
+            if tx.send(f).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+fn target(platform_port: u16, device_port: u16, password: &str) -> GbTarget {
+    GbTarget {
+        server_host: "127.0.0.1".into(),
+        server_port: platform_port,
+        server_id: SERVER_ID.into(),
+        device_id: DEVICE.into(),
+        password: password.into(),
+        local_port: device_port,
+        channel: CHANNEL.into(),
+    }
+}
+
+fn options(media_port: u16) -> GbOptions {
+    GbOptions {
+        bind_ip: "127.0.0.1".parse().expect("ip"),
+        media_port,
+        keepalive_interval: Duration::from_secs(1),
+        t1: Duration::from_millis(200),
+        transaction_timeout: Duration::from_secs(2),
+        backoff_initial: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(1),
+        tcp_media_timeout: Duration::from_secs(5),
+        ..GbOptions::default()
+    }
+}
+
+async fn next_event(rx: &mut mpsc::Receiver<SinkEvent>, within: Duration) -> SinkEvent {
+    timeout(within, rx.recv())
+        .await
+        .expect("sink event in time")
+        .expect("sink alive")
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("no panic")
+}
+
+/// Plays the channel once via a SIPp INVITE/ACK/BYE while counting the frames fed after the
+/// media started, then checks GStreamer decoded at least 90 % of them and that BYE stopped
+/// the media.
+async fn play_once(
+    device: SocketAddr,
+    mode: Mode,
+    events: &mut mpsc::Receiver<SinkEvent>,
+    tally: &Arc<Tally>,
+    ssrc: &str,
+) {
+    let rx_port = free_port();
+    let (proto, setup) = match mode {
+        Mode::Udp => ("RTP/AVP", ""),
+        Mode::TcpListen => ("TCP/RTP/AVP", "a=setup:passive"),
+    };
+    let mut gst = blocking(move || PsReceiver::start(mode, rx_port)).await;
+    let uac_port = free_port();
+    let rx = rx_port.to_string();
+    let ssrc_owned = ssrc.to_owned();
+    let mut uac: UacProcess = start_uac(
+        "invite_uac.xml",
+        device,
+        uac_port,
+        &[
+            ("channel", CHANNEL),
+            ("ssrc", &ssrc_owned),
+            ("media_ip", "127.0.0.1"),
+            ("media_port", &rx),
+            ("proto", proto),
+            ("setup", setup),
+        ],
+    );
+    // The sink asks for a keyframe when the INVITE's media starts; count from that keyframe.
+    let mut started = false;
+    for _ in 0..400 {
+        if uac.finished() {
+            break;
+        }
+        if let Ok(Some(ev)) = timeout(Duration::from_millis(50), events.recv()).await {
+            if ev == SinkEvent::KeyframeWanted && !started {
+                started = true;
+                tally.sent.store(0, Ordering::SeqCst);
+                tally.armed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    tally.counting.store(false, Ordering::SeqCst);
+    tally.armed.store(false, Ordering::SeqCst);
+    let sent = tally.sent.load(Ordering::SeqCst);
+    let run = blocking(move || uac.wait(Duration::from_secs(10))).await;
+    assert!(
+        run.status.success(),
+        "SIPp INVITE scenario failed ({:?}):\n{}\n{}",
+        run.status,
+        run.log,
+        run.messages
+    );
+    assert!(started, "no KeyframeWanted after the INVITE");
+    assert!(
+        run.log.contains(&format!("ANSWER ssrc={ssrc} ")),
+        "answer must echo y={ssrc}: {}",
+        run.log
+    );
+    // BYE stops the media: nothing more arrives although frames keep coming.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let len_after_bye = gst.output_len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        gst.output_len(),
+        len_after_bye,
+        "media still flowing after BYE"
+    );
+    let (probe, gst) = blocking(move || {
+        gst.stop();
+        (probe_file(&gst.output()), gst)
+    })
+    .await;
+    drop(gst);
+    assert_eq!(probe.codec, "h264");
+    assert_eq!((probe.width, probe.height), (640, 360));
+    assert!(sent >= 100, "only {sent} frames were counted as sent");
+    assert!(
+        probe.frames * 10 >= sent * 9,
+        "{mode:?}: GStreamer decoded {} of {sent} frames sent",
+        probe.frames
+    );
+    eprintln!(
+        "{mode:?}: sent {sent} frames, GStreamer mpegpsdemux ! h264parse got {}",
+        probe.frames
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_answers_queries_streams_on_invite_and_unregisters() {
+    let _serial = SERIAL.lock().await;
+    let platform_port = free_port();
+    let device_port = free_port();
+    let uas = blocking(move || PlatformUas::start(platform_port)).await;
+    let clip = blocking(encode_clip).await;
+
+    let (tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let sink = tokio::spawn(run(
+        target(uas.port(), device_port, PASSWORD),
+        options(0),
+        frames,
+        ev_tx,
+        cancel.clone(),
+    ));
+    let tally = Arc::new(Tally::default());
+    let feeder = feed(clip, tx, tally.clone());
+
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    let uas = blocking(move || {
+        assert!(
+            uas.wait_log("REGISTERED", Duration::from_secs(5)),
+            "{}",
+            uas.log()
+        );
+        assert!(
+            uas.wait_log("MESSAGE CmdType=Keepalive", Duration::from_secs(5)),
+            "{}",
+            uas.log()
+        );
+        uas
+    })
+    .await;
+    assert!(!uas.log().contains("AUTH_BAD"));
+
+    let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
+    for (cmd, sn) in [
+        ("Catalog", "248136"),
+        ("DeviceInfo", "17430"),
+        ("DeviceStatus", "90417"),
+    ] {
+        let uac = start_uac(
+            "query_uac.xml",
+            device,
+            free_port(),
+            &[("device", DEVICE), ("cmd", cmd), ("sn", sn)],
+        );
+        let run = blocking(move || uac.wait(Duration::from_secs(10))).await;
+        assert!(
+            run.status.success(),
+            "{cmd} query not answered 200: {}",
+            run.messages
+        );
+        let needle = format!("MESSAGE CmdType={cmd} SN={sn}");
+        let uas_ref = &uas;
+        assert!(
+            wait_until(Duration::from_secs(5), || uas_ref.log().contains(&needle)),
+            "no {cmd} Response with SN {sn}: {}",
+            uas.log()
+        );
+    }
+    assert!(uas
+        .messages()
+        .contains(&format!("<DeviceID>{CHANNEL}</DeviceID>")));
+
+    play_once(device, Mode::Udp, &mut events, &tally, "0100000001").await;
+
+    cancel.cancel();
+    loop {
+        match next_event(&mut events, Duration::from_secs(10)).await {
+            SinkEvent::Stopped => break,
+            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
+            other => panic!("unexpected {other:?} while stopping"),
+        }
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    feeder.abort();
+    let uas = blocking(move || {
+        assert!(
+            uas.wait_log("UNREGISTERED", Duration::from_secs(5)),
+            "{}",
+            uas.log()
+        );
+        uas
+    })
+    .await;
+    drop(uas);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_fails_the_sink() {
+    let _serial = SERIAL.lock().await;
+    let uas = blocking(|| PlatformUas::start(free_port())).await;
+    let (_tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(16);
+    let sink = tokio::spawn(run(
+        target(uas.port(), free_port(), "not-the-password"),
+        options(0),
+        frames,
+        ev_tx,
+        CancellationToken::new(),
+    ));
+    match next_event(&mut events, Duration::from_secs(10)).await {
+        SinkEvent::Failed { reason } => {
+            assert!(reason.contains("403"), "{reason}");
+            assert!(!reason.contains("not-the-password"));
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    assert!(
+        uas.wait_log("AUTH_BAD", Duration::from_secs(5)),
+        "{}",
+        uas.log()
+    );
+}
