@@ -134,17 +134,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// the media.
 async fn play_once(
     device: SocketAddr,
+    device_media_port: u16,
     mode: Mode,
     events: &mut mpsc::Receiver<SinkEvent>,
     tally: &Arc<Tally>,
     ssrc: &str,
 ) {
     let rx_port = free_port();
-    let (proto, setup) = match mode {
-        Mode::Udp => ("RTP/AVP", ""),
-        Mode::TcpListen => ("TCP/RTP/AVP", "a=setup:passive"),
+    let (proto, setup, gst_port) = match mode {
+        Mode::Udp => ("RTP/AVP", "", rx_port),
+        Mode::TcpListen => ("TCP/RTP/AVP", "a=setup:passive", rx_port),
+        // The platform dials the port of our answer, which is the sink's fixed media port.
+        Mode::TcpDial => ("TCP/RTP/AVP", "a=setup:active", device_media_port),
     };
-    let mut gst = blocking(move || PsReceiver::start(mode, rx_port)).await;
+    let mut gst = blocking(move || PsReceiver::start(mode, gst_port)).await;
     let uac_port = free_port();
     let rx = rx_port.to_string();
     let ssrc_owned = ssrc.to_owned();
@@ -192,6 +195,20 @@ async fn play_once(
         "answer must echo y={ssrc}: {}",
         run.log
     );
+    let answered_tcp = run.log.contains("proto=TCP/RTP/AVP");
+    assert_eq!(answered_tcp, mode != Mode::Udp, "{}", run.log);
+    match mode {
+        Mode::Udp => {}
+        Mode::TcpListen => assert!(run.messages.contains("a=setup:active"), "{}", run.messages),
+        Mode::TcpDial => {
+            assert!(run.messages.contains("a=setup:passive"), "{}", run.messages);
+            assert!(
+                run.log.contains(&format!("port={device_media_port} ")),
+                "{}",
+                run.log
+            );
+        }
+    }
     // BYE stops the media: nothing more arrives although frames keep coming.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let len_after_bye = gst.output_len();
@@ -292,7 +309,7 @@ async fn registers_answers_queries_streams_on_invite_and_unregisters() {
         .messages()
         .contains(&format!("<DeviceID>{CHANNEL}</DeviceID>")));
 
-    play_once(device, Mode::Udp, &mut events, &tally, "0100000001").await;
+    play_once(device, 0, Mode::Udp, &mut events, &tally, "0100000001").await;
 
     cancel.cancel();
     loop {
@@ -345,6 +362,71 @@ async fn wrong_password_fails_the_sink() {
         .expect("no panic");
     assert!(
         uas.wait_log("AUTH_BAD", Duration::from_secs(5)),
+        "{}",
+        uas.log()
+    );
+}
+
+/// Registers, then plays over TCP with the device connecting (offer `a=setup:passive`) and with
+/// the media server connecting (offer `a=setup:active`), each INVITE with its own SSRC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_tcp_active_and_passive() {
+    let _serial = SERIAL.lock().await;
+    let platform_port = free_port();
+    let device_port = free_port();
+    let media_port = free_port();
+    let uas = blocking(move || PlatformUas::start(platform_port)).await;
+    let clip = blocking(encode_clip).await;
+    let (tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let sink = tokio::spawn(run(
+        target(uas.port(), device_port, PASSWORD),
+        options(media_port),
+        frames,
+        ev_tx,
+        cancel.clone(),
+    ));
+    let tally = Arc::new(Tally::default());
+    let feeder = feed(clip, tx, tally.clone());
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
+    play_once(
+        device,
+        media_port,
+        Mode::TcpListen,
+        &mut events,
+        &tally,
+        "0100000011",
+    )
+    .await;
+    play_once(
+        device,
+        media_port,
+        Mode::TcpDial,
+        &mut events,
+        &tally,
+        "0100000012",
+    )
+    .await;
+    cancel.cancel();
+    loop {
+        match next_event(&mut events, Duration::from_secs(10)).await {
+            SinkEvent::Stopped => break,
+            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
+            other => panic!("unexpected {other:?} while stopping"),
+        }
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    feeder.abort();
+    assert!(
+        uas.wait_log("UNREGISTERED", Duration::from_secs(5)),
         "{}",
         uas.log()
     );

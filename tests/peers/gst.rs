@@ -16,6 +16,8 @@ pub enum Mode {
     Udp,
     /// `tcpserversrc` listening on the port (offer `TCP/RTP/AVP` + `a=setup:passive`).
     TcpListen,
+    /// `tcpclientsrc` dialling the device's media port (offer `TCP/RTP/AVP` + `a=setup:active`).
+    TcpDial,
 }
 
 /// A running receiver; stopped with EOS so the output file is complete.
@@ -29,7 +31,7 @@ const CAPS: &str =
 const TAIL: &str = "capssetter caps=\"video/mpeg,mpegversion=(int)2,systemstream=(boolean)true\" ! mpegpsdemux ! h264parse ! video/x-h264,stream-format=byte-stream ! filesink buffer-mode=unbuffered";
 
 impl PsReceiver {
-    /// Starts a receiver on 127.0.0.1:`port`.
+    /// Starts a receiver on 127.0.0.1:`port` (for [`Mode::TcpDial`]: the port it dials).
     pub fn start(mode: Mode, port: u16) -> PsReceiver {
         let found = Command::new("gst-launch-1.0")
             .arg("--version")
@@ -44,6 +46,9 @@ impl PsReceiver {
             ),
             Mode::TcpListen => format!(
                 "tcpserversrc host=127.0.0.1 port={port} ! \"application/x-rtp-stream,{CAPS}\" ! rtpstreamdepay ! rtpmp1sdepay"
+            ),
+            Mode::TcpDial => format!(
+                "tcpclientsrc host=127.0.0.1 port={port} ! \"application/x-rtp-stream,{CAPS}\" ! rtpstreamdepay ! rtpmp1sdepay"
             ),
         };
         let pipeline = format!("{head} ! {TAIL} location={}", out.display());
@@ -61,8 +66,10 @@ impl PsReceiver {
             dir,
         };
         if mode == Mode::TcpListen {
+            // Not a probe connection: tcpserversrc serves exactly one client and would take the
+            // probe for it.
             assert!(
-                super::wait_until(Duration::from_secs(5), || super::port_accepts(port)),
+                super::wait_until(Duration::from_secs(5), || listening(port)),
                 "tcpserversrc did not listen: {}",
                 receiver.log()
             );
@@ -108,6 +115,18 @@ impl PsReceiver {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// True when a TCP socket listens on `port` (read from /proc/net/tcp, without connecting).
+fn listening(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let want = format!(":{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let mut cols = line.split_whitespace();
+        let local = cols.nth(1).unwrap_or("");
+        let state = cols.nth(1).unwrap_or("");
+        local.ends_with(&want) && state == "0A"
+    })
 }
 
 impl Drop for PsReceiver {
