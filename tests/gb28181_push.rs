@@ -431,3 +431,81 @@ async fn streams_over_tcp_active_and_passive() {
         uas.log()
     );
 }
+
+/// A platform without `qop` in its challenge, then an outage: the sink reports Reconnecting
+/// after the keepalives go unanswered and registers again (with `qop` this time) once the
+/// platform is back on the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_registers_after_the_platform_restarts() {
+    let _serial = SERIAL.lock().await;
+    let platform_port = free_port();
+    let mut uas = blocking(move || PlatformUas::start_with(platform_port, false)).await;
+    let (_tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let sink = tokio::spawn(run(
+        target(platform_port, free_port(), PASSWORD),
+        options(0),
+        frames,
+        ev_tx,
+        cancel.clone(),
+    ));
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    assert!(uas.messages().contains("response="));
+    assert!(!uas.messages().contains("qop=auth"), "no qop was offered");
+    let uas_log = uas.log();
+    assert!(uas_log.contains("REGISTERED"), "{uas_log}");
+    uas.kill();
+    let outage = tokio::time::Instant::now();
+    match next_event(&mut events, Duration::from_secs(15)).await {
+        SinkEvent::Reconnecting {
+            reason, attempt, ..
+        } => {
+            assert_eq!(attempt, 1);
+            assert!(reason.contains("keepalives"), "{reason}");
+        }
+        other => panic!("expected Reconnecting, got {other:?}"),
+    }
+    eprintln!(
+        "registration lost {:?} after the platform died",
+        outage.elapsed()
+    );
+    let uas = blocking(move || PlatformUas::start_with(platform_port, true)).await;
+    loop {
+        match next_event(&mut events, Duration::from_secs(15)).await {
+            SinkEvent::Publishing => break,
+            SinkEvent::Reconnecting { .. } => continue,
+            other => panic!("expected Publishing again, got {other:?}"),
+        }
+    }
+    let uas = blocking(move || {
+        assert!(
+            uas.wait_log("REGISTERED", Duration::from_secs(5)),
+            "{}",
+            uas.log()
+        );
+        uas
+    })
+    .await;
+    assert!(uas.messages().contains("qop=auth"));
+    cancel.cancel();
+    loop {
+        match next_event(&mut events, Duration::from_secs(10)).await {
+            SinkEvent::Stopped => break,
+            SinkEvent::Publishing | SinkEvent::KeyframeWanted => continue,
+            other => panic!("unexpected {other:?} while stopping"),
+        }
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    assert!(
+        uas.wait_log("UNREGISTERED", Duration::from_secs(5)),
+        "{}",
+        uas.log()
+    );
+}

@@ -30,14 +30,27 @@ pub struct PlatformUas {
 }
 
 impl PlatformUas {
-    /// Starts SIPp as the platform on UDP 127.0.0.1:`port`.
+    /// Starts SIPp as the platform on UDP 127.0.0.1:`port`, challenging with `qop="auth"`.
     pub fn start(port: u16) -> PlatformUas {
+        Self::start_with(port, true)
+    }
+
+    /// Like [`PlatformUas::start`]; `qop: false` sends an RFC 2069 challenge without `qop`, as
+    /// some platforms do.
+    pub fn start_with(port: u16, qop: bool) -> PlatformUas {
         require_sipp();
         let dir = TestDir::new("sipp-uas");
+        let mut xml = std::fs::read_to_string(scenario("platform_uas.xml")).expect("scenario");
+        if !qop {
+            xml = xml.replace(",qop=\"auth\"", "");
+            assert!(!xml.contains("qop"), "scenario still has qop");
+        }
+        let scenario_path = dir.path().join("platform_uas.xml");
+        std::fs::write(&scenario_path, xml).expect("write scenario");
         let out = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout log");
         let child = Command::new("sipp")
             .arg("-sf")
-            .arg(scenario("platform_uas.xml"))
+            .arg(&scenario_path)
             .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin"])
             // Calls end at once; keeping their Call-IDs as "dead" would swallow the unregister,
             // which reuses the registration's Call-ID.
