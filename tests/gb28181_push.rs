@@ -509,3 +509,92 @@ async fn re_registers_after_the_platform_restarts() {
         uas.log()
     );
 }
+
+/// A second INVITE for the channel replaces the first: the device BYEs the first dialog (SIPp
+/// expects that BYE), the first receiver stops getting data, and the second stream decodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_invite_replaces_the_first() {
+    let _serial = SERIAL.lock().await;
+    let platform_port = free_port();
+    let device_port = free_port();
+    let uas = blocking(move || PlatformUas::start(platform_port)).await;
+    let clip = blocking(encode_clip).await;
+    let (tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let sink = tokio::spawn(run(
+        target(uas.port(), device_port, PASSWORD),
+        options(0),
+        frames,
+        ev_tx,
+        cancel.clone(),
+    ));
+    let tally = Arc::new(Tally::default());
+    let feeder = feed(clip, tx, tally.clone());
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
+
+    let first_port = free_port();
+    let mut first_rx = blocking(move || PsReceiver::start(Mode::Udp, first_port)).await;
+    let first_port_s = first_port.to_string();
+    let first = start_uac(
+        "invite_replaced_uac.xml",
+        device,
+        free_port(),
+        &[
+            ("channel", CHANNEL),
+            ("ssrc", "0100000021"),
+            ("media_ip", "127.0.0.1"),
+            ("media_port", &first_port_s),
+            ("proto", "RTP/AVP"),
+            ("setup", ""),
+        ],
+    );
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)).await,
+        SinkEvent::KeyframeWanted
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(first_rx.output_len() > 0, "first INVITE got no media");
+
+    play_once(device, 0, Mode::Udp, &mut events, &tally, "0100000022").await;
+
+    let run1 = blocking(move || first.wait(Duration::from_secs(10))).await;
+    assert!(
+        run1.status.success(),
+        "first dialog was not ended by the device: {}\n{}",
+        run1.log,
+        run1.messages
+    );
+    assert!(run1.log.contains("REPLACED"), "{}", run1.log);
+    let len = first_rx.output_len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(first_rx.output_len(), len, "replaced stream still flowing");
+    let first_probe = blocking(move || {
+        first_rx.stop();
+        probe_file(&first_rx.output())
+    })
+    .await;
+    assert!(
+        first_probe.frames >= 30,
+        "{} frames before the replacement",
+        first_probe.frames
+    );
+
+    cancel.cancel();
+    loop {
+        match next_event(&mut events, Duration::from_secs(10)).await {
+            SinkEvent::Stopped => break,
+            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
+            other => panic!("unexpected {other:?} while stopping"),
+        }
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    feeder.abort();
+}
