@@ -36,7 +36,8 @@ const FRAME: Duration = Duration::from_micros(33_333);
 /// competing for two cores would make the counts lie, so they run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// 5 s of 640x360 test pattern at 30 fps, an IDR every 30 frames.
+/// 5 s of 640x360 test pattern at 30 fps, an IDR every 30 frames; the rings pattern so that
+/// frames span several RTP packets.
 fn encode_clip() -> Vec<EncodedFrame> {
     let rung = Rung {
         width: 640,
@@ -45,7 +46,7 @@ fn encode_clip() -> Vec<EncodedFrame> {
         bitrate_kbps: 800,
     };
     let mut enc = H264Encoder::new(rung, 30).expect("encoder");
-    let mut src = PatternSource::new(Style::Normal);
+    let mut src = PatternSource::new(Style::Zoom);
     let mut out = Vec::new();
     for i in 0..150u32 {
         let SourceFrame::Raw(raw) = src.next_frame(&rung).expect("pattern") else {
@@ -584,6 +585,109 @@ async fn second_invite_replaces_the_first() {
         first_probe.frames
     );
 
+    cancel.cancel();
+    loop {
+        match next_event(&mut events, Duration::from_secs(10)).await {
+            SinkEvent::Stopped => break,
+            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
+            other => panic!("unexpected {other:?} while stopping"),
+        }
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    feeder.abort();
+}
+
+/// The RTP packets themselves, read off a UDP socket standing in for the media server: SSRC =
+/// the offered `y=`, PT 96, no sequence gaps, one timestamp per frame with the marker on its
+/// last packet, packets within 1400 bytes, and the first frame a keyframe pack with system
+/// header and PSM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtp_on_the_wire_carries_the_offered_ssrc() {
+    let _serial = SERIAL.lock().await;
+    let platform_port = free_port();
+    let device_port = free_port();
+    let uas = blocking(move || PlatformUas::start(platform_port)).await;
+    let clip = blocking(encode_clip).await;
+    let (tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let sink = tokio::spawn(run(
+        target(uas.port(), device_port, PASSWORD),
+        options(0),
+        frames,
+        ev_tx,
+        cancel.clone(),
+    ));
+    let feeder = feed(clip, tx, Arc::new(Tally::default()));
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    let media = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let media_port = media.local_addr().expect("addr").port().to_string();
+    let mut uac = start_uac(
+        "invite_uac.xml",
+        ([127, 0, 0, 1], device_port).into(),
+        free_port(),
+        &[
+            ("channel", CHANNEL),
+            ("ssrc", "0100000001"),
+            ("media_ip", "127.0.0.1"),
+            ("media_port", &media_port),
+            ("proto", "RTP/AVP"),
+            ("setup", ""),
+        ],
+    );
+    let mut packets = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..2000 {
+        if uac.finished() {
+            break;
+        }
+        if let Ok(Ok((n, _))) = timeout(Duration::from_millis(50), media.recv_from(&mut buf)).await
+        {
+            packets.push(buf[..n].to_vec());
+        }
+    }
+    let run1 = blocking(move || uac.wait(Duration::from_secs(10))).await;
+    assert!(run1.status.success(), "{}", run1.messages);
+    assert!(packets.len() > 100, "only {} RTP packets", packets.len());
+    let mut frames_seen = 0;
+    for (i, p) in packets.iter().enumerate() {
+        assert!(p.len() <= 1400 && p.len() > 12);
+        assert_eq!(p[0], 0x80, "RTP v2, no padding/extension/CSRC");
+        assert_eq!(p[1] & 0x7F, 96);
+        assert_eq!(&p[8..12], &100_000_001u32.to_be_bytes(), "SSRC from y=");
+        let marker = p[1] & 0x80 != 0;
+        if let Some(next) = packets.get(i + 1) {
+            let seq = u16::from_be_bytes([p[2], p[3]]);
+            assert_eq!(u16::from_be_bytes([next[2], next[3]]), seq.wrapping_add(1));
+            let same_ts = p[4..8] == next[4..8];
+            assert_eq!(marker, !same_ts, "marker exactly on a frame's last packet");
+            if !same_ts {
+                let dt = u32::from_be_bytes([next[4], next[5], next[6], next[7]])
+                    .wrapping_sub(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+                assert!((2900..=3100).contains(&dt), "90 kHz step {dt}");
+            }
+        }
+        if marker {
+            frames_seen += 1;
+        }
+    }
+    let first = &packets[0][12..];
+    assert_eq!(&first[..4], &[0, 0, 1, 0xBA]);
+    assert_eq!(&first[14..18], &[0, 0, 1, 0xBB]);
+    assert_eq!(&first[29..33], &[0, 0, 1, 0xBC]);
+    eprintln!("{} RTP packets, {frames_seen} frames", packets.len());
+    assert!(
+        packets.len() > frames_seen + frames_seen / 2,
+        "frames should span several packets"
+    );
     cancel.cancel();
     loop {
         match next_event(&mut events, Duration::from_secs(10)).await {

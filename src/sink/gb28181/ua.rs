@@ -18,7 +18,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Everything the user agent needs to know; built by the sink from the DJI url and options.
-#[derive(Debug, Clone)]
+///
+/// `Debug` prints the password as `***` so the whole user agent can be debug-logged.
+#[derive(Clone)]
 pub struct UaConfig {
     /// Addresses and IDs printed in requests.
     pub identity: Identity,
@@ -48,6 +50,21 @@ pub struct UaConfig {
     pub name: String,
     /// Seed for tags, branches, Call-IDs and jitter; random in production, fixed in tests.
     pub seed: u64,
+}
+
+impl std::fmt::Debug for UaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UaConfig")
+            .field("identity", &self.identity)
+            .field("password", &"***")
+            .field("channel", &self.channel)
+            .field("media_ip", &self.media_ip)
+            .field("media_port", &self.media_port)
+            .field("expires", &self.expires)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("keepalive_max_missed", &self.keepalive_max_missed)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A datagram to send.
@@ -1120,6 +1137,73 @@ mod tests {
             events(&mut ua).as_slice(),
             [UaEvent::Refused { .. }]
         ));
+    }
+
+    #[test]
+    fn no_ack_ends_the_dialog_with_bye_and_never_starts_media() {
+        let t0 = Instant::now();
+        let mut ua = registered(t0);
+        platform_request(&mut ua, t0, &invite_text("c1", "0100000001"));
+        assert_eq!(sent_responses(&mut ua)[0].status, 200);
+        let mut t = t0;
+        let mut bye = None;
+        for _ in 0..50 {
+            let Some(next) = ua.poll_timeout() else { break };
+            if next > t0 + Duration::from_secs(40) {
+                break;
+            }
+            t = next;
+            ua.handle_timeout(t);
+            if let Some(r) = sent(&mut ua).into_iter().find(|r| r.method == "BYE") {
+                bye = Some(r);
+                break;
+            }
+        }
+        let bye = bye.expect("BYE after the 2xx went unacknowledged");
+        assert_eq!(bye.call_id().expect("cid"), "c1");
+        assert!(t - t0 >= Duration::from_secs(32));
+        let evs = events(&mut ua);
+        assert!(
+            evs.iter().all(|e| !matches!(e, UaEvent::MediaStart(_))),
+            "{evs:?}"
+        );
+    }
+
+    #[test]
+    fn keepalive_refused_with_404_re_registers_at_once() {
+        let t0 = Instant::now();
+        let mut ua = registered(t0);
+        ua.handle_timeout(t0 + Duration::from_secs(60));
+        let ka = sent(&mut ua).remove(0);
+        answer(&mut ua, t0, &ka, 404, "");
+        match events(&mut ua).as_slice() {
+            [UaEvent::RegistrationLost { reason, .. }] => {
+                assert!(reason.contains("404"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn options_and_unknown_methods_are_answered() {
+        let t0 = Instant::now();
+        let mut ua = registered(t0);
+        platform_request(
+            &mut ua,
+            t0,
+            &in_dialog("OPTIONS", "o1", "x", 1).replace(";tag=x", ""),
+        );
+        assert_eq!(sent_responses(&mut ua)[0].status, 200);
+        platform_request(
+            &mut ua,
+            t0,
+            &in_dialog("SUBSCRIBE", "s1", "x", 1).replace(";tag=x", ""),
+        );
+        assert_eq!(sent_responses(&mut ua)[0].status, 501);
+        assert!(
+            !format!("{:?}", ua).contains("12345678"),
+            "password in Debug output"
+        );
     }
 
     #[test]
