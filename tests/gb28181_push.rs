@@ -9,13 +9,14 @@ mod peers;
 use dockcast::media::encoder::H264Encoder;
 use dockcast::media::frame::EncodedFrame;
 use dockcast::media::quality::Rung;
+use dockcast::sink::gb28181::SipTransport;
 use dockcast::sink::gb28181::{run, GbOptions, GbTarget};
 use dockcast::sink::SinkEvent;
 use dockcast::source::pattern::{PatternSource, Style};
 use dockcast::source::{SourceFrame, VideoSource};
 use peers::gst::{Mode, PsReceiver};
 use peers::probe::probe_file;
-use peers::sipp::{start_uac, PlatformUas, UacProcess};
+use peers::sipp::{start_uac, start_uac_over, PlatformUas, UacProcess};
 use peers::{free_port, wait_until};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -134,6 +135,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// media started, then checks GStreamer decoded at least 90 % of them and that BYE stopped
 /// the media.
 async fn play_once(
+    sip_tcp: bool,
     device: SocketAddr,
     device_media_port: u16,
     mode: Mode,
@@ -152,7 +154,8 @@ async fn play_once(
     let uac_port = free_port();
     let rx = rx_port.to_string();
     let ssrc_owned = ssrc.to_owned();
-    let mut uac: UacProcess = start_uac(
+    let mut uac: UacProcess = start_uac_over(
+        sip_tcp,
         "invite_uac.xml",
         device,
         uac_port,
@@ -310,7 +313,16 @@ async fn registers_answers_queries_streams_on_invite_and_unregisters() {
         .messages()
         .contains(&format!("<DeviceID>{CHANNEL}</DeviceID>")));
 
-    play_once(device, 0, Mode::Udp, &mut events, &tally, "0100000001").await;
+    play_once(
+        false,
+        device,
+        0,
+        Mode::Udp,
+        &mut events,
+        &tally,
+        "0100000001",
+    )
+    .await;
 
     cancel.cancel();
     loop {
@@ -396,6 +408,7 @@ async fn streams_over_tcp_active_and_passive() {
     );
     let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
     play_once(
+        false,
         device,
         media_port,
         Mode::TcpListen,
@@ -405,6 +418,7 @@ async fn streams_over_tcp_active_and_passive() {
     )
     .await;
     play_once(
+        false,
         device,
         media_port,
         Mode::TcpDial,
@@ -440,7 +454,7 @@ async fn streams_over_tcp_active_and_passive() {
 async fn re_registers_after_the_platform_restarts() {
     let _serial = SERIAL.lock().await;
     let platform_port = free_port();
-    let mut uas = blocking(move || PlatformUas::start_with(platform_port, false)).await;
+    let mut uas = blocking(move || PlatformUas::start_with(platform_port, false, false)).await;
     let (_tx, frames) = mpsc::channel(8);
     let (ev_tx, mut events) = mpsc::channel(64);
     let cancel = CancellationToken::new();
@@ -474,7 +488,7 @@ async fn re_registers_after_the_platform_restarts() {
         "registration lost {:?} after the platform died",
         outage.elapsed()
     );
-    let uas = blocking(move || PlatformUas::start_with(platform_port, true)).await;
+    let uas = blocking(move || PlatformUas::start_with(platform_port, true, false)).await;
     loop {
         match next_event(&mut events, Duration::from_secs(15)).await {
             SinkEvent::Publishing => break,
@@ -561,7 +575,16 @@ async fn second_invite_replaces_the_first() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(first_rx.output_len() > 0, "first INVITE got no media");
 
-    play_once(device, 0, Mode::Udp, &mut events, &tally, "0100000022").await;
+    play_once(
+        false,
+        device,
+        0,
+        Mode::Udp,
+        &mut events,
+        &tally,
+        "0100000022",
+    )
+    .await;
 
     let run1 = blocking(move || first.wait(Duration::from_secs(10))).await;
     assert!(
@@ -701,4 +724,94 @@ async fn rtp_on_the_wire_carries_the_offered_ssrc() {
         .expect("sink returned")
         .expect("no panic");
     feeder.abort();
+}
+
+/// SIP over TCP: REGISTER/keepalive/unregister on the device's connection to a SIPp platform
+/// listening on TCP, a Catalog query and an INVITE arriving on connections SIPp opens to the
+/// device (UDP media).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_over_tcp() {
+    let _serial = SERIAL.lock().await;
+    let platform_port = free_port();
+    let device_port = free_port();
+    let uas = blocking(move || PlatformUas::start_with(platform_port, true, true)).await;
+    let clip = blocking(encode_clip).await;
+    let (tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let opts = GbOptions {
+        sip_transport: SipTransport::Tcp,
+        ..options(0)
+    };
+    let sink = tokio::spawn(run(
+        target(platform_port, device_port, PASSWORD),
+        opts,
+        frames,
+        ev_tx,
+        cancel.clone(),
+    ));
+    let tally = Arc::new(Tally::default());
+    let feeder = feed(clip, tx, tally.clone());
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    let uas = blocking(move || {
+        assert!(
+            uas.wait_log("MESSAGE CmdType=Keepalive", Duration::from_secs(5)),
+            "{}",
+            uas.log()
+        );
+        uas
+    })
+    .await;
+    let messages = uas.messages();
+    assert!(messages.contains("Via: SIP/2.0/TCP"), "{messages}");
+    assert!(messages.contains(";transport=tcp>"), "{messages}");
+    let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
+    let uac = start_uac_over(
+        true,
+        "query_uac.xml",
+        device,
+        free_port(),
+        &[("device", DEVICE), ("cmd", "Catalog"), ("sn", "4711")],
+    );
+    let run1 = blocking(move || uac.wait(Duration::from_secs(10))).await;
+    assert!(run1.status.success(), "Catalog over TCP: {}", run1.messages);
+    let uas_ref = &uas;
+    assert!(
+        wait_until(Duration::from_secs(5), || uas_ref
+            .log()
+            .contains("MESSAGE CmdType=Catalog SN=4711")),
+        "{}",
+        uas.log()
+    );
+    play_once(
+        true,
+        device,
+        0,
+        Mode::Udp,
+        &mut events,
+        &tally,
+        "0100000031",
+    )
+    .await;
+    cancel.cancel();
+    loop {
+        match next_event(&mut events, Duration::from_secs(10)).await {
+            SinkEvent::Stopped => break,
+            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
+            other => panic!("unexpected {other:?} while stopping"),
+        }
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    feeder.abort();
+    assert!(
+        uas.wait_log("UNREGISTERED", Duration::from_secs(5)),
+        "{}",
+        uas.log()
+    );
 }

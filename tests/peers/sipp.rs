@@ -32,12 +32,12 @@ pub struct PlatformUas {
 impl PlatformUas {
     /// Starts SIPp as the platform on UDP 127.0.0.1:`port`, challenging with `qop="auth"`.
     pub fn start(port: u16) -> PlatformUas {
-        Self::start_with(port, true)
+        Self::start_with(port, true, false)
     }
 
     /// Like [`PlatformUas::start`]; `qop: false` sends an RFC 2069 challenge without `qop`, as
-    /// some platforms do.
-    pub fn start_with(port: u16, qop: bool) -> PlatformUas {
+    /// some platforms do; `tcp: true` listens on TCP instead of UDP (`-t t1`).
+    pub fn start_with(port: u16, qop: bool, tcp: bool) -> PlatformUas {
         require_sipp();
         let dir = TestDir::new("sipp-uas");
         let mut xml = std::fs::read_to_string(scenario("platform_uas.xml")).expect("scenario");
@@ -52,6 +52,7 @@ impl PlatformUas {
             .arg("-sf")
             .arg(&scenario_path)
             .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin"])
+            .args(["-t", if tcp { "t1" } else { "u1" }])
             // Calls end at once; keeping their Call-IDs as "dead" would swallow the unregister,
             // which reuses the registration's Call-ID.
             .args(["-deadcall_wait", "0"])
@@ -131,8 +132,20 @@ pub struct UacProcess {
     dir: TestDir,
 }
 
-/// Starts `scenario` once against `remote` from 127.0.0.1:`local_port`, with `-set` variables.
+/// Starts `scenario` once against `remote` from 127.0.0.1:`local_port` over UDP, with `-set`
+/// variables.
 pub fn start_uac(
+    name: &str,
+    remote: SocketAddr,
+    local_port: u16,
+    vars: &[(&str, &str)],
+) -> UacProcess {
+    start_uac_over(false, name, remote, local_port, vars)
+}
+
+/// Like [`start_uac`], over TCP when `tcp` (SIPp `-t t1`: one connection to the device).
+pub fn start_uac_over(
+    tcp: bool,
     name: &str,
     remote: SocketAddr,
     local_port: u16,
@@ -146,6 +159,7 @@ pub fn start_uac(
         .arg(remote.to_string())
         .args(["-i", "127.0.0.1", "-p", &local_port.to_string()])
         .args(["-m", "1", "-nostdin", "-timeout", "30", "-timeout_error"])
+        .args(["-t", if tcp { "t1" } else { "u1" }])
         .args(["-trace_logs", "-trace_msg"])
         .arg("-log_file")
         .arg(dir.path().join("logs.log"))

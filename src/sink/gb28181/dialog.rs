@@ -1,5 +1,6 @@
 //! The Play dialog: check a platform INVITE, answer it, and end it with BYE from either side.
 
+use super::register::Identity;
 use super::sdp::{self, MediaTransport, SdpError};
 use super::sip::{self, Request, Response, SipError};
 use std::net::{IpAddr, SocketAddr};
@@ -96,7 +97,7 @@ pub fn accept_invite(
     req: &Request,
     source: SocketAddr,
     channel: &str,
-    local_sip: SocketAddr,
+    local: &Identity,
     local_ip: IpAddr,
     media_port: u16,
     local_tag: &str,
@@ -144,8 +145,7 @@ pub fn accept_invite(
     };
     let answer = sdp::answer(channel, local_ip, media_port, offer.transport, &ssrc_text);
     let mut resp = req.response(200, "OK", Some(local_tag));
-    resp.headers
-        .push("Contact", format!("<sip:{channel}@{local_sip}>"));
+    resp.headers.push("Contact", local.contact(channel));
     resp.headers.push("Content-Type", "APPLICATION/SDP");
     resp.body = answer.into_bytes().into();
     let local_to = resp
@@ -188,20 +188,17 @@ impl PlayDialog {
 
     /// Our BYE (source lost, replaced by a new INVITE, sink stopping): From/To swapped relative
     /// to the INVITE, Request-URI = the platform's Contact.
-    pub fn bye(&mut self, local_sip: SocketAddr, branch: &str, user_agent: &str) -> Request {
+    pub fn bye(&mut self, local: &Identity, branch: &str) -> Request {
         self.local_cseq = self.local_cseq.saturating_add(1);
         let mut r = Request::new("BYE", self.remote_target.clone());
         let h = &mut r.headers;
-        h.push(
-            "Via",
-            format!("SIP/2.0/UDP {local_sip};rport;branch={branch}"),
-        );
+        h.push("Via", local.via(branch));
         h.push("From", self.local_to.clone());
         h.push("To", self.remote_from.clone());
         h.push("Call-ID", self.call_id.clone());
         h.push("CSeq", format!("{} BYE", self.local_cseq));
         h.push("Max-Forwards", "70");
-        h.push("User-Agent", user_agent.to_owned());
+        h.push("User-Agent", local.user_agent.clone());
         r
     }
 }
@@ -227,12 +224,24 @@ mod tests {
     const OFFER: &str =
         "v=0\r\ns=Play\r\nc=IN IP4 127.0.0.1\r\nm=video 30000 RTP/AVP 96 98\r\ny=0100000001\r\n";
 
+    fn local() -> Identity {
+        Identity {
+            device_id: "34020000001320000001".into(),
+            server_id: "34020000002000000001".into(),
+            domain: "3402000000".into(),
+            server: "127.0.0.1:5070".parse().expect("addr"),
+            local: "127.0.0.1:5060".parse().expect("addr"),
+            user_agent: "ua".into(),
+            tcp: false,
+        }
+    }
+
     fn accept(req: &Request) -> Result<(PlayDialog, Response), InviteError> {
         accept_invite(
             req,
             "127.0.0.1:5070".parse().expect("addr"),
             CH,
-            "127.0.0.1:5060".parse().expect("addr"),
+            &local(),
             "127.0.0.1".parse().expect("ip"),
             15100,
             "lt",
@@ -258,7 +267,7 @@ mod tests {
             resp.headers.get("To"),
             Some(format!("<sip:{CH}@3402000000>;tag=lt").as_str())
         );
-        let bye = d.bye("127.0.0.1:5060".parse().expect("addr"), "z9hG4bKb", "ua");
+        let bye = d.bye(&local(), "z9hG4bKb");
         assert_eq!(bye.uri, "sip:34020000002000000001@127.0.0.1:5070");
         assert_eq!(bye.headers.get("From"), resp.headers.get("To"));
         assert_eq!(

@@ -8,8 +8,8 @@
 //! Unlike RTMP, registering does not start media: the platform decides when to watch. The
 //! sink reports [`SinkEvent::Publishing`] once registered, discards frames until an INVITE is
 //! ACKed, then asks for a keyframe ([`SinkEvent::KeyframeWanted`]) so the first pack the
-//! platform gets carries SPS/PPS and the PSM. SIP signalling is UDP; media is UDP, TCP active
-//! or TCP passive as the INVITE asks.
+//! platform gets carries SPS/PPS and the PSM. SIP signalling is UDP or TCP
+//! ([`GbOptions::sip_transport`]); media is UDP, TCP active or TCP passive as the INVITE asks.
 
 pub mod dialog;
 pub mod manscdp;
@@ -18,6 +18,7 @@ pub mod register;
 pub mod rtp;
 pub mod sdp;
 pub mod sip;
+pub mod transport;
 pub mod ua;
 
 use crate::cloud::url::Gb28181Url;
@@ -38,6 +39,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+pub use transport::SipTransport;
+use transport::{Inbound, SipIo};
 use ua::{Ua, UaConfig, UaEvent};
 
 /// The platform and our identity, taken from the DJI `url` of a `live_start_push` with
@@ -113,6 +116,9 @@ impl fmt::Debug for GbTarget {
 /// Tunables of a GB28181 sink; `Default` follows the GB/wvp defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GbOptions {
+    /// SIP over UDP (default) or TCP; TCP keeps one connection to the platform open and
+    /// also accepts the platform's own connections on `localPort`.
+    pub sip_transport: SipTransport,
     /// Address to bind SIP and media sockets on (0.0.0.0 on a dock, 127.0.0.1 in tests).
     pub bind_ip: IpAddr,
     /// Address printed in Via/Contact/SDP; `None` takes the local address that routes to the
@@ -145,6 +151,7 @@ pub struct GbOptions {
 impl Default for GbOptions {
     fn default() -> Self {
         Self {
+            sip_transport: SipTransport::Udp,
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             advertise_ip: None,
             media_port: 0,
@@ -165,9 +172,6 @@ impl Default for GbOptions {
 /// Frames waiting for a slow TCP media connection; beyond this the sink drops frames and
 /// asks for a keyframe instead of buffering without bound.
 const MEDIA_QUEUE: usize = 64;
-
-/// Largest SIP datagram we accept.
-const MAX_DATAGRAM: usize = 65_535;
 
 /// Runs the GB28181 sink until `cancel` fires or the frame sender is dropped.
 ///
@@ -204,7 +208,6 @@ pub async fn run(
     };
     tracing::info!(target = %label, local = %shell.sip.local_addr().map(|a| a.to_string()).unwrap_or_default(), "gb28181 registering");
     shell.ua.start(Instant::now().into_std());
-    let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut stop_deadline: Option<Instant> = None;
     let (media_err_tx, mut media_err_rx) = mpsc::channel::<(String, String)>(4);
     loop {
@@ -236,10 +239,16 @@ pub async fn run(
                 }
                 shell.ua.handle_timeout(Instant::now().into_std());
             }
-            r = shell.sip.recv_from(&mut buf) => match r {
-                Ok((n, from)) => shell.ua.handle_input(Instant::now().into_std(), from, &buf[..n]),
-                // ICMP port unreachable from an earlier send surfaces here on Linux; harmless.
-                Err(e) => tracing::debug!(target = %label, error = %e, "gb28181 SIP recv"),
+            inbound = shell.sip.recv() => match inbound {
+                Inbound::Message(from, data) => {
+                    shell.ua.handle_input(Instant::now().into_std(), from, &data)
+                }
+                Inbound::Closed(peer, reason) => {
+                    tracing::info!(target = %label, %peer, %reason, "gb28181 SIP connection closed");
+                    if peer == shell.server {
+                        shell.ua.transport_lost(Instant::now().into_std(), &reason);
+                    }
+                }
             },
             Some((call_id, reason)) = media_err_rx.recv() => {
                 tracing::warn!(target = %label, %call_id, %reason, "gb28181 media connection lost; ending the dialog");
@@ -286,7 +295,8 @@ enum MediaSender {
 }
 
 struct Shell {
-    sip: UdpSocket,
+    sip: SipIo,
+    server: SocketAddr,
     media_udp: Arc<UdpSocket>,
     media_tcp: Arc<TcpListener>,
     ua: Ua,
@@ -299,9 +309,12 @@ struct Shell {
 impl Shell {
     async fn setup(target: &GbTarget, opts: &GbOptions) -> Result<Shell, String> {
         let server = resolve(&target.server_host, target.server_port).await?;
-        let sip = UdpSocket::bind(SocketAddr::new(opts.bind_ip, target.local_port))
-            .await
-            .map_err(|e| format!("bind SIP UDP {}:{}: {e}", opts.bind_ip, target.local_port))?;
+        let sip = SipIo::bind(
+            opts.sip_transport,
+            SocketAddr::new(opts.bind_ip, target.local_port),
+            opts.tcp_media_timeout,
+        )
+        .await?;
         let local_sip = sip
             .local_addr()
             .map_err(|e| format!("SIP socket address: {e}"))?;
@@ -323,6 +336,7 @@ impl Shell {
                 server,
                 local: SocketAddr::new(advertise, local_sip.port()),
                 user_agent: format!("dockcast/{}", env!("CARGO_PKG_VERSION")),
+                tcp: opts.sip_transport == SipTransport::Tcp,
             },
             password: target.password.clone(),
             channel: target.channel.clone(),
@@ -340,6 +354,7 @@ impl Shell {
         };
         Ok(Shell {
             sip,
+            server,
             media_udp: Arc::new(media_udp),
             media_tcp: Arc::new(media_tcp),
             ua: Ua::new(cfg),
@@ -353,8 +368,12 @@ impl Shell {
     async fn flush(&mut self) -> Result<(), String> {
         let mut result = Ok(());
         while let Some(t) = self.ua.poll_transmit() {
-            if let Err(e) = self.sip.send_to(&t.data, t.dest).await {
-                result = Err(format!("SIP send to {}: {e}", t.dest));
+            if let Err(e) = self.sip.send(t.dest, t.data).await {
+                if t.dest == self.server && matches!(self.sip, SipIo::Tcp { .. }) {
+                    // No connection, no registration: let the user agent back off and retry.
+                    self.ua.transport_lost(Instant::now().into_std(), &e);
+                }
+                result = Err(format!("SIP: {e}"));
             }
         }
         result

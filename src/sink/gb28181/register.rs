@@ -20,9 +20,23 @@ pub struct Identity {
     pub local: SocketAddr,
     /// `User-Agent` header value.
     pub user_agent: String,
+    /// Signalling over TCP (Via transport and `;transport=tcp` in Contact) instead of UDP.
+    pub tcp: bool,
 }
 
 impl Identity {
+    /// Our Via header value for a request with `branch`.
+    pub fn via(&self, branch: &str) -> String {
+        let transport = if self.tcp { "TCP" } else { "UDP" };
+        format!("SIP/2.0/{transport} {};rport;branch={branch}", self.local)
+    }
+
+    /// Our Contact for `user` (device or channel ID): where the platform sends requests.
+    pub fn contact(&self, user: &str) -> String {
+        let transport = if self.tcp { ";transport=tcp" } else { "" };
+        format!("<sip:{user}@{}{transport}>", self.local)
+    }
+
     /// `sip:<serverID>@<ip>:<port>`, the Request-URI form GB J.1 shows.
     pub fn server_uri(&self) -> String {
         format!("sip:{}@{}", self.server_id, self.server)
@@ -40,10 +54,7 @@ impl Identity {
     ) -> Request {
         let mut r = Request::new(method, self.server_uri());
         let h = &mut r.headers;
-        h.push(
-            "Via",
-            format!("SIP/2.0/UDP {};rport;branch={branch}", self.local),
-        );
+        h.push("Via", self.via(branch));
         h.push(
             "From",
             format!("<sip:{}@{}>;tag={from_tag}", self.device_id, self.domain),
@@ -128,8 +139,7 @@ impl Registration {
             &self.call_id,
             self.cseq,
         );
-        r.headers
-            .push("Contact", format!("<sip:{}@{}>", id.device_id, id.local));
+        r.headers.push("Contact", id.contact(&id.device_id));
         r.headers.push("Expires", expires.to_string());
         self.answered_challenge = false;
         if let Some((challenge, proxy)) = self.challenge.take() {
@@ -232,6 +242,7 @@ mod tests {
             server: "192.168.1.10:5060".parse().expect("addr"),
             local: "192.168.1.50:5060".parse().expect("addr"),
             user_agent: "dockcast".into(),
+            tcp: false,
         }
     }
 

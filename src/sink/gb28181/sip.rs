@@ -255,6 +255,50 @@ pub fn parse(buf: &[u8]) -> Result<Message, SipError> {
     }))
 }
 
+/// Largest header block accepted on a stream before the peer is judged broken.
+pub const MAX_STREAM_HEADER: usize = 16 * 1024;
+
+/// How many bytes at the start of a TCP stream buffer make one whole SIP message (leading
+/// CRLF keepalives included), `None` while more bytes are needed.
+///
+/// Over TCP, Content-Length is the only framing (RFC 3261 §18.3), so it is required here.
+pub fn stream_message_len(buf: &[u8]) -> Result<Option<usize>, SipError> {
+    let skip = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let rest = &buf[skip..];
+    let Some(head_end) = find(rest, b"\r\n\r\n") else {
+        if rest.len() > MAX_STREAM_HEADER {
+            return Err(SipError::Truncated);
+        }
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&rest[..head_end]).map_err(|_| SipError::NotUtf8)?;
+    let mut content_length = None;
+    for line in head.split("\r\n").skip(1) {
+        if let Some((name, value)) = line.split_once(':') {
+            if expand(name.trim()).eq_ignore_ascii_case("Content-Length") {
+                let v = value.trim();
+                content_length = Some(
+                    v.parse::<usize>()
+                        .map_err(|_| SipError::BadContentLength { value: clip(v) })?,
+                );
+            }
+        }
+    }
+    let body = content_length.ok_or(SipError::MissingHeader {
+        name: "Content-Length",
+    })?;
+    if body > 1024 * 1024 {
+        return Err(SipError::BadContentLength {
+            value: body.to_string(),
+        });
+    }
+    let total = skip + head_end + 4 + body;
+    Ok((buf.len() >= total).then_some(total))
+}
+
 /// Splits the header block into logical lines, joining RFC 3261 continuation lines.
 fn unfold(head: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -723,7 +767,27 @@ Content-Length: 4\r\n\r\nv=0\r\nEXTRA";
         assert_eq!(uri_socket_addr("<sip:a@h.example:5060>"), None);
     }
 
+    #[test]
+    fn stream_framing_by_content_length() {
+        let msg = b"\r\nMESSAGE sip:a@b SIP/2.0\r\nl: 3\r\n\r\nabcNEXT";
+        assert_eq!(stream_message_len(msg), Ok(Some(msg.len() - 4)));
+        assert_eq!(stream_message_len(&msg[..20]), Ok(None));
+        assert_eq!(stream_message_len(&msg[..msg.len() - 6]), Ok(None));
+        assert!(matches!(
+            stream_message_len(b"BYE sip:a SIP/2.0\r\nCSeq: 1 BYE\r\n\r\n"),
+            Err(SipError::MissingHeader { .. })
+        ));
+        assert_eq!(stream_message_len(b"\r\n\r\n"), Ok(None));
+    }
+
     proptest! {
+        #[test]
+        fn stream_framing_never_panics(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            if let Ok(Some(n)) = stream_message_len(&data) {
+                prop_assert!(n <= data.len());
+            }
+        }
+
         #[test]
         fn parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = parse(&data);

@@ -241,6 +241,27 @@ impl Ua {
         }
     }
 
+    /// The TCP connection to the platform broke: the registration is gone with it (the
+    /// platform sends its requests over that connection), so register again with backoff.
+    pub fn transport_lost(&mut self, now: Instant, reason: &str) {
+        if self.stopping {
+            if self.reg_state == RegState::Unregistering {
+                self.reg_state = RegState::Done;
+                self.events.push_back(UaEvent::Unregistered);
+            }
+            return;
+        }
+        if matches!(
+            self.reg_state,
+            RegState::Registering | RegState::Registered { .. }
+        ) {
+            self.lost(
+                now,
+                format!("SIP connection to {}: {reason}", self.cfg.identity.server),
+            );
+        }
+    }
+
     /// True once the user agent has nothing left to do (failed first registration, or stopped
     /// and unregistered).
     pub fn is_done(&self) -> bool {
@@ -372,7 +393,13 @@ impl Ua {
                 kind,
                 dest,
                 data,
-                next_retx: now + self.cfg.t1,
+                // Over TCP the transport is reliable: no retransmissions (RFC 3261 §17.1.2.2),
+                // only the transaction timeout.
+                next_retx: if self.cfg.identity.tcp {
+                    now + self.cfg.transaction_timeout
+                } else {
+                    now + self.cfg.t1
+                },
                 interval: self.cfg.t1,
                 deadline: now + self.cfg.transaction_timeout,
             },
@@ -695,7 +722,7 @@ impl Ua {
             req,
             source,
             &self.cfg.channel,
-            self.cfg.identity.local,
+            &self.cfg.identity,
             self.cfg.media_ip,
             self.cfg.media_port,
             tag,
@@ -746,11 +773,7 @@ impl Ua {
             return;
         };
         let branch = self.branch();
-        let bye = d.bye(
-            self.cfg.identity.local,
-            &branch,
-            &self.cfg.identity.user_agent,
-        );
+        let bye = d.bye(&self.cfg.identity, &branch);
         self.send_request(now, TxKind::Bye, d.remote_addr, &bye);
         if d.confirmed {
             self.events
@@ -810,6 +833,7 @@ mod tests {
                 server: "127.0.0.1:5060".parse().expect("addr"),
                 local: "127.0.0.1:5070".parse().expect("addr"),
                 user_agent: "dockcast".into(),
+                tcp: false,
             },
             password: "12345678".into(),
             channel: CH.into(),
