@@ -209,6 +209,7 @@ pub async fn run(
     tracing::info!(target = %label, local = %shell.sip.local_addr().map(|a| a.to_string()).unwrap_or_default(), "gb28181 registering");
     shell.ua.start(Instant::now().into_std());
     let mut stop_deadline: Option<Instant> = None;
+    let mut frames_open = true;
     let (media_err_tx, mut media_err_rx) = mpsc::channel::<(String, String)>(4);
     loop {
         if let Err(reason) = shell.flush().await {
@@ -254,15 +255,19 @@ pub async fn run(
                 tracing::warn!(target = %label, %call_id, %reason, "gb28181 media connection lost; ending the dialog");
                 shell.ua.hang_up(Instant::now().into_std(), &call_id);
             }
-            frame = frames.recv(), if stop_deadline.is_none() => match frame {
+            // Frames keep being taken (and dropped) while stopping so the producer never blocks.
+            frame = frames.recv(), if frames_open => match frame {
                 Some(frame) => {
-                    if shell.send_frame(&frame).await {
+                    if stop_deadline.is_none() && shell.send_frame(&frame).await {
                         let _ = events.send(SinkEvent::KeyframeWanted).await;
                     }
                 }
                 None => {
-                    stop_deadline = Some(Instant::now() + opts.stop_timeout);
-                    shell.ua.stop(Instant::now().into_std());
+                    frames_open = false;
+                    if stop_deadline.is_none() {
+                        stop_deadline = Some(Instant::now() + opts.stop_timeout);
+                        shell.ua.stop(Instant::now().into_std());
+                    }
                 }
             },
         }
@@ -462,13 +467,20 @@ impl Shell {
 
     async fn stop_media(&mut self) {
         if let Some(Media {
-            sender: MediaSender::Tcp { queue, task },
+            sender: MediaSender::Tcp { queue, mut task },
             ..
         }) = self.media.take()
         {
-            // Closing the queue lets the task flush what it has and close the connection.
+            // Closing the queue lets the task flush what it has and close the connection; a task
+            // still waiting for the media server to connect must not outlive its dialog, or it
+            // could accept the connection meant for the next INVITE.
             drop(queue);
-            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
     }
 
@@ -497,10 +509,14 @@ impl Shell {
             }
             MediaSender::Tcp { queue, .. } => match queue.try_send(packets) {
                 Ok(()) => false,
-                Err(_) => {
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // The media server reads slower than we produce: drop this frame and
+                    // resume at a keyframe rather than buffer without bound.
                     media.waiting_for_keyframe = true;
                     true
                 }
+                // The connection task ended; its error is on the way and ends the dialog.
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
             },
         }
     }
