@@ -653,6 +653,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn advertised_address_is_the_route_to_the_platform() {
+        let ip = route_ip("127.0.0.1:5060".parse().expect("addr"))
+            .await
+            .expect("route");
+        assert_eq!(ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let (udp, tcp) = bind_media("127.0.0.1".parse().expect("ip"), 0)
+            .await
+            .expect("bind");
+        assert_eq!(
+            udp.local_addr().expect("udp").port(),
+            tcp.local_addr().expect("tcp").port(),
+            "one media port for every transport"
+        );
+    }
+
+    #[tokio::test]
     async fn unanswered_first_register_fails_and_cancel_stops() {
         // A platform address where nobody answers.
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
