@@ -69,7 +69,7 @@ impl PsReceiver {
             // Not a probe connection: tcpserversrc serves exactly one client and would take the
             // probe for it.
             assert!(
-                super::wait_until(Duration::from_secs(5), || listening(port)),
+                super::wait_until(Duration::from_secs(5), || super::socket_bound("tcp", port)),
                 "tcpserversrc did not listen: {}",
                 receiver.log()
             );
@@ -115,18 +115,6 @@ impl PsReceiver {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-/// True when a TCP socket listens on `port` (read from /proc/net/tcp, without connecting).
-fn listening(port: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    let want = format!(":{port:04X}");
-    table.lines().skip(1).any(|line| {
-        let mut cols = line.split_whitespace();
-        let local = cols.nth(1).unwrap_or("");
-        let state = cols.nth(1).unwrap_or("");
-        local.ends_with(&want) && state == "0A"
-    })
 }
 
 impl Drop for PsReceiver {

@@ -49,6 +49,26 @@ pub fn port_accepts(port: u16) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
+/// True when a socket of `proto` ("tcp" listening, or "udp" bound) holds `port`, read from
+/// /proc/net so that checking never connects (tcpserversrc, for one, serves exactly one
+/// client and would take a probe connection for it).
+pub fn socket_bound(proto: &str, port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    // /proc/net/tcp state 0A = LISTEN; a bound UDP socket shows state 07.
+    let state = if proto == "tcp" { "0A" } else { "07" };
+    [format!("/proc/net/{proto}"), format!("/proc/net/{proto}6")]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .any(|table| {
+            table.lines().skip(1).any(|line| {
+                let mut cols = line.split_whitespace();
+                let local = cols.nth(1).unwrap_or("");
+                let st = cols.nth(1).unwrap_or("");
+                local.ends_with(&want) && st == state
+            })
+        })
+}
+
 /// Polls `cond` every 50 ms until it holds or `timeout` has passed; returns whether it held.
 ///
 /// The one bounded wait loop the helpers share, so that no test can hang on a peer.

@@ -69,13 +69,18 @@ impl PlatformUas {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start sipp: {e}; {SETUP_HINT}"));
-        // SIPp binds before it reads anything; give it a moment to parse the scenario.
-        std::thread::sleep(Duration::from_millis(300));
-        PlatformUas {
+        let uas = PlatformUas {
             child: Some(child),
             dir,
             port,
-        }
+        };
+        let proto = if tcp { "tcp" } else { "udp" };
+        assert!(
+            super::wait_until(Duration::from_secs(10), || super::socket_bound(proto, port)),
+            "SIPp did not bind {proto} port {port}: {}",
+            std::fs::read_to_string(uas.dir.path().join("stdout.log")).unwrap_or_default()
+        );
+        uas
     }
 
     /// The platform's SIP port.
