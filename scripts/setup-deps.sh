@@ -13,7 +13,13 @@ MISC_PKGS=(curl ca-certificates systemd)
 CROSS_PKGS=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross
             gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user)
 CROSS_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
-ALL_PKGS=("${BUILD_PKGS[@]}" "${PEER_PKGS[@]}" "${MISC_PKGS[@]}" "${CROSS_PKGS[@]}")
+# GB/T 28181 tests: SIPp (package sip-tester) plays the platform; GStreamer's mpegpsdemux is the
+# PS media server stand-in (rtpmp1sdepay/rtpstreamdepay are in -good, mpegpsdemux in -bad);
+# ffprobe (ffmpeg, above) counts what it demuxed.
+GB28181_PKGS=(sip-tester gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+    gstreamer1.0-plugins-bad)
+ALL_PKGS=("${BUILD_PKGS[@]}" "${PEER_PKGS[@]}" "${MISC_PKGS[@]}" "${CROSS_PKGS[@]}"
+          "${GB28181_PKGS[@]}")
 # System services the packages above ship; we never want them holding 1883/80/1935.
 SERVICES=(mosquitto nginx)
 
