@@ -609,7 +609,10 @@ async fn supervise(
     let ready_deadline = tokio::time::sleep(opts.ready_timeout);
     tokio::pin!(ready_deadline);
     let mut waiting_for_keyframe = true;
-    let mut dropped: u64 = 0;
+    // Frames dropped since stdin last overflowed; `None` outside such an episode (the wait for
+    // the first keyframe after a start is not an overflow and is not reported).
+    let mut overflow_drops: Option<u64> = None;
+    let mut dropped_total: u64 = 0;
     let mut status_open = true;
 
     let error = loop {
@@ -689,18 +692,22 @@ async fn supervise(
                 };
                 let Some(queue) = &run.queue else { continue };
                 if waiting_for_keyframe && !frame.keyframe {
-                    dropped += 1;
+                    if let Some(n) = overflow_drops.as_mut() {
+                        *n += 1;
+                        dropped_total += 1;
+                    }
                     continue;
                 }
                 match queue.try_send(frame) {
                     Ok(()) => {
-                        if waiting_for_keyframe && dropped > 0 {
-                            tracing::warn!(adapter = %spec.name, pid, dropped, "adapter stdin was full; dropped frames up to this keyframe");
+                        if let Some(dropped) = overflow_drops.take() {
+                            tracing::warn!(adapter = %spec.name, pid, dropped, dropped_total, "adapter stdin was full; dropped frames up to this keyframe");
                         }
                         waiting_for_keyframe = false;
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        dropped += 1;
+                        *overflow_drops.get_or_insert(0) += 1;
+                        dropped_total += 1;
                         if !waiting_for_keyframe {
                             waiting_for_keyframe = true;
                             let _ = events.send(SinkEvent::KeyframeWanted).await;
