@@ -1131,6 +1131,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn producer_gone_closes_stdin_and_the_adapter_exits_cleanly() {
+        let dir = temp("eof");
+        let done = dir.join("done");
+        let spec = sh(
+            &format!("cat > /dev/null; echo eof > {}", done.display()),
+            Framing::Framed,
+            Ready::OnSpawn,
+        );
+        let Sink {
+            tx,
+            mut events,
+            task,
+            ..
+        } = start(spec, Vec::new(), quick());
+        assert_eq!(next(&mut events).await, SinkEvent::KeyframeWanted);
+        assert_eq!(next(&mut events).await, SinkEvent::Publishing);
+        tx.send(frame(0, true, 10)).await.expect("sink alive");
+        drop(tx);
+        assert_eq!(next(&mut events).await, SinkEvent::Stopped);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("sink returned")
+            .expect("no panic");
+        // It ran to the end of its script: it saw EOF, it was not killed.
+        assert_eq!(std::fs::read_to_string(&done).expect("done").trim(), "eof");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_adapter_that_closes_stdin_but_lingers_is_replaced() {
+        let spec = sh(
+            "exec 0<&-; exec sleep 60",
+            Framing::RawAnnexB,
+            Ready::OnSpawn,
+        );
+        let mut s = start(spec, Vec::new(), quick());
+        assert_eq!(next(&mut s.events).await, SinkEvent::KeyframeWanted);
+        assert_eq!(next(&mut s.events).await, SinkEvent::Publishing);
+        // Give the shell time to close its stdin, then write into the dead pipe.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.tx.send(frame(0, true, 10)).await.expect("sink alive");
+        match next(&mut s.events).await {
+            SinkEvent::Reconnecting { reason, .. } => {
+                assert!(reason.contains("stopped reading its stdin"), "{reason}")
+            }
+            other => panic!("expected Reconnecting, got {other:?}"),
+        }
+        assert_eq!(next(&mut s.events).await, SinkEvent::KeyframeWanted);
+        assert_eq!(next(&mut s.events).await, SinkEvent::Publishing);
+        s.stop().await;
+    }
+
+    #[tokio::test]
     async fn no_publishing_event_in_time_fails() {
         let spec = sh("exec sleep 60", Framing::Framed, Ready::OnPublishingEvent);
         let opts = AdapterOptions {
