@@ -58,6 +58,11 @@ report_publishing() {
     done
 }
 
+# Input options: a 32-byte probe opens the output at once (the default probe waits seconds for
+# a live pipe); -framerate gives the packets timestamps, which Annex-B without VUI timing (what
+# openh264 writes) does not carry. ffmpeg still warns once about an unset timestamp and about
+# the frame rate it could not estimate; both are harmless here (the output is timed at
+# DOCKCAST_FPS, default 30).
 exec "${FFMPEG:-ffmpeg}" -hide_banner -nostdin -loglevel "${FFMPEG_LOGLEVEL:-warning}" \
     -f h264 -framerate "${DOCKCAST_FPS:-30}" -probesize 32 -analyzeduration 100000 -fpsprobesize 0 -i pipe:0 \
     -map 0:v:0 -c:v copy -f "$format" \
