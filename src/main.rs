@@ -10,6 +10,8 @@ use dockcast::live::actor::{self, ActorControl, ActorSetup};
 use dockcast::live::catalog::Catalog;
 use dockcast::live::manager::Manager;
 use dockcast::live::session::SinkSettings;
+use dockcast::sink::adapter::{AdapterOptions, AdapterSpec, Framing, Ready};
+use dockcast::sink::gb28181::{GbOptions, SipTransport};
 use dockcast::sink::rtmp::RtmpOptions;
 use dockcast::sink::whip::WhipOptions;
 use dockcast::systemd;
@@ -156,6 +158,7 @@ struct Prepared {
     catalog: Catalog,
     capacity: dockcast::cloud::LiveCapacity,
     sinks: SinkSettings,
+    routes: std::collections::BTreeMap<u8, String>,
 }
 
 /// The config file plus the command-line overrides, as `run` was started with them.
@@ -208,13 +211,81 @@ fn prepare(config: &Config) -> Prepared {
             ..WhipOptions::default()
         },
         whip_config: config.whip.clone(),
+        gb: gb_options(&config.gb28181),
+        adapters: config
+            .adapters
+            .iter()
+            .map(|(name, a)| {
+                (
+                    name.clone(),
+                    adapter_spec(name, a, config.rtmp.queue_frames),
+                )
+            })
+            .collect(),
         queue_frames: config.rtmp.queue_frames,
     };
+    let routes = config
+        .adapters
+        .iter()
+        .filter_map(|(name, a)| Some((a.url_type?, name.clone())))
+        .collect();
     Prepared {
         catalog,
         capacity,
         sinks,
+        routes,
     }
+}
+
+fn gb_options(gb: &dockcast::config::Gb28181Settings) -> GbOptions {
+    let defaults = GbOptions::default();
+    GbOptions {
+        sip_transport: if gb.sip_transport == "tcp" {
+            SipTransport::Tcp
+        } else {
+            SipTransport::Udp
+        },
+        // Validated addresses; a parse failure cannot happen after Config::validate.
+        bind_ip: gb.bind_ip.parse().unwrap_or(defaults.bind_ip),
+        advertise_ip: gb.advertise_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        media_port: gb.media_port,
+        expires: gb.expires_secs,
+        keepalive_interval: Duration::from_secs(gb.keepalive_secs.into()),
+        keepalive_max_missed: gb.keepalive_max_missed,
+        name: gb.name.clone(),
+        ..defaults
+    }
+}
+
+fn adapter_spec(
+    name: &str,
+    a: &dockcast::config::AdapterConfig,
+    queue_frames: usize,
+) -> (AdapterSpec, AdapterOptions) {
+    let framing = if a.framing == "annexb" {
+        Framing::RawAnnexB
+    } else {
+        Framing::Framed
+    };
+    let ready = if a.ready == "spawn" {
+        Ready::OnSpawn
+    } else {
+        Ready::OnPublishingEvent
+    };
+    let mut spec = AdapterSpec::new(name, a.command.clone(), framing, ready);
+    spec.env = a
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.expose().to_string()))
+        .collect();
+    spec.backoff_initial = Duration::from_millis(a.backoff_initial_ms);
+    spec.backoff_max = Duration::from_millis(a.backoff_max_ms);
+    let opts = AdapterOptions {
+        ready_timeout: Duration::from_millis(a.ready_timeout_ms),
+        queue_frames,
+        ..AdapterOptions::default()
+    };
+    (spec, opts)
 }
 
 /// How long start-up waits for the broker before telling systemd it is ready anyway: a dock
@@ -227,6 +298,7 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
         catalog,
         capacity,
         sinks,
+        routes,
     } = prepare(&config);
     let gateway_sn = config.gateway.sn.clone();
     let settings = LinkSettings {
@@ -235,7 +307,8 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
         services_topic: cloud::services_topic(&gateway_sn),
     };
     let opts = link::options(&settings)?;
-    let manager = Manager::new(catalog, config.quality.clone(), config.encoder.gop_frames);
+    let manager = Manager::new(catalog, config.quality.clone(), config.encoder.gop_frames)
+        .with_routes(routes);
     info!(
         gateway = %gateway_sn,
         broker = %config.mqtt.url,
@@ -299,9 +372,10 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
                         {
                             warn!("[mqtt] and [gateway] changes take effect at the next restart");
                         }
-                        let Prepared { catalog, capacity, sinks } = prepare(&new);
+                        let Prepared { catalog, capacity, sinks, routes } = prepare(&new);
                         let reload = ActorControl::Reload {
                             catalog,
+                            routes,
                             ladder: new.quality.clone(),
                             gop_frames: new.encoder.gop_frames,
                             sinks,

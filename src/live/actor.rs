@@ -44,6 +44,8 @@ pub enum ActorControl {
     Reload {
         /// The new decision inputs.
         catalog: crate::live::catalog::Catalog,
+        /// url_type → adapter name.
+        routes: std::collections::BTreeMap<u8, String>,
         /// The new ladder.
         ladder: crate::media::quality::Ladder,
         /// The new GOP.
@@ -109,8 +111,9 @@ pub async fn run(
                 }
                 continue;
             }
-            Some(ActorControl::Reload { catalog, ladder, gop_frames, sinks: new_sinks, capacity }) = control.recv() => {
+            Some(ActorControl::Reload { catalog, routes, ladder, gop_frames, sinks: new_sinks, capacity }) = control.recv() => {
                 sinks = new_sinks;
+                manager.set_routes(routes);
                 send(LinkCommand::Announce {
                     topic: state_topic.clone(),
                     key: "live_capacity",

@@ -88,6 +88,8 @@ pub struct DaemonConfig {
     pub video_index: String,
     /// `--source URI` for `dockcast run`, feeding every lens from one source.
     pub source: Option<String>,
+    /// More config sections, appended as they are (e.g. `[gb28181]`, `[adapters.x]`).
+    pub extra_toml: String,
 }
 
 impl DaemonConfig {
@@ -103,6 +105,7 @@ impl DaemonConfig {
             camera_index: "165-0-7".to_string(),
             video_index: "normal-0".to_string(),
             source: None,
+            extra_toml: String::new(),
         }
     }
 
@@ -147,6 +150,8 @@ impl DaemonConfig {
                 r.width, r.height, r.fps, r.bitrate_kbps
             ));
         }
+        t.push_str(&self.extra_toml);
+        t.push('\n');
         t.push_str(&format!(
             "[[device]]\nsn = {}\n\n[[device.camera]]\nindex = {}\n\n[[device.camera.video]]\nindex = {}\nlens = \"normal\"\nsources = {{ normal = \"pattern\", wide = \"pattern\", zoom = \"pattern\", ir = \"pattern\" }}\n",
             toml_str(&self.gateway_sn),
