@@ -119,7 +119,7 @@ fn rtmp_can_be_routed_through_the_ffmpeg_adapter() {
     );
     let vid = cfg.video_id();
     let mut cloud = CloudClient::connect(broker.port(), &cfg.gateway_sn);
-    let mut daemon = Daemon::start(&cfg);
+    let daemon = Daemon::start(&cfg);
     cloud.wait_state("live_capacity", |_| true, REPLY_TIMEOUT);
     let url = format!("rtmp://127.0.0.1:{}/live/via-adapter", nginx.rtmp_port());
     let start = call(
