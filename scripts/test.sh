@@ -36,5 +36,5 @@ step "aarch64 end-to-end under qemu-user" env \
     cargo test --test e2e_control -- --exact \
     start_push_records_h264_then_stop lens_and_quality_changes_keep_one_recording \
     sigterm_stops_sessions_and_exits_zero
-step "systemd unit" bash scripts/check-unit.sh
 step "debian packages" bash scripts/package.sh
+step "systemd unit" bash scripts/check-unit.sh
