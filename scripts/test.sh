@@ -25,6 +25,7 @@ step() {
 step "setup-deps" bash scripts/setup-deps.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --all-targets -- -D warnings
+step "cargo clippy (cisco-openh264)" cargo clippy --lib --features cisco-openh264 -- -D warnings
 step "cargo test" cargo test --all-targets
 
 # The boards: the aarch64 release build, and the end-to-end test (MQTT control, test pattern

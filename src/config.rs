@@ -181,11 +181,27 @@ impl Default for MqttConfig {
 pub struct EncoderSettings {
     /// IDR interval in frames. One second at 30 fps lets a viewer join quickly.
     pub gop_frames: u32,
+    /// Cisco's prebuilt `libopenh264.so` to encode with instead of the built-in encoder
+    /// (needs a build with the `cisco-openh264` feature).
+    pub openh264_library: Option<String>,
 }
 
 impl Default for EncoderSettings {
     fn default() -> Self {
-        EncoderSettings { gop_frames: 30 }
+        EncoderSettings {
+            gop_frames: 30,
+            openh264_library: None,
+        }
+    }
+}
+
+impl EncoderSettings {
+    /// The openh264 to encode with.
+    pub fn backend(&self) -> crate::media::encoder::Backend {
+        match &self.openh264_library {
+            Some(path) => crate::media::encoder::Backend::Library(path.into()),
+            None => crate::media::encoder::Backend::Builtin,
+        }
     }
 }
 
@@ -555,6 +571,12 @@ impl Config {
             .map_err(|(key, why)| invalid(key, why))?;
         if !(1..=600).contains(&self.encoder.gop_frames) {
             return Err(invalid("encoder.gop_frames", "must be within 1..=600"));
+        }
+        if self.encoder.openh264_library.is_some() && !cfg!(feature = "cisco-openh264") {
+            return Err(invalid(
+                "encoder.openh264_library",
+                "this build cannot load libopenh264 at run time; build with --features cisco-openh264",
+            ));
         }
         if self.rtmp.connect_timeout_ms < 100 || self.rtmp.connect_timeout_ms > 60_000 {
             return Err(invalid(

@@ -308,7 +308,8 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
     };
     let opts = link::options(&settings)?;
     let manager = Manager::new(catalog, config.quality.clone(), config.encoder.gop_frames)
-        .with_routes(routes);
+        .with_routes(routes)
+        .with_backend(config.encoder.backend());
     info!(
         gateway = %gateway_sn,
         broker = %config.mqtt.url,

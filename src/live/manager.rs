@@ -144,6 +144,8 @@ pub struct Manager {
     next_id: SessionId,
     /// url_type → adapter name, from `[adapters.*] url_type`.
     routes: BTreeMap<u8, String>,
+    /// Which openh264 new sessions encode with.
+    backend: crate::media::encoder::Backend,
 }
 
 /// The config name of a Dock 2/3 camera position.
@@ -210,7 +212,14 @@ impl Manager {
             sessions: BTreeMap::new(),
             next_id: 1,
             routes: BTreeMap::new(),
+            backend: Default::default(),
         }
+    }
+
+    /// Encodes new sessions with this openh264 (`[encoder] openh264_library`).
+    pub fn with_backend(mut self, backend: crate::media::encoder::Backend) -> Self {
+        self.backend = backend;
+        self
     }
 
     /// Routes url_types to adapters (`[adapters.NAME] url_type = N`).
@@ -480,6 +489,7 @@ impl Manager {
                 input: entry.start_lens.as_str().to_string(),
                 rung,
                 gop_frames: self.gop_frames,
+                backend: self.backend.clone(),
             },
             adaptive: quality == VideoQuality::Adaptive,
             adapter,

@@ -29,6 +29,8 @@ pub struct PipelineSpec {
     pub rung: Rung,
     /// IDR interval of the encoder, in frames.
     pub gop_frames: u32,
+    /// Which openh264 encodes.
+    pub backend: crate::media::encoder::Backend,
 }
 
 /// Changes applied to a running pipeline, in order, between two frames.
@@ -295,8 +297,12 @@ impl Worker {
                 let encoder = match self.encoder.as_mut() {
                     Some(enc) => enc,
                     None => self.encoder.insert(
-                        H264Encoder::new(rung, self.spec.gop_frames)
-                            .map_err(|e: EncoderError| e.to_string())?,
+                        H264Encoder::with_backend(
+                            rung,
+                            self.spec.gop_frames,
+                            self.spec.backend.clone(),
+                        )
+                        .map_err(|e: EncoderError| e.to_string())?,
                     ),
                 };
                 if self.want_key {
@@ -353,6 +359,7 @@ mod tests {
                 bitrate_kbps: 200,
             },
             gop_frames: 1000,
+            backend: Default::default(),
         }
     }
 
