@@ -110,6 +110,9 @@ pub struct Config {
     /// GB/T 28181 device settings.
     #[serde(default)]
     pub gb28181: Gb28181Settings,
+    /// The local health endpoint.
+    #[serde(default)]
+    pub health: HealthSettings,
     /// External adapter processes by name (Agora, SRT, ...), and which url_type each serves.
     #[serde(default)]
     pub adapters: BTreeMap<String, AdapterConfig>,
@@ -265,6 +268,15 @@ impl WhipSettings {
             .and_then(|p| self.tokens.get(&format!("{host}:{p}")))
             .or_else(|| self.tokens.get(host))
     }
+}
+
+/// `[health]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    /// Address of the `/healthz` and `/metrics` endpoint, e.g. `127.0.0.1:9480`; off when
+    /// unset. Keep it on loopback: it has no authentication.
+    pub listen: Option<String>,
 }
 
 /// `[gb28181]`: how the device registers and where its media leaves from. The platform, the
@@ -464,6 +476,7 @@ impl Default for Config {
             rtmp: RtmpSettings::default(),
             whip: WhipSettings::default(),
             gb28181: Gb28181Settings::default(),
+            health: HealthSettings::default(),
             adapters: BTreeMap::new(),
             devices: default_devices(),
         }
@@ -611,6 +624,11 @@ impl Config {
                     format!("{server:?} is not host:port"),
                 ));
             }
+        }
+        if let Some(listen) = &self.health.listen {
+            listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| invalid("health.listen", format!("{listen:?} is not ip:port: {e}")))?;
         }
         self.validate_gb28181()?;
         self.validate_adapters()?;

@@ -71,6 +71,12 @@ enum Cmd {
         #[command(subcommand)]
         request: CtlCmd,
     },
+    /// Print the health and metrics of a running daemon ([health] listen); exit 0 iff healthy.
+    Status {
+        /// Address of the health endpoint.
+        #[arg(long, default_value = "127.0.0.1:9480")]
+        addr: String,
+    },
     /// Validate a config file and say which key is wrong.
     CheckConfig {
         /// The file.
@@ -321,6 +327,7 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
     let (services_tx, services_rx) = tokio::sync::mpsc::channel(64);
     let (link_tx, link_rx) = tokio::sync::mpsc::channel(256);
     let (control_tx, control_rx) = tokio::sync::mpsc::channel(4);
+    let (snapshot_tx, snapshot_rx) = tokio::sync::mpsc::channel(8);
     let (connected_tx, mut connected_rx) = tokio::sync::watch::channel(false);
     let stop_actor = CancellationToken::new();
     let stop_link = CancellationToken::new();
@@ -341,10 +348,24 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
         },
         services_rx,
         control_rx,
+        snapshot_rx,
         link_tx,
         stop_actor.clone(),
     ));
 
+    let stop_health = CancellationToken::new();
+    if let Some(listen) = &config.health.listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("health endpoint on {listen}"))?;
+        info!("health endpoint on http://{listen}/healthz and /metrics");
+        tokio::spawn(dockcast::health::serve(
+            listener,
+            snapshot_tx.clone(),
+            connected_rx.clone(),
+            stop_health.clone(),
+        ));
+    }
     let broker_up = tokio::time::timeout(READY_WAIT, connected_rx.wait_for(|up| *up))
         .await
         .is_ok();
@@ -396,6 +417,7 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
     }
     info!("shutting down");
     systemd::stopping();
+    stop_health.cancel();
     stop_actor.cancel();
     if tokio::time::timeout(Duration::from_secs(4), actor_task)
         .await
@@ -412,6 +434,27 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Status { addr } => {
+            let health = dockcast::health::fetch(&addr, "/healthz");
+            let metrics = dockcast::health::fetch(&addr, "/metrics");
+            match (health, metrics) {
+                (Ok((code, health)), Ok((_, metrics))) => {
+                    print!("{health}");
+                    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+                        println!("  {line}");
+                    }
+                    if code == 200 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("dockcast status: no health endpoint at {addr}: {e} (is [health] listen set?)");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Cmd::CheckConfig { file } => match Config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());

@@ -133,6 +133,27 @@ struct Session {
     phase: Phase,
     /// Start requests (the first and any retries) waiting for the outcome.
     waiting: Vec<RequestHeader>,
+    /// Times the sink lost its server after publishing.
+    reconnects: u64,
+}
+
+/// What the health endpoint shows of one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// The session.
+    pub id: SessionId,
+    /// The video as the cloud named it.
+    pub video_id: String,
+    /// 0–4.
+    pub url_type: u8,
+    /// `starting`, `live` or `reconnecting`.
+    pub phase: &'static str,
+    /// Lens in use.
+    pub lens: &'static str,
+    /// Quality level asked.
+    pub quality: u8,
+    /// Reconnections so far.
+    pub reconnects: u64,
 }
 
 /// The session table and the rules around it.
@@ -274,6 +295,26 @@ impl Manager {
     /// The catalog it serves.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// One line per session for the health endpoint.
+    pub fn summaries(&self) -> Vec<SessionSummary> {
+        self.sessions
+            .iter()
+            .map(|(id, s)| SessionSummary {
+                id: *id,
+                video_id: s.video_id.to_string(),
+                url_type: s.url.url_type().as_u8(),
+                phase: match s.phase {
+                    Phase::Starting => "starting",
+                    Phase::Live => "live",
+                    Phase::Reconnecting => "reconnecting",
+                },
+                lens: s.lens.as_str(),
+                quality: s.quality.as_u8(),
+                reconnects: s.reconnects,
+            })
+            .collect()
     }
 
     /// Ids of every session, for shutdown.
@@ -504,6 +545,7 @@ impl Manager {
                 quality,
                 phase: Phase::Starting,
                 waiting: vec![h.clone()],
+                reconnects: 0,
             },
         );
         vec![Action::Start {
@@ -590,6 +632,7 @@ impl Manager {
                     return Vec::new();
                 }
                 s.phase = Phase::Reconnecting;
+                s.reconnects += 1;
                 vec![Action::PublishStatus]
             }
             SessionEvent::Failed { reason } => {

@@ -58,6 +58,8 @@ pub enum SessionCommand {
 
 /// The actor's handle on a running session.
 pub struct SessionHandle {
+    /// The pipeline's counters, for the health endpoint.
+    pub stats: std::sync::Arc<crate::media::pipeline::PipelineStats>,
     commands: mpsc::Sender<SessionCommand>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
@@ -257,6 +259,7 @@ fn start(
             return Err(format!("cannot start the pipeline thread: {e}"));
         }
     };
+    let stats = std::sync::Arc::clone(&pipeline.stats);
     let (commands, commands_rx) = mpsc::channel(16);
     let task = tokio::spawn(
         Supervisor {
@@ -271,6 +274,7 @@ fn start(
         .run(sink, sink_rx, pipe_rx, commands_rx, cancel.clone()),
     );
     Ok(SessionHandle {
+        stats,
         commands,
         cancel,
         task,

@@ -76,6 +76,8 @@ pub struct PipelineStats {
     pub bytes_sent: AtomicU64,
     /// Total encode time in microseconds.
     pub encode_us: AtomicU64,
+    /// Bitrate of the rung in force, kbit/s.
+    pub bitrate_kbps: AtomicU64,
 }
 
 /// The running pipeline: its control channel and thread.
@@ -177,6 +179,9 @@ impl Worker {
     }
 
     fn run(mut self, control: Receiver<Control>) {
+        self.stats
+            .bitrate_kbps
+            .store(self.rung.bitrate_kbps.into(), Ordering::Relaxed);
         let first = self.spec.input.clone();
         if !self.switch_input(&first) {
             self.report(PipelineEvent::Fatal {
@@ -232,6 +237,9 @@ impl Worker {
                     }
                 }
                 self.rung = rung;
+                self.stats
+                    .bitrate_kbps
+                    .store(rung.bitrate_kbps.into(), Ordering::Relaxed);
             }
             Control::Keyframe => self.want_key = true,
             Control::Stop => return Step::Stop,
