@@ -899,6 +899,23 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn tagged_units_carry_the_tag_of_their_first_start_code() {
+        let mut s = AccessUnitSplitter::default();
+        s.push_tagged(b"\0\0\0\x01\x67\x42\0\x1e\0\0\0\x01\x65\x88\x80", 1);
+        s.push_tagged(b"\0\0\0\x01\x41\x9a\x01", 2);
+        s.push_tagged(b"\x02\x03", 3);
+        s.push_tagged(b"\0\0\0\x01\x41\x9a\x02", 4);
+        s.push_tagged(b"\0", 5);
+        s.push_tagged(b"\0\x01\x41\x9a\x03", 6);
+        s.flush();
+        let mut tags = Vec::new();
+        while let Some((_, t)) = s.pull_tagged() {
+            tags.push(t);
+        }
+        assert_eq!(tags, vec![Some(1), Some(2), Some(4), Some(5)]);
+    }
+
     // x264 baseline 640x360 SPS (crops 368 → 360) and its PPS.
     const SPS_640X360: [u8; 25] = [
         0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x2f, 0xf9, 0x70, 0x11, 0x00, 0x00, 0x03, 0x00,

@@ -398,14 +398,13 @@ impl Worker {
                 self.adaptive = adaptive;
                 return self.set_rung(rung);
             }
-            Control::Keyframe => {
-                self.want_key = true;
-                if let Some(a) = self.active.as_mut() {
-                    if a.passthrough {
-                        a.ask_key();
-                    }
-                }
-            }
+            Control::Keyframe => match self.active.as_mut() {
+                // Passthrough cannot make an IDR: ask the producer for one and keep the frames
+                // flowing. The sink itself waits for the next keyframe; skipping here as well
+                // would cut a GOP out of a stream whose keyframe the sink may already have.
+                Some(a) if a.passthrough && !a.raw => a.ask_key(),
+                _ => self.want_key = true,
+            },
             Control::Stop => return Step::Stop,
         }
         Step::Continue

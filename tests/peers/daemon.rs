@@ -88,6 +88,8 @@ pub struct DaemonConfig {
     pub video_index: String,
     /// `--source URI` for `dockcast run`, feeding every lens from one source.
     pub source: Option<String>,
+    /// Source per lens written into the config (`(lens, uri)`); empty: the pattern on all four.
+    pub lens_sources: Vec<(String, String)>,
 }
 
 impl DaemonConfig {
@@ -103,6 +105,7 @@ impl DaemonConfig {
             camera_index: "165-0-7".to_string(),
             video_index: "normal-0".to_string(),
             source: None,
+            lens_sources: Vec::new(),
         }
     }
 
@@ -147,8 +150,18 @@ impl DaemonConfig {
                 r.width, r.height, r.fps, r.bitrate_kbps
             ));
         }
+        let sources = if self.lens_sources.is_empty() {
+            "normal = \"pattern\", wide = \"pattern\", zoom = \"pattern\", ir = \"pattern\""
+                .to_string()
+        } else {
+            self.lens_sources
+                .iter()
+                .map(|(lens, uri)| format!("{lens} = {}", toml_str(uri)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         t.push_str(&format!(
-            "[[device]]\nsn = {}\n\n[[device.camera]]\nindex = {}\n\n[[device.camera.video]]\nindex = {}\nlens = \"normal\"\nsources = {{ normal = \"pattern\", wide = \"pattern\", zoom = \"pattern\", ir = \"pattern\" }}\n",
+            "[[device]]\nsn = {}\n\n[[device.camera]]\nindex = {}\n\n[[device.camera.video]]\nindex = {}\nlens = \"normal\"\nsources = {{ {sources} }}\n",
             toml_str(&self.gateway_sn),
             toml_str(&self.camera_index),
             toml_str(&self.video_index)
