@@ -13,7 +13,13 @@ MISC_PKGS=(curl ca-certificates systemd)
 CROSS_PKGS=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross
             gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user)
 CROSS_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
-ALL_PKGS=("${BUILD_PKGS[@]}" "${PEER_PKGS[@]}" "${MISC_PKGS[@]}" "${CROSS_PKGS[@]}")
+# V4L2 for real (scripts/vivid-test.sh): qemu-system boots Debian's kernel with the vivid driver
+# from a busybox initramfs; the kernel package itself is fetched by the script (apt-get download).
+VIVID_PKGS=(qemu-system-x86 busybox-static cpio)
+# Benchmarks (benches/encode.rs): GStreamer's openh264enc (plugins-bad) and gst-launch.
+BENCH_PKGS=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-bad)
+ALL_PKGS=("${BUILD_PKGS[@]}" "${PEER_PKGS[@]}" "${MISC_PKGS[@]}" "${CROSS_PKGS[@]}"
+          "${VIVID_PKGS[@]}" "${BENCH_PKGS[@]}")
 # System services the packages above ship; we never want them holding 1883/80/1935.
 SERVICES=(mosquitto nginx)
 

@@ -26,3 +26,4 @@ step "setup-deps" bash scripts/setup-deps.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --all-targets -- -D warnings
 step "cargo test" cargo test --all-targets
+step "vivid V4L2 in qemu" bash scripts/vivid-test.sh
