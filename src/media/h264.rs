@@ -213,6 +213,9 @@ pub struct AccessUnitSplitter {
     tags: VecDeque<(u64, u64)>,
     /// Tag of the NAL at `nal_start`: of the chunk that held its start code's first byte.
     nal_tag: Option<u64>,
+    /// The unit-boundary rules were already applied to the NAL at `nal_start` from its first
+    /// bytes, so the unit before it completed without waiting for this NAL to end.
+    begun: bool,
     builder: AuBuilder,
 }
 
@@ -244,6 +247,7 @@ impl AccessUnitSplitter {
             consumed: 0,
             tags: VecDeque::new(),
             nal_tag: None,
+            begun: false,
             builder: AuBuilder {
                 cur: PartialAu::default(),
                 ready: VecDeque::new(),
@@ -261,8 +265,9 @@ impl AccessUnitSplitter {
             if let Some(start) = self.nal_start {
                 self.builder.nal_tag = self.nal_tag;
                 self.builder
-                    .on_nal(trim_trailing_zeros(&self.buf[start..sc]));
+                    .on_nal(trim_trailing_zeros(&self.buf[start..sc]), self.begun);
             }
+            self.begun = false;
             // A 4-byte start code begins one byte earlier; its sender put it there.
             let lead = if sc > 0 && self.buf[sc - 1] == 0 {
                 sc - 1
@@ -275,6 +280,20 @@ impl AccessUnitSplitter {
         }
         // Keep the last two bytes scannable: they may be the start of a split start code.
         self.scan_from = self.scan_from.max(self.buf.len().saturating_sub(2));
+        // Two bytes of a NAL (header and the start of a slice header) say whether it begins a
+        // new unit: complete the previous unit now instead of when this NAL ends, which in a
+        // stream without AUDs would add a whole frame interval of latency.
+        if let Some(start) = self.nal_start {
+            if !self.begun && self.buf.len() >= start + 2 {
+                let head = &self.buf[start..start + 2];
+                // Not while the head could still be the zeros of the next start code.
+                if head != [0, 0] {
+                    self.builder.nal_tag = self.nal_tag;
+                    self.builder.begin_nal(head);
+                    self.begun = true;
+                }
+            }
+        }
         self.compact();
         self.bound_pending();
         self.prune_tags();
@@ -313,8 +332,10 @@ impl AccessUnitSplitter {
     pub fn flush(&mut self) {
         if let Some(start) = self.nal_start.take() {
             self.builder.nal_tag = self.nal_tag;
-            self.builder.on_nal(trim_trailing_zeros(&self.buf[start..]));
+            self.builder
+                .on_nal(trim_trailing_zeros(&self.buf[start..]), self.begun);
         }
+        self.begun = false;
         self.consumed += self.buf.len() as u64;
         self.tags.clear();
         self.buf.clear();
@@ -347,7 +368,10 @@ impl AccessUnitSplitter {
         if self.buf.len() - start > self.builder.max_au_size {
             // Let the NAL's header still mark unit boundaries, as it would if it had completed.
             let head_end = (start + 2).min(self.buf.len());
-            self.builder.begin_nal(&self.buf[start..head_end]);
+            if !self.begun {
+                self.builder.begin_nal(&self.buf[start..head_end]);
+            }
+            self.begun = false;
             self.builder.poison();
             self.nal_start = None;
             let keep = self.buf.len().saturating_sub(2);
@@ -376,11 +400,13 @@ impl AuBuilder {
         self.cur.data = Vec::new();
     }
 
-    fn on_nal(&mut self, nal: &[u8]) {
+    fn on_nal(&mut self, nal: &[u8], begun: bool) {
         if nal.is_empty() {
             return;
         }
-        self.begin_nal(nal);
+        if !begun {
+            self.begin_nal(nal);
+        }
         if self.cur.poisoned {
             return;
         }

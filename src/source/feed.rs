@@ -782,10 +782,9 @@ impl Reader {
                     }
                 }
                 if let Some(why) = closed {
-                    if let Some((_, mut parser)) = conn.take() {
-                        parser.finish();
-                        self.drain(&mut parser);
-                    }
+                    // The unit still being collected is dropped, not flushed: nothing says the
+                    // app finished writing it, and a truncated picture would reach the viewer.
+                    conn = None;
                     if let Ok(mut w) = self.shared.requests.lock() {
                         *w = None;
                     }
