@@ -32,7 +32,8 @@ fn main() {
     for i in 0..RUNS {
         let sock_path = dir.path().join(format!("notify-{i}.sock"));
         let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
-        sock.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         let t0 = Instant::now();
         let mut child = peers::daemon::daemon_command()
             .args(["run", "--config"])
@@ -46,7 +47,10 @@ fn main() {
         let mut buf = [0u8; 512];
         loop {
             let n = sock.recv(&mut buf).expect("READY=1 within 30 s");
-            if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
                 break;
             }
         }
@@ -60,19 +64,40 @@ fn main() {
     }
     ready.sort();
     rss.sort();
-    let bin = std::env::var("DOCKCAST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dockcast").into());
+    let bin =
+        std::env::var("DOCKCAST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dockcast").into());
     let runner = std::env::var("DOCKCAST_RUNNER").unwrap_or_default();
     println!("dockcast board benchmark: {bin} {runner}");
-    println!("start-up to READY=1 (broker up), median of {RUNS}: {:.1} ms", ready[RUNS / 2].as_secs_f64() * 1000.0);
-    println!("idle RSS 2 s after READY, median of {RUNS}: {:.1} MB", rss[RUNS / 2] as f64 / 1024.0);
+    println!(
+        "start-up to READY=1 (broker up), median of {RUNS}: {:.1} ms",
+        ready[RUNS / 2].as_secs_f64() * 1000.0
+    );
+    println!(
+        "idle RSS 2 s after READY, median of {RUNS}: {:.1} MB",
+        rss[RUNS / 2] as f64 / 1024.0
+    );
     if !runner.is_empty() {
         println!("(under {runner}: RSS is the emulator's, start-up includes emulation)");
     }
-    for target in ["", "aarch64-unknown-linux-gnu/", "armv7-unknown-linux-gnueabihf/"] {
-        let path = format!("{}/target/{target}release/dockcast", env!("CARGO_MANIFEST_DIR"));
+    for target in [
+        "",
+        "aarch64-unknown-linux-gnu/",
+        "armv7-unknown-linux-gnueabihf/",
+    ] {
+        let path = format!(
+            "{}/target/{target}release/dockcast",
+            env!("CARGO_MANIFEST_DIR")
+        );
         if let Ok(meta) = std::fs::metadata(&path) {
-            let name = if target.is_empty() { "x86_64 (host)" } else { target.trim_end_matches('/') };
-            println!("release binary {name}: {:.2} MB (stripped)", meta.len() as f64 / 1e6);
+            let name = if target.is_empty() {
+                "x86_64 (host)"
+            } else {
+                target.trim_end_matches('/')
+            };
+            println!(
+                "release binary {name}: {:.2} MB (stripped)",
+                meta.len() as f64 / 1e6
+            );
         }
     }
 }

@@ -18,8 +18,13 @@ CROSS_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 # ffprobe (ffmpeg, above) counts what it demuxed.
 GB28181_PKGS=(sip-tester gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
     gstreamer1.0-plugins-bad)
+# V4L2 for real (scripts/vivid-test.sh): qemu-system boots Debian's kernel with the vivid driver
+# from a busybox initramfs; the kernel package itself is fetched by the script (apt-get download).
+VIVID_PKGS=(qemu-system-x86 busybox-static cpio)
+# Benchmarks (benches/encode.rs): GStreamer's openh264enc (plugins-bad) and gst-launch.
+BENCH_PKGS=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-bad)
 ALL_PKGS=("${BUILD_PKGS[@]}" "${PEER_PKGS[@]}" "${MISC_PKGS[@]}" "${CROSS_PKGS[@]}"
-          "${GB28181_PKGS[@]}")
+          "${GB28181_PKGS[@]}" "${VIVID_PKGS[@]}" "${BENCH_PKGS[@]}")
 # System services the packages above ship; we never want them holding 1883/80/1935.
 SERVICES=(mosquitto nginx)
 

@@ -39,3 +39,4 @@ step "aarch64 end-to-end under qemu-user" env \
     sigterm_stops_sessions_and_exits_zero
 step "debian packages" bash scripts/package.sh
 step "systemd unit" bash scripts/check-unit.sh
+step "vivid V4L2 in qemu" bash scripts/vivid-test.sh

@@ -996,7 +996,8 @@ fn file_source_passes_the_clip_through_unchanged_and_loops() {
     let mut rig = Rig::assemble(serial, broker, cfg, None, true);
     let stream = "e2e-file";
     let url = rig.rtmp_url(stream);
-    let started = rig.start_push(&url, 2);
+    // Quality 1 is the clip's own 320x180, so it passes through; another size would transcode.
+    let started = rig.start_push(&url, 1);
     rig.wait_live();
     // Three seconds is two loops of the 1.5 s clip.
     sleep_until(started + PUSH_FOR);

@@ -187,6 +187,8 @@ struct PartialAu {
     idr: bool,
     /// Set when the unit grew past the bound: its bytes are gone and the rest of it is dropped.
     poisoned: bool,
+    /// Tag of the chunk that carried the unit's first NAL (see [`AccessUnitSplitter::push_tagged`]).
+    tag: Option<u64>,
 }
 
 /// Sans-IO splitter that turns an Annex-B byte stream, fed in arbitrary chunks, into access
@@ -205,6 +207,15 @@ pub struct AccessUnitSplitter {
     nal_start: Option<usize>,
     /// Where the next start-code search begins, so each byte is scanned about once.
     scan_from: usize,
+    /// Bytes drained from the front of `buf` since the start, so positions can be absolute.
+    consumed: u64,
+    /// Absolute stream offset where each tagged chunk began, oldest first.
+    tags: VecDeque<(u64, u64)>,
+    /// Tag of the NAL at `nal_start`: of the chunk that held its start code's first byte.
+    nal_tag: Option<u64>,
+    /// The unit-boundary rules were already applied to the NAL at `nal_start` from its first
+    /// bytes, so the unit before it completed without waiting for this NAL to end.
+    begun: bool,
     builder: AuBuilder,
 }
 
@@ -213,9 +224,11 @@ pub struct AccessUnitSplitter {
 #[derive(Debug)]
 struct AuBuilder {
     cur: PartialAu,
-    ready: VecDeque<AccessUnit>,
+    ready: VecDeque<(AccessUnit, Option<u64>)>,
     max_au_size: usize,
     dropped: u64,
+    /// Tag of the NAL being added, handed to a unit that starts with it.
+    nal_tag: Option<u64>,
 }
 
 impl Default for AccessUnitSplitter {
@@ -231,11 +244,16 @@ impl AccessUnitSplitter {
             buf: Vec::new(),
             nal_start: None,
             scan_from: 0,
+            consumed: 0,
+            tags: VecDeque::new(),
+            nal_tag: None,
+            begun: false,
             builder: AuBuilder {
                 cur: PartialAu::default(),
                 ready: VecDeque::new(),
                 max_au_size: max_au_size.max(16),
                 dropped: 0,
+                nal_tag: None,
             },
         }
     }
@@ -245,28 +263,81 @@ impl AccessUnitSplitter {
         self.buf.extend_from_slice(chunk);
         while let Some(sc) = find_start_code(&self.buf, self.scan_from) {
             if let Some(start) = self.nal_start {
+                self.builder.nal_tag = self.nal_tag;
                 self.builder
-                    .on_nal(trim_trailing_zeros(&self.buf[start..sc]));
+                    .on_nal(trim_trailing_zeros(&self.buf[start..sc]), self.begun);
             }
+            self.begun = false;
+            // A 4-byte start code begins one byte earlier; its sender put it there.
+            let lead = if sc > 0 && self.buf[sc - 1] == 0 {
+                sc - 1
+            } else {
+                sc
+            };
+            self.nal_tag = self.tag_at(self.consumed + lead as u64);
             self.nal_start = Some(sc + 3);
             self.scan_from = sc + 3;
         }
         // Keep the last two bytes scannable: they may be the start of a split start code.
         self.scan_from = self.scan_from.max(self.buf.len().saturating_sub(2));
+        // Two bytes of a NAL (header and the start of a slice header) say whether it begins a
+        // new unit: complete the previous unit now instead of when this NAL ends, which in a
+        // stream without AUDs would add a whole frame interval of latency.
+        if let Some(start) = self.nal_start {
+            if !self.begun && self.buf.len() >= start + 2 {
+                let head = &self.buf[start..start + 2];
+                // Not while the head could still be the zeros of the next start code.
+                if head != [0, 0] {
+                    self.builder.nal_tag = self.nal_tag;
+                    self.builder.begin_nal(head);
+                    self.begun = true;
+                }
+            }
+        }
         self.compact();
         self.bound_pending();
+        self.prune_tags();
+    }
+
+    /// Feeds the next chunk with a tag (a timestamp, for the payload feed): each access unit
+    /// pulled with [`pull_tagged`](Self::pull_tagged) carries the tag of the chunk that held
+    /// the start code of its first NAL, however the stream was cut into chunks.
+    pub fn push_tagged(&mut self, chunk: &[u8], tag: u64) {
+        let at = self.consumed + self.buf.len() as u64;
+        self.tags.push_back((at, tag));
+        self.push(chunk);
     }
 
     /// Takes the next complete access unit, if any.
     pub fn pull(&mut self) -> Option<AccessUnit> {
+        self.builder.ready.pop_front().map(|(au, _)| au)
+    }
+
+    /// Takes the next complete access unit with its tag (`None` when it was fed untagged).
+    pub fn pull_tagged(&mut self) -> Option<(AccessUnit, Option<u64>)> {
         self.builder.ready.pop_front()
+    }
+
+    /// The tag of the chunk holding absolute stream offset `abs`.
+    fn tag_at(&self, abs: u64) -> Option<u64> {
+        self.tags
+            .iter()
+            .rev()
+            .find(|(start, _)| *start <= abs)
+            .or(self.tags.front())
+            .map(|(_, tag)| *tag)
     }
 
     /// Ends the stream: the last NAL and access unit are completed and become pullable.
     pub fn flush(&mut self) {
         if let Some(start) = self.nal_start.take() {
-            self.builder.on_nal(trim_trailing_zeros(&self.buf[start..]));
+            self.builder.nal_tag = self.nal_tag;
+            self.builder
+                .on_nal(trim_trailing_zeros(&self.buf[start..]), self.begun);
         }
+        self.begun = false;
+        self.consumed += self.buf.len() as u64;
+        self.tags.clear();
         self.buf.clear();
         self.scan_from = 0;
         self.builder.finish_au();
@@ -284,6 +355,7 @@ impl AccessUnitSplitter {
             None => self.buf.len().saturating_sub(2),
         };
         if keep_from > 0 {
+            self.consumed += keep_from as u64;
             self.buf.drain(..keep_from);
             self.scan_from -= keep_from.min(self.scan_from);
             self.nal_start = self.nal_start.map(|s| s - keep_from);
@@ -296,12 +368,25 @@ impl AccessUnitSplitter {
         if self.buf.len() - start > self.builder.max_au_size {
             // Let the NAL's header still mark unit boundaries, as it would if it had completed.
             let head_end = (start + 2).min(self.buf.len());
-            self.builder.begin_nal(&self.buf[start..head_end]);
+            if !self.begun {
+                self.builder.begin_nal(&self.buf[start..head_end]);
+            }
+            self.begun = false;
             self.builder.poison();
             self.nal_start = None;
             let keep = self.buf.len().saturating_sub(2);
+            self.consumed += keep as u64;
             self.buf.drain(..keep);
             self.scan_from = 0;
+        }
+    }
+
+    /// Forgets the tags of chunks that no pending byte belongs to any more, so the list stays
+    /// as short as the bytes held.
+    fn prune_tags(&mut self) {
+        let live = self.consumed;
+        while self.tags.len() > 1 && self.tags.get(1).is_some_and(|(s, _)| *s <= live) {
+            self.tags.pop_front();
         }
     }
 }
@@ -315,11 +400,13 @@ impl AuBuilder {
         self.cur.data = Vec::new();
     }
 
-    fn on_nal(&mut self, nal: &[u8]) {
+    fn on_nal(&mut self, nal: &[u8], begun: bool) {
         if nal.is_empty() {
             return;
         }
-        self.begin_nal(nal);
+        if !begun {
+            self.begin_nal(nal);
+        }
         if self.cur.poisoned {
             return;
         }
@@ -348,6 +435,9 @@ impl AuBuilder {
         if starts_new {
             self.finish_au();
         }
+        if self.cur.tag.is_none() {
+            self.cur.tag = self.nal_tag;
+        }
         if ty.is_vcl() {
             self.cur.has_vcl = true;
         }
@@ -359,10 +449,13 @@ impl AuBuilder {
     fn finish_au(&mut self) {
         let au = std::mem::take(&mut self.cur);
         if !au.poisoned && !au.data.is_empty() {
-            self.ready.push_back(AccessUnit {
-                data: Bytes::from(au.data),
-                idr: au.idr,
-            });
+            self.ready.push_back((
+                AccessUnit {
+                    data: Bytes::from(au.data),
+                    idr: au.idr,
+                },
+                au.tag,
+            ));
         }
     }
 }
@@ -699,10 +792,155 @@ pub fn annexb_to_avcc(au: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// SEI payload types dockcast acts on (ITU-T H.264 Annex D).
+pub mod sei_type {
+    /// `user_data_unregistered`: a 16-byte UUID and bytes private to whoever wrote them.
+    pub const USER_DATA_UNREGISTERED: u32 = 5;
+    /// `recovery_point`: a decoder may start here (gradual decoding refresh, no IDR needed).
+    pub const RECOVERY_POINT: u32 = 6;
+}
+
+/// One message of an SEI NAL unit; the feed decides from it what to keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeiMessage {
+    /// `payloadType`.
+    pub payload_type: u32,
+    /// The payload in RBSP form (emulation prevention removed).
+    pub payload: Vec<u8>,
+}
+
+/// Parses the messages of an SEI NAL unit (header byte included, no start code).
+///
+/// Payload feeds carry SEI that other decoders choke on precisely because it is malformed, so a
+/// message whose declared size runs past the NAL is an error, not a guess.
+pub fn sei_messages(nal: &[u8]) -> Result<Vec<SeiMessage>, H264Error> {
+    let truncated = H264Error::Truncated {
+        field: "sei_message",
+    };
+    let header = *nal.first().ok_or(H264Error::Truncated {
+        field: "nal_unit_header",
+    })?;
+    if header & 0x1f != nal_type::SEI {
+        return Err(H264Error::WrongNalType {
+            expected: nal_type::SEI,
+            found: header & 0x1f,
+        });
+    }
+    let rbsp = nal_to_rbsp(&nal[1..]);
+    let mut pos = 0;
+    let mut out = Vec::new();
+    // more_rbsp_data(): what is left is not only the stop bit and its padding.
+    while pos < rbsp.len() && !(rbsp[pos] == 0x80 && rbsp[pos + 1..].iter().all(|&b| b == 0)) {
+        let mut ff_coded = || -> Result<u32, H264Error> {
+            let mut v = 0u32;
+            loop {
+                let b = *rbsp.get(pos).ok_or(H264Error::Truncated {
+                    field: "sei_message",
+                })?;
+                pos += 1;
+                v = v.saturating_add(u32::from(b));
+                if b != 0xff {
+                    return Ok(v);
+                }
+            }
+        };
+        let payload_type = ff_coded()?;
+        let size = ff_coded()? as usize;
+        let payload = rbsp
+            .get(pos..pos.saturating_add(size))
+            .ok_or(truncated.clone())?;
+        pos += size;
+        out.push(SeiMessage {
+            payload_type,
+            payload: payload.to_vec(),
+        });
+    }
+    Ok(out)
+}
+
+/// Builds an SEI NAL unit (header byte `header`) from messages, with emulation prevention.
+pub fn build_sei(header: u8, messages: &[SeiMessage]) -> Vec<u8> {
+    let mut rbsp = Vec::new();
+    for m in messages {
+        for mut v in [m.payload_type as usize, m.payload.len()] {
+            while v >= 255 {
+                rbsp.push(0xff);
+                v -= 255;
+            }
+            rbsp.push(v as u8);
+        }
+        rbsp.extend_from_slice(&m.payload);
+    }
+    rbsp.push(0x80);
+    let mut nal = Vec::with_capacity(rbsp.len() + rbsp.len() / 64 + 1);
+    nal.push(header);
+    let mut zeros = 0;
+    for b in rbsp {
+        if zeros >= 2 && b <= 3 {
+            nal.push(3);
+            zeros = 0;
+        }
+        nal.push(b);
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+    }
+    nal
+}
+
+/// What [`filter_sei`] decided for one SEI NAL unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeiFilter {
+    /// Nothing to remove: pass the NAL on unchanged.
+    Keep,
+    /// Remove the whole NAL (every message matched, or it does not parse).
+    Drop,
+    /// Replace the NAL with this one, which holds only the messages kept.
+    Rewrite(Vec<u8>),
+}
+
+/// Removes the messages `strip` selects from an SEI NAL unit. A NAL that does not parse is
+/// dropped: it is what makes downstream decoders log errors, and nothing can use it.
+pub fn filter_sei(nal: &[u8], strip: impl Fn(&SeiMessage) -> bool) -> SeiFilter {
+    let Ok(messages) = sei_messages(nal) else {
+        return SeiFilter::Drop;
+    };
+    let total = messages.len();
+    let kept: Vec<SeiMessage> = messages.into_iter().filter(|m| !strip(m)).collect();
+    match kept.len() {
+        n if n == total => SeiFilter::Keep,
+        0 => SeiFilter::Drop,
+        _ => SeiFilter::Rewrite(build_sei(nal[0], &kept)),
+    }
+}
+
+/// True when `nal` is an SEI NAL unit holding a recovery point, where a decoder of a GDR
+/// stream (one without IDRs) can start.
+pub fn is_recovery_point(nal: &[u8]) -> bool {
+    nal.first().is_some_and(|h| h & 0x1f == nal_type::SEI)
+        && sei_messages(nal)
+            .is_ok_and(|m| m.iter().any(|m| m.payload_type == sei_type::RECOVERY_POINT))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn tagged_units_carry_the_tag_of_their_first_start_code() {
+        let mut s = AccessUnitSplitter::default();
+        s.push_tagged(b"\0\0\0\x01\x67\x42\0\x1e\0\0\0\x01\x65\x88\x80", 1);
+        s.push_tagged(b"\0\0\0\x01\x41\x9a\x01", 2);
+        s.push_tagged(b"\x02\x03", 3);
+        s.push_tagged(b"\0\0\0\x01\x41\x9a\x02", 4);
+        s.push_tagged(b"\0", 5);
+        s.push_tagged(b"\0\x01\x41\x9a\x03", 6);
+        s.flush();
+        let mut tags = Vec::new();
+        while let Some((_, t)) = s.pull_tagged() {
+            tags.push(t);
+        }
+        assert_eq!(tags, vec![Some(1), Some(2), Some(4), Some(5)]);
+    }
 
     // x264 baseline 640x360 SPS (crops 368 → 360) and its PPS.
     const SPS_640X360: [u8; 25] = [

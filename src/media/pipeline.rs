@@ -1,18 +1,35 @@
-//! The per-session media pipeline: source → (encoder) → bounded channel to the sink.
+//! The per-session media pipeline: source → (decoder → scaler →) encoder or passthrough →
+//! bounded channel to the sink.
 //!
 //! It runs on a thread of its own because encoding is CPU-bound and must never stall the tokio
-//! workers that carry MQTT replies and socket IO. The thread sleeps until the next frame is due
-//! or a control message arrives (`recv_timeout`), so it never spins. Frames leave through a
-//! bounded channel: when the sink falls behind, the frame is dropped, counted, and the next one
-//! is made a keyframe, so memory never grows and the viewer recovers at once.
+//! workers that carry MQTT replies and socket IO. With a clocked source (pattern, file) the
+//! thread sleeps until the next frame is due or a control arrives (`recv_timeout`); with a live
+//! source (camera, payload feed) it blocks on the source for at most [`LIVE_WAIT`] and applies
+//! controls in between, so it never spins. Frames leave through a bounded channel: when the
+//! sink falls behind, the frame is dropped, counted, and the next one is made a keyframe (or,
+//! on passthrough, the pipeline skips to the source's next keyframe), so memory never grows and
+//! the viewer recovers at once.
+//!
+//! Encoded sources pass through untouched when the quality is adaptive or the source already
+//! has the session's size; otherwise they are transcoded. The choice is made at the source's
+//! keyframes, where both paths can start cleanly. A lens switch opens the new source beside
+//! the old one, which keeps flowing until the new one is ready (at once for raw sources, at its
+//! first keyframe for encoded ones), so the gap in the output is about one frame interval. A
+//! device that fails (camera unplugged, feed thread gone) is reopened with capped backoff while
+//! the session stays up, and the stream resumes by itself.
 
+use crate::backoff::Backoff;
+use crate::media::decoder::H264Decoder;
 use crate::media::encoder::{EncoderError, H264Encoder};
-use crate::media::frame::{Codec, EncodedFrame};
+use crate::media::frame::{Codec, EncodedFrame, RawFrame};
+use crate::media::h264::{nal_type, nal_units, Sps};
 use crate::media::quality::Rung;
-use crate::source::{SourceError, SourceFrame, SourceSpec, VideoSource};
+use crate::media::scale::{scale_i420, I420Ref};
+use crate::source::{SourceError, SourceFrame, SourceSpec, VideoSource, LIVE_WAIT};
+use bytes::Bytes;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,6 +58,14 @@ pub enum Control {
     Input(String),
     /// New output format (bitrate at once; size or rate from the next frame, as an IDR).
     Rung(Rung),
+    /// New output format plus whether the cloud asked for adaptive quality, in which case an
+    /// encoded source passes through whatever its size.
+    Quality {
+        /// The rung (the ceiling when adaptive).
+        rung: Rung,
+        /// Level 0 was asked for.
+        adaptive: bool,
+    },
     /// The sink needs a keyframe.
     Keyframe,
     /// End the thread.
@@ -50,8 +75,9 @@ pub enum Control {
 /// What the pipeline reports to its session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PipelineEvent {
-    /// An input could not be opened or failed while reading; the pipeline keeps the previous
-    /// input if it had one.
+    /// An input could not be opened, failed while reading (the pipeline retries devices with
+    /// backoff and resumes by itself; [`PipelineStats::input_down`] tells whether it is still
+    /// down) or reported a stall.
     InputFailed {
         /// The input's name.
         input: String,
@@ -78,6 +104,21 @@ pub struct PipelineStats {
     pub encode_us: AtomicU64,
     /// Bitrate of the rung in force, kbit/s.
     pub bitrate_kbps: AtomicU64,
+    /// Encoded source units skipped while waiting for a keyframe (after a drop, a switch or a
+    /// sink's request on passthrough).
+    pub skipped_to_key: AtomicU64,
+    /// Encoded source units that went out untouched.
+    pub passed_through: AtomicU64,
+    /// Encoded source units decoded and re-encoded.
+    pub transcoded: AtomicU64,
+    /// Access units the decoder rejected.
+    pub decode_errors: AtomicU64,
+    /// Times the input failed while running.
+    pub input_failures: AtomicU64,
+    /// True while the input is failed and being retried: the session is in error.
+    pub input_down: AtomicBool,
+    /// Completed lens (input) switches.
+    pub switches: AtomicU64,
 }
 
 /// The running pipeline: its control channel and thread.
@@ -124,11 +165,81 @@ impl Drop for Pipeline {
     fn drop(&mut self) {
         let _ = self.control.send(Control::Stop);
         if let Some(thread) = self.thread.take() {
-            // The worker checks its control channel at least once per frame interval, so this
-            // join is short; it keeps the encoder from outliving its session.
+            // The worker checks its control channel at least once per frame interval (or
+            // LIVE_WAIT), so this join is short; it keeps the encoder from outliving its session.
             let _ = thread.join();
         }
     }
+}
+
+/// Backoff of device reopen attempts: quick for a glitch, capped for a camera that is gone.
+const RETRY_INITIAL: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Source timestamps further than this from the expected next one are a discontinuity (a
+/// restarted app, a camera whose clock reset): the mapping is re-anchored instead of followed.
+const MAX_TS_JUMP: Duration = Duration::from_secs(1);
+
+/// The input in use.
+struct Active {
+    name: String,
+    spec: SourceSpec,
+    src: Box<dyn VideoSource>,
+    live: bool,
+    /// Source timestamp ↔ session pts of one frame, for live sources.
+    anchor: Option<(Duration, Duration)>,
+    /// Size from the source's last SPS.
+    coded_size: Option<(u32, u32)>,
+    /// Encoded source: pass through (true) or transcode (false); decided at its keyframes.
+    passthrough: bool,
+    /// Set while transcoding, from a keyframe on.
+    decoder: Option<H264Decoder>,
+    /// A keyframe was already asked of the source since the last one came.
+    asked_key: bool,
+    /// The source delivers raw pictures (known from its first frame).
+    raw: bool,
+}
+
+impl Active {
+    fn new(name: &str, spec: SourceSpec, src: Box<dyn VideoSource>) -> Self {
+        Active {
+            name: name.to_string(),
+            spec,
+            live: src.is_live(),
+            src,
+            anchor: None,
+            coded_size: None,
+            passthrough: true,
+            decoder: None,
+            asked_key: false,
+            raw: false,
+        }
+    }
+
+    fn ask_key(&mut self) {
+        if !self.asked_key {
+            self.asked_key = true;
+            self.src.request_keyframe();
+        }
+    }
+}
+
+/// A device being reopened after a failure.
+struct Retry {
+    name: String,
+    spec: SourceSpec,
+    at: Instant,
+    backoff: Backoff,
+}
+
+/// What one pull from a source gave, detached from the source's borrow where it can be.
+enum Pulled {
+    Nothing,
+    Encoded {
+        data: Bytes,
+        keyframe: bool,
+    },
+    /// A raw picture; it stays in the source and is read from there.
+    Raw,
 }
 
 struct Worker {
@@ -136,14 +247,20 @@ struct Worker {
     frames: tokio::sync::mpsc::Sender<EncodedFrame>,
     events: tokio::sync::mpsc::Sender<PipelineEvent>,
     stats: Arc<PipelineStats>,
-    source: Option<Box<dyn VideoSource>>,
+    active: Option<Active>,
+    /// The input being switched to, until it is ready.
+    pending: Option<Active>,
+    retry: Option<Retry>,
     encoder: Option<H264Encoder>,
+    /// The session's picture at the rung's size, for scaled and decoded frames.
+    canvas: RawFrame,
     rung: Rung,
-    /// Set after a switch, a drop or a sink's request: raw inputs force an IDR, encoded inputs
-    /// are skipped until their next keyframe.
+    adaptive: bool,
+    /// Set after a switch, a drop or a sink's request: the encoder forces an IDR, passthrough
+    /// skips to the next keyframe.
     want_key: bool,
-    pts: Duration,
-    /// Name of the input in use, for reports.
+    last_pts: Option<Duration>,
+    /// Name of the input asked for last, for reports.
     current: String,
 }
 
@@ -165,11 +282,15 @@ impl Worker {
             frames,
             events,
             stats,
-            source: None,
+            active: None,
+            pending: None,
+            retry: None,
             encoder: None,
+            canvas: RawFrame::black(rung.width as usize, rung.height as usize),
             rung,
+            adaptive: false,
             want_key: true,
-            pts: Duration::ZERO,
+            last_pts: None,
             current: String::new(),
         }
     }
@@ -178,99 +299,399 @@ impl Worker {
         let _ = self.events.try_send(event);
     }
 
+    fn interval(&self) -> Duration {
+        Duration::from_secs(1) / self.rung.fps.max(1)
+    }
+
     fn run(mut self, control: Receiver<Control>) {
         self.stats
             .bitrate_kbps
             .store(self.rung.bitrate_kbps.into(), Ordering::Relaxed);
         let first = self.spec.input.clone();
-        if !self.switch_input(&first) {
-            self.report(PipelineEvent::Fatal {
-                reason: format!("input {first} could not be opened"),
-            });
-            return;
+        self.current = first.clone();
+        match self.spec.inputs.get(&first).cloned() {
+            Some(spec) => match spec.open(&first) {
+                Ok(src) => self.active = Some(Active::new(&first, spec, src)),
+                Err(e) if spec.is_device() => {
+                    // A camera not plugged in yet, a feed address busy: the session waits for it.
+                    self.fail(&first, spec, e.to_string());
+                }
+                Err(e) => {
+                    self.report(PipelineEvent::Fatal {
+                        reason: format!("input {first} could not be opened: {e}"),
+                    });
+                    return;
+                }
+            },
+            None => {
+                self.report(PipelineEvent::Fatal {
+                    reason: format!("input {first} could not be opened: no such input"),
+                });
+                return;
+            }
         }
         let mut due = Instant::now();
         loop {
-            // Sleep until the frame is due, applying controls as they come.
-            loop {
-                let now = Instant::now();
-                if now >= due {
-                    break;
+            let clocked = self.active.as_ref().is_some_and(|a| !a.live);
+            if clocked {
+                // Sleep until the frame is due, applying controls as they come.
+                loop {
+                    let now = Instant::now();
+                    if now >= due {
+                        break;
+                    }
+                    match control.recv_timeout(due - now) {
+                        Ok(c) => {
+                            if let Step::Stop = self.apply(c) {
+                                return;
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
                 }
-                match control.recv_timeout(due - now) {
+            } else if self.active.is_some() || self.pending.is_some() {
+                // The source blocks (bounded) below; here only what is already queued.
+                loop {
+                    match control.try_recv() {
+                        Ok(c) => {
+                            if let Step::Stop = self.apply(c) {
+                                return;
+                            }
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => return,
+                    }
+                }
+            } else {
+                // Nothing to read: wait for a control or the next reopen attempt.
+                let wait = self.retry.as_ref().map_or(Duration::from_secs(1), |r| {
+                    r.at.saturating_duration_since(Instant::now())
+                });
+                match control.recv_timeout(wait) {
                     Ok(c) => {
                         if let Step::Stop = self.apply(c) {
                             return;
                         }
                     }
-                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
+            self.retry_if_due();
             if let Step::Stop = self.produce() {
                 return;
             }
-            let interval = Duration::from_secs(1) / self.rung.fps.max(1);
-            self.pts += interval;
-            due += interval;
-            // After a stall (a slow encode, a suspended VM) start afresh instead of bursting
-            // frames to catch up, which would only flood the sink.
-            let now = Instant::now();
-            if due + interval * 3 < now {
-                due = now;
+            if clocked {
+                let interval = self.interval();
+                due += interval;
+                // After a stall (a slow encode, a suspended VM) start afresh instead of
+                // bursting frames to catch up, which would only flood the sink.
+                let now = Instant::now();
+                if due + interval * 3 < now {
+                    due = now;
+                }
+            } else {
+                due = Instant::now();
             }
         }
     }
 
     fn apply(&mut self, control: Control) -> Step {
         match control {
-            Control::Input(name) => {
-                self.switch_input(&name);
+            Control::Input(name) => self.switch_input(&name),
+            Control::Rung(rung) => return self.set_rung(rung),
+            Control::Quality { rung, adaptive } => {
+                self.adaptive = adaptive;
+                return self.set_rung(rung);
             }
-            Control::Rung(rung) => {
-                if let Some(enc) = self.encoder.as_mut() {
-                    if let Err(e) = enc.set_rung(rung) {
-                        self.report(PipelineEvent::Fatal {
-                            reason: e.to_string(),
-                        });
-                        return Step::Stop;
-                    }
-                }
-                self.rung = rung;
-                self.stats
-                    .bitrate_kbps
-                    .store(rung.bitrate_kbps.into(), Ordering::Relaxed);
-            }
-            Control::Keyframe => self.want_key = true,
+            Control::Keyframe => match self.active.as_mut() {
+                // Passthrough cannot make an IDR: ask the producer for one and keep the frames
+                // flowing. The sink itself waits for the next keyframe; skipping here as well
+                // would cut a GOP out of a stream whose keyframe the sink may already have.
+                Some(a) if a.passthrough && !a.raw => a.ask_key(),
+                _ => self.want_key = true,
+            },
             Control::Stop => return Step::Stop,
         }
         Step::Continue
     }
 
-    fn switch_input(&mut self, name: &str) -> bool {
-        let opened = match self.spec.inputs.get(name) {
-            Some(spec) => spec.open(name).map_err(|e| e.to_string()),
-            None => Err("no such input is configured".to_string()),
-        };
-        match opened {
-            Ok(source) => {
-                self.source = Some(source);
-                self.current = name.to_string();
-                self.want_key = true;
-                true
-            }
-            Err(reason) => {
-                self.report(PipelineEvent::InputFailed {
-                    input: name.to_string(),
-                    reason,
+    fn set_rung(&mut self, rung: Rung) -> Step {
+        if let Some(enc) = self.encoder.as_mut() {
+            if let Err(e) = enc.set_rung(rung) {
+                self.report(PipelineEvent::Fatal {
+                    reason: e.to_string(),
                 });
-                false
+                return Step::Stop;
+            }
+        }
+        if (rung.width, rung.height) != (self.rung.width, self.rung.height) {
+            self.canvas = RawFrame::black(rung.width as usize, rung.height as usize);
+            // An encoded source may have to move between passthrough and transcoding, which
+            // happens at its next keyframe: ask for one.
+            if let Some(a) = self.active.as_mut() {
+                a.ask_key();
+            }
+        }
+        self.rung = rung;
+        self.stats
+            .bitrate_kbps
+            .store(rung.bitrate_kbps.into(), Ordering::Relaxed);
+        Step::Continue
+    }
+
+    fn switch_input(&mut self, name: &str) {
+        self.current = name.to_string();
+        let Some(spec) = self.spec.inputs.get(name).cloned() else {
+            self.report(PipelineEvent::InputFailed {
+                input: name.to_string(),
+                reason: "no such input is configured".to_string(),
+            });
+            return;
+        };
+        if spec.is_device() && self.active.as_ref().is_some_and(|a| a.spec == spec) {
+            // Two lenses fed by the same device (one feed, one camera): nothing to reopen, and
+            // the device could not be opened twice anyway.
+            if let Some(a) = self.active.as_mut() {
+                a.name = name.to_string();
+                if a.raw || !a.passthrough {
+                    self.want_key = true;
+                }
+            }
+            self.pending = None;
+            self.stats.switches.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // Opening the new device while the old one keeps flowing: both must not hold the same
+        // resource, which the equality check above rules out.
+        self.pending = None;
+        match spec.open(name) {
+            Ok(src) => {
+                let mut p = Active::new(name, spec, src);
+                p.ask_key();
+                if self.active.is_none() {
+                    self.retry = None;
+                    self.promote(p);
+                } else {
+                    self.pending = Some(p);
+                }
+            }
+            Err(e) => {
+                if self.active.is_none() && spec.is_device() {
+                    self.fail(name, spec, e.to_string());
+                } else {
+                    self.report(PipelineEvent::InputFailed {
+                        input: name.to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn promote(&mut self, next: Active) {
+        self.active = Some(next);
+        self.want_key = true;
+        self.stats.switches.fetch_add(1, Ordering::Relaxed);
+        self.stats.input_down.store(false, Ordering::Relaxed);
+    }
+
+    /// The input failed: report it and schedule a reopen (devices) or give it up (files).
+    fn fail(&mut self, name: &str, spec: SourceSpec, reason: String) {
+        self.stats.input_failures.fetch_add(1, Ordering::Relaxed);
+        self.want_key = true;
+        if spec.is_device() {
+            self.stats.input_down.store(true, Ordering::Relaxed);
+            let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+            let delay = backoff
+                .next_delay(&mut rand::rng())
+                .max(Duration::from_millis(50));
+            tracing::warn!(input = name, "input failed, reopening: {reason}");
+            self.report(PipelineEvent::InputFailed {
+                input: name.to_string(),
+                reason: format!("{reason}; reopening with backoff"),
+            });
+            self.retry = Some(Retry {
+                name: name.to_string(),
+                spec,
+                at: Instant::now() + delay,
+                backoff,
+            });
+        } else {
+            self.report(PipelineEvent::InputFailed {
+                input: name.to_string(),
+                reason,
+            });
+        }
+    }
+
+    fn retry_if_due(&mut self) {
+        let Some(r) = self.retry.as_mut() else { return };
+        if Instant::now() < r.at {
+            return;
+        }
+        match r.spec.open(&r.name) {
+            Ok(src) => {
+                let Some(r) = self.retry.take() else { return };
+                tracing::info!(input = %r.name, attempts = r.backoff.attempt(), "input is back");
+                let mut a = Active::new(&r.name, r.spec, src);
+                a.ask_key();
+                self.promote(a);
+            }
+            Err(e) => {
+                let delay = r
+                    .backoff
+                    .next_delay(&mut rand::rng())
+                    .max(Duration::from_millis(50));
+                r.at = Instant::now() + delay;
+                tracing::debug!(input = %r.name, attempt = r.backoff.attempt(), ?delay, "reopen failed: {e}");
+            }
+        }
+    }
+
+    /// Maps a frame's source timestamp onto the session clock: monotonic, continuous across
+    /// switches (a new source starts one interval after the last frame), following the source's
+    /// own spacing while it is plausible.
+    fn stamp(
+        &mut self,
+        src_ts: Option<Duration>,
+        anchor: &mut Option<(Duration, Duration)>,
+    ) -> Duration {
+        let interval = self.interval();
+        let nominal = self.last_pts.map_or(Duration::ZERO, |p| p + interval);
+        let floor = self
+            .last_pts
+            .map_or(Duration::ZERO, |p| p + Duration::from_millis(1));
+        let pts = match (src_ts, *anchor) {
+            (Some(ts), Some((ts0, p0))) if ts >= ts0 => {
+                let p = p0 + (ts - ts0);
+                if p >= floor && p <= nominal + MAX_TS_JUMP {
+                    p
+                } else {
+                    *anchor = Some((ts, nominal));
+                    nominal
+                }
+            }
+            (Some(ts), _) => {
+                *anchor = Some((ts, nominal));
+                nominal
+            }
+            (None, _) => nominal,
+        };
+        self.last_pts = Some(pts);
+        pts
+    }
+
+    fn poll_pending(&mut self) -> Option<(Bytes, Option<Duration>)> {
+        let p = self.pending.as_mut()?;
+        let wait = if self.active.is_none() {
+            LIVE_WAIT
+        } else {
+            Duration::ZERO
+        };
+        let pulled = match p.src.wait_frame(&self.rung, wait) {
+            Ok(Some(SourceFrame::Encoded { data, keyframe })) => Pulled::Encoded { data, keyframe },
+            Ok(Some(SourceFrame::Raw(_))) => Pulled::Raw,
+            Ok(None) => Pulled::Nothing,
+            Err(e) => {
+                let name = p.name.clone();
+                self.pending = None;
+                self.report(PipelineEvent::InputFailed {
+                    input: name,
+                    reason: e.to_string(),
+                });
+                return None;
+            }
+        };
+        match pulled {
+            Pulled::Nothing => None,
+            Pulled::Raw => {
+                // Raw sources are ready at once; their next picture is encoded as an IDR.
+                let p = self.pending.take()?;
+                self.promote(p);
+                None
+            }
+            Pulled::Encoded {
+                keyframe: false, ..
+            } => {
+                self.stats.skipped_to_key.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Pulled::Encoded {
+                data,
+                keyframe: true,
+            } => {
+                let p = self.pending.take()?;
+                let ts = p.src.timestamp();
+                self.promote(p);
+                Some((data, ts))
             }
         }
     }
 
     fn produce(&mut self) -> Step {
-        let frame = match self.next_encoded() {
+        let switched = self.poll_pending();
+        let Some(mut a) = self.active.take() else {
+            return Step::Continue;
+        };
+        let pulled = match switched {
+            Some((data, ts)) => Ok((
+                Pulled::Encoded {
+                    data,
+                    keyframe: true,
+                },
+                ts,
+            )),
+            None => {
+                let r = if a.live {
+                    a.src.wait_frame(&self.rung, LIVE_WAIT)
+                } else {
+                    a.src.next_frame(&self.rung).map(Some)
+                };
+                match r {
+                    Ok(Some(SourceFrame::Encoded { data, keyframe })) => {
+                        Ok((Pulled::Encoded { data, keyframe }, a.src.timestamp()))
+                    }
+                    Ok(Some(SourceFrame::Raw(_))) => Ok((Pulled::Raw, a.src.timestamp())),
+                    Ok(None) => Ok((Pulled::Nothing, None)),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Some(notice) = a.src.take_notice() {
+            self.report(PipelineEvent::InputFailed {
+                input: a.name.clone(),
+                reason: notice,
+            });
+        }
+        let (pulled, ts) = match pulled {
+            Ok(p) => p,
+            Err(e) => {
+                let e: SourceError = e;
+                let (name, spec) = (a.name.clone(), a.spec.clone());
+                drop(a);
+                self.fail(&name, spec, e.to_string());
+                return Step::Continue;
+            }
+        };
+        if let Pulled::Nothing = pulled {
+            self.active = Some(a);
+            return Step::Continue;
+        }
+        let mut anchor = a.anchor.take();
+        let pts = self.stamp(if a.live { ts } else { None }, &mut anchor);
+        a.anchor = anchor;
+        let out = match pulled {
+            Pulled::Nothing => Ok(None),
+            Pulled::Raw => {
+                a.raw = true;
+                self.encode_raw(&a, pts)
+            }
+            Pulled::Encoded { data, keyframe } => self.encoded(&mut a, data, keyframe, pts),
+        };
+        self.active = Some(a);
+        let frame = match out {
             Ok(Some(frame)) => frame,
             Ok(None) => return Step::Continue,
             Err(reason) => {
@@ -278,6 +699,10 @@ impl Worker {
                 return Step::Stop;
             }
         };
+        self.send(frame)
+    }
+
+    fn send(&mut self, frame: EncodedFrame) -> Step {
         let len = frame.data.len() as u64;
         match self.frames.try_send(frame) {
             Ok(()) => {
@@ -288,65 +713,150 @@ impl Worker {
             Err(TrySendError::Full(_)) => {
                 self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
                 self.want_key = true;
+                if let Some(a) = self.active.as_mut() {
+                    if a.passthrough {
+                        a.ask_key();
+                    }
+                }
                 Step::Continue
             }
             Err(TrySendError::Closed(_)) => Step::Stop,
         }
     }
 
-    fn next_encoded(&mut self) -> Result<Option<EncodedFrame>, String> {
-        let Some(source) = self.source.as_mut() else {
+    fn encoder(&mut self) -> Result<&mut H264Encoder, String> {
+        if self.encoder.is_none() {
+            let enc = H264Encoder::with_backend(
+                self.rung,
+                self.spec.gop_frames,
+                self.spec.backend.clone(),
+            )
+            .map_err(|e: EncoderError| e.to_string())?;
+            self.encoder = Some(enc);
+        }
+        self.encoder
+            .as_mut()
+            .ok_or_else(|| "encoder unavailable".to_string())
+    }
+
+    /// Encodes the session canvas, or `picture` when it already has the rung's size.
+    fn encode_picture(
+        &mut self,
+        picture: Option<&RawFrame>,
+        pts: Duration,
+    ) -> Result<Option<EncodedFrame>, String> {
+        let want_key = std::mem::take(&mut self.want_key);
+        let started = Instant::now();
+        // Split borrows: the canvas is read while the encoder is written.
+        if self.encoder.is_none() {
+            self.encoder()?;
+        }
+        let (Some(encoder), canvas) = (self.encoder.as_mut(), &self.canvas) else {
+            return Err("encoder unavailable".into());
+        };
+        if want_key {
+            encoder.force_keyframe();
+        }
+        let out = encoder
+            .encode(picture.unwrap_or(canvas), pts)
+            .map_err(|e| e.to_string())?;
+        self.stats
+            .encode_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    fn encode_raw(&mut self, a: &Active, pts: Duration) -> Result<Option<EncodedFrame>, String> {
+        let Some(picture) = a.src.current_picture() else {
             return Ok(None);
         };
-        let rung = self.rung;
-        let pts = self.pts;
-        match source.next_frame(&rung) {
-            Ok(SourceFrame::Raw(picture)) => {
-                let encoder = match self.encoder.as_mut() {
-                    Some(enc) => enc,
-                    None => self.encoder.insert(
-                        H264Encoder::with_backend(
-                            rung,
-                            self.spec.gop_frames,
-                            self.spec.backend.clone(),
-                        )
-                        .map_err(|e: EncoderError| e.to_string())?,
-                    ),
-                };
-                if self.want_key {
-                    encoder.force_keyframe();
-                    self.want_key = false;
-                }
-                let started = Instant::now();
-                let out = encoder.encode(picture, pts).map_err(|e| e.to_string())?;
-                self.stats
-                    .encode_us
-                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                Ok(out)
+        let fits = picture.width == self.rung.width as usize
+            && picture.height == self.rung.height as usize;
+        if fits {
+            // No copy: the encoder reads the source's own frame.
+            return self.encode_picture(Some(picture), pts);
+        }
+        if let Err(e) = scale_i420(&I420Ref::from_frame(picture), &mut self.canvas) {
+            tracing::warn!(input = %a.name, "bad picture: {e}");
+            return Ok(None);
+        }
+        self.encode_picture(None, pts)
+    }
+
+    fn encoded(
+        &mut self,
+        a: &mut Active,
+        data: Bytes,
+        keyframe: bool,
+        pts: Duration,
+    ) -> Result<Option<EncodedFrame>, String> {
+        if keyframe {
+            a.asked_key = false;
+            if let Some(size) = sps_size(&data) {
+                a.coded_size = Some(size);
             }
-            Ok(SourceFrame::Encoded { data, keyframe }) => {
-                if self.want_key && !keyframe {
-                    return Ok(None);
-                }
+            let fits = a
+                .coded_size
+                .is_none_or(|s| s == (self.rung.width, self.rung.height));
+            let pass = self.adaptive || fits;
+            if pass != a.passthrough {
+                tracing::info!(input = %a.name, passthrough = pass, size = ?a.coded_size, "encoded input path");
+            }
+            a.passthrough = pass;
+            if pass {
+                a.decoder = None;
+            } else if a.decoder.is_none() {
+                a.decoder = Some(H264Decoder::new().map_err(|e| e.to_string())?);
+                // The encoder's first picture from this source must be an IDR.
+                self.want_key = true;
+            }
+        }
+        if a.passthrough {
+            if self.want_key && !keyframe {
+                self.stats.skipped_to_key.fetch_add(1, Ordering::Relaxed);
+                a.ask_key();
+                return Ok(None);
+            }
+            if keyframe {
                 self.want_key = false;
-                Ok(Some(EncodedFrame {
-                    data,
-                    pts,
-                    keyframe,
-                    codec: Codec::H264,
-                }))
             }
+            self.stats.passed_through.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(EncodedFrame {
+                data,
+                pts,
+                keyframe,
+                codec: Codec::H264,
+            }));
+        }
+        let Some(decoder) = a.decoder.as_mut() else {
+            self.stats.skipped_to_key.fetch_add(1, Ordering::Relaxed);
+            a.ask_key();
+            return Ok(None);
+        };
+        match decoder.decode_into(&data, &mut self.canvas) {
+            Ok(true) => {
+                self.stats.transcoded.fetch_add(1, Ordering::Relaxed);
+                self.encode_picture(None, pts)
+            }
+            Ok(false) => Ok(None),
             Err(e) => {
-                let e: SourceError = e;
-                self.source = None;
-                self.report(PipelineEvent::InputFailed {
-                    input: self.current.clone(),
-                    reason: e.to_string(),
-                });
+                // Corrupt input: restart decoding at the next keyframe.
+                self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(input = %a.name, "decode failed: {e}");
+                a.decoder = None;
+                a.ask_key();
                 Ok(None)
             }
         }
     }
+}
+
+/// The picture size announced by the first SPS of an access unit.
+fn sps_size(au: &[u8]) -> Option<(u32, u32)> {
+    nal_units(au)
+        .find(|n| n[0] & 0x1f == nal_type::SPS)
+        .and_then(|n| Sps::parse(n).ok())
+        .map(|s| (s.width, s.height))
 }
 
 #[cfg(test)]
@@ -449,5 +959,192 @@ mod tests {
             }
         }
         assert!(saw_key);
+    }
+
+    /// A source that fails after `frames` pictures, as an unplugged camera does.
+    struct Flaky {
+        left: usize,
+        frame: RawFrame,
+        t: Duration,
+    }
+
+    impl VideoSource for Flaky {
+        fn next_frame(&mut self, _rung: &Rung) -> Result<SourceFrame<'_>, SourceError> {
+            if self.left == 0 {
+                return Err(SourceError::Device {
+                    device: "/dev/video7".into(),
+                    source: std::io::Error::from_raw_os_error(libc::ENODEV),
+                });
+            }
+            self.left -= 1;
+            self.t += Duration::from_millis(10);
+            std::thread::sleep(Duration::from_millis(10));
+            Ok(SourceFrame::Raw(&self.frame))
+        }
+        fn is_live(&self) -> bool {
+            true
+        }
+        fn timestamp(&self) -> Option<Duration> {
+            Some(self.t)
+        }
+        fn current_picture(&self) -> Option<&RawFrame> {
+            Some(&self.frame)
+        }
+    }
+
+    #[test]
+    fn unplugged_device_reports_error_retries_and_resumes() {
+        use std::sync::atomic::AtomicUsize;
+        // Opens: 1st works for 5 frames; the next 2 fail (device gone); then it is back.
+        let opens = Arc::new(AtomicUsize::new(0));
+        let o = Arc::clone(&opens);
+        let fake = crate::source::FakeSpec(Arc::new(move || {
+            let n = o.fetch_add(1, Ordering::SeqCst);
+            if n == 1 || n == 2 {
+                return Err(SourceError::Device {
+                    device: "/dev/video7".into(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOENT),
+                });
+            }
+            Ok(Box::new(Flaky {
+                left: if n == 0 { 5 } else { 1000 },
+                frame: RawFrame::black(32, 24),
+                t: Duration::from_secs(100 * n as u64),
+            }) as Box<dyn VideoSource>)
+        }));
+        let mut s = spec();
+        s.inputs.insert("normal".into(), SourceSpec::Fake(fake));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let (etx, mut erx) = tokio::sync::mpsc::channel(8);
+        let p = Pipeline::spawn(s, tx, etx).unwrap();
+        let mut last = None;
+        for _ in 0..5 {
+            let f = recv(&mut rx);
+            assert!(last.is_none_or(|l| f.pts > l));
+            last = Some(f.pts);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let ev = loop {
+            if let Ok(e) = erx.try_recv() {
+                break e;
+            }
+            assert!(Instant::now() < deadline, "no error event");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(
+            matches!(&ev, PipelineEvent::InputFailed { input, reason } if input == "normal" && reason.contains("/dev/video7")),
+            "{ev:?}"
+        );
+        // Back by itself: the first frame after the gap is an IDR with a later pts, scaled to
+        // the rung.
+        let f = recv(&mut rx);
+        assert!(f.keyframe);
+        assert!(f.pts > last.unwrap_or_default());
+        assert!(opens.load(Ordering::SeqCst) >= 4);
+        assert!(!p.stats.input_down.load(Ordering::Relaxed));
+        assert_eq!(p.stats.input_failures.load(Ordering::Relaxed), 1);
+    }
+
+    fn clip(w: u32, h: u32, frames: usize, gop: u32) -> Vec<u8> {
+        let rung = Rung {
+            width: w,
+            height: h,
+            fps: 30,
+            bitrate_kbps: 300,
+        };
+        let mut enc = H264Encoder::new(rung, gop).unwrap();
+        let mut src = crate::source::pattern::PatternSource::new(Default::default());
+        let mut out = Vec::new();
+        for _ in 0..frames {
+            if let Ok(SourceFrame::Raw(p)) = src.next_frame(&rung) {
+                let p = p.clone();
+                if let Some(f) = enc.encode(&p, Duration::ZERO).unwrap() {
+                    out.extend_from_slice(&f.data);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn encoded_source_passes_through_when_it_fits_and_transcodes_when_not() {
+        let dir = std::env::temp_dir().join(format!("dockcast-pipe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("clip.h264");
+        std::fs::write(&path, clip(64, 48, 20, 5)).unwrap();
+        let mut s = spec();
+        s.inputs.insert(
+            "normal".into(),
+            SourceSpec::File(path.display().to_string()),
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let (etx, _erx) = tokio::sync::mpsc::channel(8);
+        let p = Pipeline::spawn(s, tx, etx).unwrap();
+        for _ in 0..6 {
+            recv(&mut rx);
+        }
+        assert!(p.stats.passed_through.load(Ordering::Relaxed) >= 6);
+        assert_eq!(p.stats.transcoded.load(Ordering::Relaxed), 0);
+        // Another size: transcoded from the source's next keyframe on, at the new size.
+        p.send(Control::Rung(Rung {
+            width: 96,
+            height: 64,
+            fps: 60,
+            bitrate_kbps: 200,
+        }));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let f = recv(&mut rx);
+            if f.keyframe {
+                if let Some((w, h)) = sps_size(&f.data) {
+                    if (w, h) == (96, 64) {
+                        break;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "never transcoded to 96x64");
+        }
+        assert!(p.stats.transcoded.load(Ordering::Relaxed) >= 1);
+        // Adaptive: back to passthrough at the next keyframe.
+        p.send(Control::Quality {
+            rung: Rung {
+                width: 96,
+                height: 64,
+                fps: 60,
+                bitrate_kbps: 200,
+            },
+            adaptive: true,
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let f = recv(&mut rx);
+            if f.keyframe && sps_size(&f.data) == Some((64, 48)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never back to passthrough");
+        }
+        drop(p);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stamp_follows_source_clock_and_stays_monotonic_across_jumps() {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let (etx, _erx) = tokio::sync::mpsc::channel(1);
+        let mut w = Worker::new(spec(), tx, etx, Arc::default());
+        let mut anchor = None;
+        let ms = Duration::from_millis;
+        assert_eq!(w.stamp(Some(ms(5000)), &mut anchor), ms(0));
+        assert_eq!(w.stamp(Some(ms(5040)), &mut anchor), ms(40));
+        // Backwards (restarted app): continues one interval later.
+        let p = w.stamp(Some(ms(10)), &mut anchor);
+        assert!(p > ms(40) && p <= ms(60));
+        // Far forward: same.
+        let q = w.stamp(Some(ms(99_000)), &mut anchor);
+        assert!(q > p && q <= p + ms(20));
+        // A new source (fresh anchor) starts one interval after the last frame.
+        let mut fresh = None;
+        let r = w.stamp(Some(ms(1)), &mut fresh);
+        assert_eq!(r, q + w.interval());
     }
 }

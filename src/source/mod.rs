@@ -1,28 +1,32 @@
 //! Video sources: where a session's pictures or access units come from.
 //!
-//! A source is pulled by the pipeline thread once per frame interval; it either draws a raw
-//! picture (test pattern, and later V4L2 capture) or hands over an already encoded access unit
-//! (an H.264 file, and later the payload feed), which the pipeline passes through without
-//! re-encoding.
+//! Two kinds of source exist. *Clocked* sources (test pattern, file) are pulled by the pipeline
+//! once per frame interval of the session's clock. *Live* sources (V4L2 capture, the payload
+//! feed) deliver at their own pace: the pipeline blocks on them for a bounded time and takes
+//! their timestamps. Either kind yields a raw picture, which the pipeline scales and encodes,
+//! or an already encoded access unit, which it passes through or transcodes.
 
+pub mod feed;
 pub mod file;
 pub mod pattern;
+pub mod v4l2;
 
 use crate::media::frame::RawFrame;
 use crate::media::quality::Rung;
 use bytes::Bytes;
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// What a source yields for one frame interval.
 pub enum SourceFrame<'a> {
-    /// A picture to encode, already at the size the rung asks for.
+    /// A picture to encode; the pipeline scales it when it is not at the rung's size.
     Raw(&'a RawFrame),
-    /// An H.264 access unit (Annex-B) to pass through.
+    /// An H.264 access unit (Annex-B) to pass through or transcode.
     Encoded {
         /// The access unit.
         data: Bytes,
-        /// True when a decoder can start here.
+        /// True when a decoder can start here (an IDR, or a recovery point in a GDR stream).
         keyframe: bool,
     },
 }
@@ -46,14 +50,68 @@ pub enum SourceError {
         /// What is wrong with it.
         why: String,
     },
+    /// A capture device or feed endpoint failed (unplugged, closed, refused); the pipeline
+    /// retries opening it with backoff.
+    #[error("{device}: {source}")]
+    Device {
+        /// The device node or endpoint.
+        device: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// A source of video for one lens of one session.
 pub trait VideoSource: Send {
-    /// Yields the next frame. `rung` is the output format in force; raw sources draw at its
-    /// size, encoded sources ignore it.
+    /// Yields the next frame. `rung` is the output format in force; synthetic sources draw at
+    /// its size, others ignore it. A live source blocks until its next frame, for at most
+    /// [`LIVE_WAIT`], and reports a timeout as [`SourceError::Device`].
     fn next_frame(&mut self, rung: &Rung) -> Result<SourceFrame<'_>, SourceError>;
+
+    /// True for sources that deliver at their own pace (capture devices, feeds): the pipeline
+    /// then waits on [`wait_frame`](Self::wait_frame) instead of its own clock.
+    fn is_live(&self) -> bool {
+        false
+    }
+
+    /// Waits at most `wait` for the next frame; `None` when none came. Clocked sources answer
+    /// at once.
+    fn wait_frame(
+        &mut self,
+        rung: &Rung,
+        _wait: Duration,
+    ) -> Result<Option<SourceFrame<'_>>, SourceError> {
+        self.next_frame(rung).map(Some)
+    }
+
+    /// Capture time of the frame last returned, on the source's own clock (driver timestamp,
+    /// feed header); the pipeline maps it onto the session's clock. `None`: use the session's
+    /// frame clock.
+    fn timestamp(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The picture last returned as [`SourceFrame::Raw`], again, so the pipeline can read its
+    /// timestamp first and then encode the picture without copying it. Raw sources implement
+    /// it; encoded ones keep the default.
+    fn current_picture(&self) -> Option<&RawFrame> {
+        None
+    }
+
+    /// Asks the producer for an intra frame where it can be asked (the payload feed's request
+    /// line); a no-op elsewhere.
+    fn request_keyframe(&mut self) {}
+
+    /// Something worth reporting that is not a failure (a stalled feed), taken once.
+    fn take_notice(&mut self) -> Option<String> {
+        None
+    }
 }
+
+/// Longest time a live source blocks the pipeline thread waiting for a frame, so controls
+/// (lens, quality, keyframe, stop) are applied within this bound even when the camera or feed
+/// has gone quiet.
+pub const LIVE_WAIT: Duration = Duration::from_millis(40);
 
 /// Where a lens takes its video from, as written in the config (`pattern`, `pattern:zoom`,
 /// `file:/path/clip.h264`).
@@ -63,7 +121,38 @@ pub enum SourceSpec {
     Pattern(Option<pattern::Style>),
     /// An H.264 Annex-B file, looped.
     File(String),
+    /// A V4L2 capture device (`v4l2:/dev/videoN?format=..&width=..&height=..&fps=..`).
+    V4l2(v4l2::V4l2Spec),
+    /// H.264 from a payload app (`feed:unix:PATH`, `feed:tcp:HOST:PORT`, `feed:fifo:PATH`).
+    Feed(feed::FeedSpec),
+    /// A source made by a test, to exercise failure and recovery without hardware.
+    #[cfg(test)]
+    Fake(FakeSpec),
 }
+
+/// A test's factory of sources: each open calls it (so a test decides when opening fails).
+#[cfg(test)]
+#[derive(Clone)]
+pub struct FakeSpec(
+    pub std::sync::Arc<dyn Fn() -> Result<Box<dyn VideoSource>, SourceError> + Send + Sync>,
+);
+
+#[cfg(test)]
+impl fmt::Debug for FakeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FakeSpec")
+    }
+}
+
+#[cfg(test)]
+impl PartialEq for FakeSpec {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+#[cfg(test)]
+impl Eq for FakeSpec {}
 
 /// A source URI that does not name a known kind of source.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,12 +185,15 @@ impl FromStr for SourceSpec {
             }
             return Ok(SourceSpec::File(path.to_string()));
         }
-        if uri.starts_with("v4l2:") || uri.starts_with("feed:") {
-            return Err(err(
-                "V4L2 and payload-feed sources are not available in this build",
-            ));
+        if let Some(rest) = uri.strip_prefix("v4l2:") {
+            return rest.parse().map(SourceSpec::V4l2).map_err(|why| err(&why));
         }
-        Err(err("expected pattern, pattern:STYLE or file:PATH"))
+        if let Some(rest) = uri.strip_prefix("feed:") {
+            return rest.parse().map(SourceSpec::Feed).map_err(|why| err(&why));
+        }
+        Err(err(
+            "expected pattern, pattern:STYLE, file:PATH, v4l2:/dev/videoN[?..] or feed:unix:PATH|tcp:HOST:PORT|fifo:PATH",
+        ))
     }
 }
 
@@ -111,6 +203,10 @@ impl fmt::Display for SourceSpec {
             SourceSpec::Pattern(None) => f.write_str("pattern"),
             SourceSpec::Pattern(Some(s)) => write!(f, "pattern:{s}"),
             SourceSpec::File(p) => write!(f, "file:{p}"),
+            SourceSpec::V4l2(v) => write!(f, "v4l2:{v}"),
+            SourceSpec::Feed(v) => write!(f, "feed:{v}"),
+            #[cfg(test)]
+            SourceSpec::Fake(_) => f.write_str("fake"),
         }
     }
 }
@@ -124,6 +220,21 @@ impl SourceSpec {
                 Ok(Box::new(pattern::PatternSource::new(style)))
             }
             SourceSpec::File(path) => Ok(Box::new(file::FileSource::open(path)?)),
+            SourceSpec::V4l2(spec) => Ok(Box::new(v4l2::open(spec)?)),
+            SourceSpec::Feed(spec) => Ok(Box::new(feed::FeedSource::open(spec)?)),
+            #[cfg(test)]
+            SourceSpec::Fake(f) => (f.0)(),
+        }
+    }
+
+    /// True for sources that come and go while the daemon runs (cameras, payload apps): when
+    /// one fails the pipeline keeps retrying it instead of ending the session.
+    pub fn is_device(&self) -> bool {
+        match self {
+            SourceSpec::Pattern(_) | SourceSpec::File(_) => false,
+            SourceSpec::V4l2(_) | SourceSpec::Feed(_) => true,
+            #[cfg(test)]
+            SourceSpec::Fake(_) => true,
         }
     }
 }
@@ -143,7 +254,28 @@ mod tests {
             "file:/tmp/a.h264".parse(),
             Ok(SourceSpec::File("/tmp/a.h264".into()))
         );
-        for bad in ["", "pattern:nope", "file:", "rtsp://x", "v4l2:/dev/video0"] {
+        assert!(matches!(
+            "v4l2:/dev/video0?format=nv12&width=640&height=480&fps=30".parse(),
+            Ok(SourceSpec::V4l2(_))
+        ));
+        for good in [
+            "feed:unix:/run/feed.sock",
+            "feed:tcp:127.0.0.1:5000",
+            "feed:fifo:/tmp/f",
+        ] {
+            let spec: SourceSpec = good.parse().unwrap();
+            assert_eq!(spec.to_string(), good);
+        }
+        for bad in [
+            "",
+            "pattern:nope",
+            "file:",
+            "rtsp://x",
+            "v4l2:",
+            "v4l2:/dev/video0?format=rgb",
+            "feed:udp:1.2.3.4:5",
+            "feed:tcp:nohost",
+        ] {
             assert!(bad.parse::<SourceSpec>().is_err(), "{bad}");
         }
     }

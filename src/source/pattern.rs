@@ -110,6 +110,10 @@ impl VideoSource for PatternSource {
         self.tick += 1;
         Ok(SourceFrame::Raw(&self.frame))
     }
+
+    fn current_picture(&self) -> Option<&RawFrame> {
+        Some(&self.frame)
+    }
 }
 
 fn fill_rows(plane: &mut [u8], width: usize, row: &[u8]) {

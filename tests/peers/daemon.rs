@@ -90,6 +90,8 @@ pub struct DaemonConfig {
     pub source: Option<String>,
     /// More config sections, appended as they are (e.g. `[gb28181]`, `[adapters.x]`).
     pub extra_toml: String,
+    /// Source per lens written into the config (`(lens, uri)`); empty: the pattern on all four.
+    pub lens_sources: Vec<(String, String)>,
 }
 
 impl DaemonConfig {
@@ -106,6 +108,7 @@ impl DaemonConfig {
             video_index: "normal-0".to_string(),
             source: None,
             extra_toml: String::new(),
+            lens_sources: Vec::new(),
         }
     }
 
@@ -152,8 +155,18 @@ impl DaemonConfig {
         }
         t.push_str(&self.extra_toml);
         t.push('\n');
+        let sources = if self.lens_sources.is_empty() {
+            "normal = \"pattern\", wide = \"pattern\", zoom = \"pattern\", ir = \"pattern\""
+                .to_string()
+        } else {
+            self.lens_sources
+                .iter()
+                .map(|(lens, uri)| format!("{lens} = {}", toml_str(uri)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         t.push_str(&format!(
-            "[[device]]\nsn = {}\n\n[[device.camera]]\nindex = {}\n\n[[device.camera.video]]\nindex = {}\nlens = \"normal\"\nsources = {{ normal = \"pattern\", wide = \"pattern\", zoom = \"pattern\", ir = \"pattern\" }}\n",
+            "[[device]]\nsn = {}\n\n[[device.camera]]\nindex = {}\n\n[[device.camera.video]]\nindex = {}\nlens = \"normal\"\nsources = {{ {sources} }}\n",
             toml_str(&self.gateway_sn),
             toml_str(&self.camera_index),
             toml_str(&self.video_index)

@@ -1,0 +1,1080 @@
+//! `feed:`: H.264 from a payload app (Payload-SDK liveview callback, MSDK app) over a unix
+//! socket, a TCP socket or a FIFO. dockcast listens; the app connects and writes.
+//!
+//! The app's callback hands over buffers of any size (about 60 KB on DJI aircraft) that are not
+//! aligned to access units, so the byte stream is re-cut with [`AccessUnitSplitter`]. Each chunk
+//! may carry a 16-byte header with a capture timestamp (`board/feed/FEED.md`). DJI streams carry
+//! private SEI that decoders log errors about (dji-sdk/Payload-SDK#355: "SEI type 240 size 200
+//! truncated") and may be GDR-coded without any IDR (dji-sdk/Payload-SDK#69): the SEI is
+//! stripped, and a recovery point counts as a place to start. The parsing is sans-IO
+//! ([`FeedParser`]); one thread per source moves bytes from the socket into it and hands whole
+//! units to the pipeline through a bounded queue.
+
+use crate::media::h264::{
+    filter_sei, is_recovery_point, nal_type, nal_units, sei_type, AccessUnitSplitter, SeiFilter,
+    SeiMessage,
+};
+use crate::media::quality::Rung;
+use crate::source::{SourceError, SourceFrame, VideoSource, LIVE_WAIT};
+use bytes::Bytes;
+use std::fmt;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// First four bytes of the optional chunk header ("DKCF": dockcast feed).
+pub const HEADER_MAGIC: [u8; 4] = *b"DKCF";
+/// Length of the optional chunk header.
+pub const HEADER_LEN: usize = 16;
+/// Header timestamp meaning "none: use the arrival time".
+pub const NO_TIMESTAMP: u64 = u64::MAX;
+/// Largest payload a header may announce; a larger one is a protocol error, not an allocation.
+pub const MAX_CHUNK: u32 = 16 * 1024 * 1024;
+/// The request line dockcast writes back on a socket when it needs an intra frame.
+pub const KEYFRAME_REQUEST: &[u8] = b"IDR\n";
+/// Access units waiting for the pipeline; more means the pipeline is behind, and the feed then
+/// drops to the next keyframe instead of queueing.
+pub const QUEUE_UNITS: usize = 8;
+
+/// Where the payload app connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEndpoint {
+    /// A unix stream socket dockcast creates at this path.
+    Unix(String),
+    /// A TCP address dockcast listens on.
+    Tcp {
+        /// Host or IP to bind.
+        host: String,
+        /// Port to bind.
+        port: u16,
+    },
+    /// A FIFO at this path (created when missing). One-way: no keyframe requests.
+    Fifo(String),
+}
+
+/// What to do with SEI messages that are private to the producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeiPolicy {
+    /// Strip `user_data_unregistered` (type 5), DJI's private type 240 and unparsable SEI.
+    #[default]
+    StripPrivate,
+    /// Pass every SEI through.
+    Keep,
+}
+
+/// A parsed `feed:` source URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedSpec {
+    /// Where to listen.
+    pub endpoint: FeedEndpoint,
+    /// Silence after which the feed is reported stalled and an intra frame is asked for.
+    pub watchdog: Duration,
+    /// SEI handling.
+    pub sei: SeiPolicy,
+}
+
+impl FromStr for FeedSpec {
+    type Err = String;
+
+    /// `unix:PATH`, `tcp:HOST:PORT` or `fifo:PATH`, optionally `?watchdog=SECS&sei=strip|keep`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (main, query) = s.split_once('?').unwrap_or((s, ""));
+        let endpoint = if let Some(path) = main.strip_prefix("unix:") {
+            FeedEndpoint::Unix(nonempty_path(path)?)
+        } else if let Some(path) = main.strip_prefix("fifo:") {
+            FeedEndpoint::Fifo(nonempty_path(path)?)
+        } else if let Some(addr) = main.strip_prefix("tcp:") {
+            let (host, port) = addr.rsplit_once(':').ok_or("feed:tcp: needs HOST:PORT")?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                return Err("feed:tcp: needs a host to bind".into());
+            }
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("feed:tcp: port {port:?} is not a number 0..=65535"))?;
+            FeedEndpoint::Tcp {
+                host: host.to_string(),
+                port,
+            }
+        } else {
+            return Err("feed: needs unix:PATH, tcp:HOST:PORT or fifo:PATH".into());
+        };
+        let mut spec = FeedSpec {
+            endpoint,
+            watchdog: Duration::from_secs(3),
+            sei: SeiPolicy::StripPrivate,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("watchdog", v)) => {
+                    let secs: f64 = v
+                        .parse()
+                        .ok()
+                        .filter(|s: &f64| (0.2..=3600.0).contains(s))
+                        .ok_or_else(|| format!("watchdog={v}: seconds within 0.2..=3600"))?;
+                    spec.watchdog = Duration::from_secs_f64(secs);
+                }
+                Some(("sei", "strip")) => spec.sei = SeiPolicy::StripPrivate,
+                Some(("sei", "keep")) => spec.sei = SeiPolicy::Keep,
+                _ => {
+                    return Err(format!(
+                        "unknown feed option {pair:?} (watchdog=SECS, sei=strip|keep)"
+                    ))
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+fn nonempty_path(p: &str) -> Result<String, String> {
+    if p.is_empty() {
+        Err("feed: needs a path".into())
+    } else {
+        Ok(p.to_string())
+    }
+}
+
+impl fmt::Display for FeedEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FeedEndpoint::Unix(p) => write!(f, "unix:{p}"),
+            FeedEndpoint::Fifo(p) => write!(f, "fifo:{p}"),
+            FeedEndpoint::Tcp { host, port } if host.contains(':') => {
+                write!(f, "tcp:[{host}]:{port}")
+            }
+            FeedEndpoint::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
+        }
+    }
+}
+
+impl fmt::Display for FeedSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.endpoint)?;
+        let mut opts = Vec::new();
+        if self.watchdog != Duration::from_secs(3) {
+            opts.push(format!("watchdog={}", self.watchdog.as_secs_f64()));
+        }
+        if self.sei == SeiPolicy::Keep {
+            opts.push("sei=keep".to_string());
+        }
+        if !opts.is_empty() {
+            write!(f, "?{}", opts.join("&"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A chunk header that breaks the documented framing: the connection is closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeedParseError {
+    /// A framed connection sent a chunk without the magic.
+    #[error("chunk header starts with {found:02x?}, expected \"DKCF\"")]
+    BadMagic {
+        /// The four bytes found.
+        found: [u8; 4],
+    },
+    /// A header announced more than [`MAX_CHUNK`] bytes.
+    #[error("chunk header announces {len} bytes, more than {MAX_CHUNK}")]
+    TooLong {
+        /// Announced length.
+        len: u32,
+    },
+}
+
+/// One access unit as the feed hands it to the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedUnit {
+    /// Annex-B access unit, private SEI removed.
+    pub data: Bytes,
+    /// IDR or recovery point.
+    pub keyframe: bool,
+    /// Capture time in microseconds: the header's, or the arrival time.
+    pub timestamp_us: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Not decided yet: the first four bytes tell.
+    Unknown,
+    Raw,
+    Framed,
+}
+
+/// Counters of one feed, read by tests and stats without locking.
+#[derive(Debug, Default)]
+pub struct FeedStats {
+    /// Access units handed to the pipeline.
+    pub units: AtomicU64,
+    /// Bytes received.
+    pub bytes: AtomicU64,
+    /// Units dropped because the pipeline's queue was full, or while waiting for a keyframe
+    /// after such a drop or a (re)connect.
+    pub dropped: AtomicU64,
+    /// SEI NAL units removed or rewritten.
+    pub sei_stripped: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Times the watchdog found the feed silent.
+    pub stalls: AtomicU64,
+    /// Connections closed for breaking the framing.
+    pub protocol_errors: AtomicU64,
+}
+
+/// Sans-IO feed parser: bytes in (any chunking), cleaned access units out.
+#[derive(Debug)]
+pub struct FeedParser {
+    framing: Framing,
+    header: Vec<u8>,
+    payload_left: usize,
+    chunk_ts: Option<u64>,
+    splitter: AccessUnitSplitter,
+    sei: SeiPolicy,
+    need_key: bool,
+    /// SEI NAL units removed or rewritten so far.
+    pub sei_stripped: u64,
+    /// Units skipped while waiting for the first keyframe.
+    pub skipped: u64,
+}
+
+impl FeedParser {
+    /// A parser for one connection; it skips everything before the first keyframe.
+    pub fn new(sei: SeiPolicy) -> Self {
+        FeedParser {
+            framing: Framing::Unknown,
+            header: Vec::with_capacity(HEADER_LEN),
+            payload_left: 0,
+            chunk_ts: None,
+            splitter: AccessUnitSplitter::default(),
+            sei,
+            need_key: true,
+            sei_stripped: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Makes the parser skip to the next keyframe (after the consumer dropped a unit).
+    pub fn skip_to_keyframe(&mut self) {
+        self.need_key = true;
+    }
+
+    /// Feeds received bytes; `arrival_us` stamps units whose chunk carries no timestamp.
+    pub fn push(&mut self, mut bytes: &[u8], arrival_us: u64) -> Result<(), FeedParseError> {
+        while !bytes.is_empty() {
+            match self.framing {
+                Framing::Raw => {
+                    self.splitter.push_tagged(bytes, arrival_us);
+                    return Ok(());
+                }
+                Framing::Unknown => {
+                    let take = (4 - self.header.len()).min(bytes.len());
+                    self.header.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                    if self.header.len() == 4 {
+                        if self.header == HEADER_MAGIC {
+                            self.framing = Framing::Framed;
+                        } else {
+                            self.framing = Framing::Raw;
+                            let head = std::mem::take(&mut self.header);
+                            self.splitter.push_tagged(&head, arrival_us);
+                        }
+                    }
+                }
+                Framing::Framed if self.payload_left == 0 => {
+                    let take = (HEADER_LEN - self.header.len()).min(bytes.len());
+                    self.header.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                    if self.header.len() == HEADER_LEN {
+                        let h = std::mem::take(&mut self.header);
+                        let mut magic = [0u8; 4];
+                        magic.copy_from_slice(&h[..4]);
+                        if magic != HEADER_MAGIC {
+                            return Err(FeedParseError::BadMagic { found: magic });
+                        }
+                        let len = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                        if len > MAX_CHUNK {
+                            return Err(FeedParseError::TooLong { len });
+                        }
+                        let mut ts = [0u8; 8];
+                        ts.copy_from_slice(&h[8..16]);
+                        let ts = u64::from_be_bytes(ts);
+                        self.chunk_ts = (ts != NO_TIMESTAMP).then_some(ts);
+                        self.payload_left = len as usize;
+                    }
+                }
+                Framing::Framed => {
+                    let take = self.payload_left.min(bytes.len());
+                    let tag = self.chunk_ts.unwrap_or(arrival_us);
+                    self.splitter.push_tagged(&bytes[..take], tag);
+                    self.payload_left -= take;
+                    bytes = &bytes[take..];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the stream (the app disconnected): the last unit becomes pullable.
+    pub fn finish(&mut self) {
+        self.splitter.flush();
+    }
+
+    /// The next cleaned access unit, if one is complete.
+    pub fn pull(&mut self) -> Option<FeedUnit> {
+        while let Some((au, tag)) = self.splitter.pull_tagged() {
+            let cleaned = clean_access_unit(&au.data, self.sei);
+            self.sei_stripped += cleaned.stripped;
+            let data = cleaned.replaced.unwrap_or(au.data);
+            if data.is_empty() {
+                continue;
+            }
+            if self.need_key && !cleaned.keyframe {
+                self.skipped += 1;
+                continue;
+            }
+            self.need_key = false;
+            return Some(FeedUnit {
+                data,
+                keyframe: cleaned.keyframe,
+                timestamp_us: tag.unwrap_or(0),
+            });
+        }
+        None
+    }
+}
+
+/// True for SEI messages the feed removes under [`SeiPolicy::StripPrivate`].
+///
+/// DJI does not publish the UUIDs of its `user_data_unregistered` messages, and such messages
+/// are by definition private to their writer: no decoder or player needs them, so all are
+/// removed. Type 240 is the reserved type DJI aircraft emit (Payload-SDK#355).
+pub fn is_private_sei(m: &SeiMessage) -> bool {
+    m.payload_type == sei_type::USER_DATA_UNREGISTERED || m.payload_type == 240
+}
+
+/// What [`clean_access_unit`] made of one unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cleaned {
+    /// The unit without private SEI; `None` when nothing was removed, to spare the copy.
+    pub replaced: Option<Bytes>,
+    /// A decoder can start here (IDR, or recovery point SEI with a picture).
+    pub keyframe: bool,
+    /// SEI NAL units removed or rewritten.
+    pub stripped: u64,
+}
+
+/// Strips private SEI from one access unit (each NAL re-emitted with a 4-byte start code) and
+/// tells whether a decoder can start on it.
+pub fn clean_access_unit(au: &[u8], policy: SeiPolicy) -> Cleaned {
+    let mut keyframe = false;
+    let mut stripped = 0;
+    let mut out: Vec<u8> = Vec::new();
+    let mut any_vcl = false;
+    for nal in nal_units(au) {
+        let ty = nal[0] & 0x1f;
+        any_vcl |= matches!(ty, 1..=5);
+        let mut replacement = None;
+        if ty == nal_type::SEI {
+            if is_recovery_point(nal) {
+                keyframe = true;
+            }
+            if policy == SeiPolicy::StripPrivate {
+                match filter_sei(nal, is_private_sei) {
+                    SeiFilter::Keep => {}
+                    SeiFilter::Drop => {
+                        stripped += 1;
+                        continue;
+                    }
+                    SeiFilter::Rewrite(n) => {
+                        stripped += 1;
+                        replacement = Some(n);
+                    }
+                }
+            }
+        }
+        if ty == nal_type::IDR {
+            keyframe = true;
+        }
+        out.extend_from_slice(&[0, 0, 0, 1]);
+        out.extend_from_slice(replacement.as_deref().unwrap_or(nal));
+    }
+    if !any_vcl {
+        // Parameter sets or SEI alone are not a picture; a decoder cannot start on them.
+        keyframe = false;
+    }
+    Cleaned {
+        replaced: (stripped > 0).then(|| Bytes::from(out)),
+        keyframe,
+        stripped,
+    }
+}
+
+/// The state the reader thread shares with the source.
+struct Shared {
+    stop: AtomicBool,
+    /// The current connection's write half, for keyframe requests.
+    requests: Mutex<Option<Box<dyn Write + Send>>>,
+    notice: Mutex<Option<String>>,
+    stats: FeedStats,
+}
+
+/// A listening feed: a reader thread plus the queue of units it fills.
+pub struct FeedSource {
+    name: String,
+    units: Receiver<FeedUnit>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    last_ts: Option<Duration>,
+    /// Unix socket file to remove when the source closes.
+    socket_path: Option<String>,
+}
+
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+    Fifo(std::fs::File),
+}
+
+enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    fn fd(&self) -> RawFd {
+        match self {
+            Conn::Unix(s) => s.as_raw_fd(),
+            Conn::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            Conn::Tcp(s) => s.read(buf),
+        }
+    }
+
+    fn writer(&self) -> Option<Box<dyn Write + Send>> {
+        let timeout = Some(Duration::from_millis(50));
+        match self {
+            Conn::Unix(s) => {
+                let w = s.try_clone().ok()?;
+                w.set_write_timeout(timeout).ok()?;
+                Some(Box::new(w))
+            }
+            Conn::Tcp(s) => {
+                let w = s.try_clone().ok()?;
+                w.set_write_timeout(timeout).ok()?;
+                Some(Box::new(w))
+            }
+        }
+    }
+}
+
+impl FeedSource {
+    /// Starts listening at the spec's endpoint; the app may connect at any time after.
+    pub fn open(spec: &FeedSpec) -> Result<FeedSource, SourceError> {
+        let name = format!("feed:{}", spec.endpoint);
+        let dev_err = |source| SourceError::Device {
+            device: name.clone(),
+            source,
+        };
+        let mut socket_path = None;
+        let listener = match &spec.endpoint {
+            FeedEndpoint::Unix(path) => {
+                remove_stale_socket(path);
+                let l = UnixListener::bind(path).map_err(dev_err)?;
+                socket_path = Some(path.clone());
+                Listener::Unix(l)
+            }
+            FeedEndpoint::Tcp { host, port } => {
+                Listener::Tcp(TcpListener::bind((host.as_str(), *port)).map_err(dev_err)?)
+            }
+            FeedEndpoint::Fifo(path) => Listener::Fifo(open_fifo(path).map_err(dev_err)?),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_UNITS);
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            requests: Mutex::new(None),
+            notice: Mutex::new(None),
+            stats: FeedStats::default(),
+        });
+        let reader = Reader {
+            name: name.clone(),
+            spec: spec.clone(),
+            shared: Arc::clone(&shared),
+            units: tx,
+            epoch: Instant::now(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("dockcast-feed".into())
+            .spawn(move || reader.run(listener))
+            .map_err(dev_err)?;
+        Ok(FeedSource {
+            name,
+            units: rx,
+            shared,
+            thread: Some(thread),
+            last_ts: None,
+            socket_path,
+        })
+    }
+
+    /// The feed's counters.
+    pub fn stats(&self) -> &FeedStats {
+        &self.shared.stats
+    }
+}
+
+impl Drop for FeedSource {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            // The reader polls with a short timeout, so it sees the flag promptly.
+            let _ = t.join();
+        }
+        if let Some(path) = &self.socket_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl FeedSource {
+    fn recv(&mut self, wait: Duration) -> Result<Option<FeedUnit>, SourceError> {
+        match self.units.recv_timeout(wait) {
+            Ok(unit) => {
+                self.last_ts = Some(Duration::from_micros(unit.timestamp_us));
+                Ok(Some(unit))
+            }
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(SourceError::Device {
+                device: self.name.clone(),
+                source: std::io::Error::other("the feed's reader thread ended"),
+            }),
+        }
+    }
+}
+
+fn encoded(unit: FeedUnit) -> SourceFrame<'static> {
+    SourceFrame::Encoded {
+        data: unit.data,
+        keyframe: unit.keyframe,
+    }
+}
+
+impl VideoSource for FeedSource {
+    fn next_frame(&mut self, _rung: &Rung) -> Result<SourceFrame<'_>, SourceError> {
+        match self.recv(LIVE_WAIT)? {
+            Some(unit) => Ok(encoded(unit)),
+            None => Err(SourceError::Device {
+                device: self.name.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "no access unit"),
+            }),
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        true
+    }
+
+    fn wait_frame(
+        &mut self,
+        _rung: &Rung,
+        wait: Duration,
+    ) -> Result<Option<SourceFrame<'_>>, SourceError> {
+        Ok(self.recv(wait)?.map(encoded))
+    }
+
+    fn timestamp(&self) -> Option<Duration> {
+        self.last_ts
+    }
+
+    fn request_keyframe(&mut self) {
+        request_keyframe(&self.shared);
+    }
+
+    fn take_notice(&mut self) -> Option<String> {
+        self.shared.notice.lock().ok()?.take()
+    }
+}
+
+fn request_keyframe(shared: &Shared) {
+    if let Ok(mut w) = shared.requests.lock() {
+        if let Some(writer) = w.as_mut() {
+            // An app that does not read its socket fills the buffer; a failed write is harmless,
+            // the app simply does not support requests.
+            if writer.write_all(KEYFRAME_REQUEST).is_err() {
+                *w = None;
+            }
+        }
+    }
+}
+
+/// A unix socket left by a previous run that nobody listens on would make `bind` fail.
+fn remove_stale_socket(path: &str) {
+    let is_socket = std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false);
+    if is_socket && UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Opens (creating when missing) a FIFO for reading. Read-write, so that the FIFO never reads
+/// as closed between two runs of the app, and non-blocking, so opening needs no writer.
+fn open_fifo(path: &str) -> std::io::Result<std::fs::File> {
+    if std::fs::symlink_metadata(path).is_err() {
+        let c = std::ffi::CString::new(path)
+            .map_err(|_| std::io::Error::other("path contains a NUL byte"))?;
+        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+        if unsafe { libc::mkfifo(c.as_ptr(), 0o660) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let is_fifo = std::fs::metadata(path)?.file_type().is_fifo();
+    if !is_fifo {
+        return Err(std::io::Error::other("exists and is not a FIFO"));
+    }
+    std::fs::File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes; returns which are readable.
+fn poll_readable(fds: &[RawFd], timeout: Duration) -> std::io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs for the whole call.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(pfds
+        .iter()
+        .map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
+        .collect())
+}
+
+/// How often the reader wakes to check for stop and the watchdog when nothing arrives.
+const TICK: Duration = Duration::from_millis(100);
+
+struct Reader {
+    name: String,
+    spec: FeedSpec,
+    shared: Arc<Shared>,
+    units: SyncSender<FeedUnit>,
+    epoch: Instant,
+}
+
+/// Watchdog bookkeeping of one reader.
+struct Watch {
+    last_data: Instant,
+    /// Set once data has flowed: before the app's first connection silence is not a stall.
+    had_data: bool,
+    stalled: bool,
+    last_request: Instant,
+}
+
+impl Reader {
+    fn run(self, listener: Listener) {
+        let mut conn: Option<(Conn, FeedParser)> = None;
+        let mut fifo_parser = FeedParser::new(self.spec.sei);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut watch = Watch {
+            last_data: Instant::now(),
+            had_data: false,
+            stalled: false,
+            last_request: Instant::now(),
+        };
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let mut fds = Vec::with_capacity(2);
+            match &listener {
+                Listener::Unix(l) => fds.push(l.as_raw_fd()),
+                Listener::Tcp(l) => fds.push(l.as_raw_fd()),
+                Listener::Fifo(f) => fds.push(f.as_raw_fd()),
+            }
+            if let Some((c, _)) = &conn {
+                fds.push(c.fd());
+            }
+            let ready = match poll_readable(&fds, TICK) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(feed = %self.name, "poll failed: {e}");
+                    std::thread::sleep(TICK);
+                    continue;
+                }
+            };
+            self.watchdog(&mut watch);
+            if ready.first() == Some(&true) {
+                match &listener {
+                    Listener::Fifo(f) => {
+                        let mut f = f;
+                        match f.read(&mut buf) {
+                            Ok(n) if n > 0 => {
+                                if watch.stalled || watch.last_data.elapsed() > self.spec.watchdog {
+                                    // The writer was gone long enough to have restarted: what
+                                    // was buffered belongs to a stream that ended.
+                                    fifo_parser = FeedParser::new(self.spec.sei);
+                                }
+                                self.on_data(&mut fifo_parser, &buf[..n], &mut watch);
+                            }
+                            _ => {}
+                        }
+                    }
+                    Listener::Unix(l) => {
+                        if let Ok((s, _)) = l.accept() {
+                            conn = Some(self.connected(Conn::Unix(s)));
+                        }
+                    }
+                    Listener::Tcp(l) => {
+                        if let Ok((s, _)) = l.accept() {
+                            let _ = s.set_nodelay(true);
+                            conn = Some(self.connected(Conn::Tcp(s)));
+                        }
+                    }
+                }
+                // A new connection replaces the old one: the app restarted and its old socket
+                // may never report closing. Poll again before reading.
+                continue;
+            }
+            if ready.get(1) == Some(&true) {
+                let mut closed = None;
+                if let Some((c, parser)) = conn.as_mut() {
+                    match c.read(&mut buf) {
+                        Ok(0) => closed = Some("closed by the app".to_string()),
+                        Ok(n) => {
+                            let data = &buf[..n];
+                            let before = parser.sei_stripped;
+                            if let Err(e) = self.push(parser, data, &mut watch) {
+                                self.shared
+                                    .stats
+                                    .protocol_errors
+                                    .fetch_add(1, Ordering::Relaxed);
+                                closed = Some(format!("protocol error: {e}"));
+                            }
+                            let _ = before;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => closed = Some(e.to_string()),
+                    }
+                }
+                if let Some(why) = closed {
+                    // The unit still being collected is dropped, not flushed: nothing says the
+                    // app finished writing it, and a truncated picture would reach the viewer.
+                    conn = None;
+                    if let Ok(mut w) = self.shared.requests.lock() {
+                        *w = None;
+                    }
+                    tracing::info!(feed = %self.name, "payload app disconnected: {why}");
+                }
+            }
+        }
+    }
+
+    fn connected(&self, c: Conn) -> (Conn, FeedParser) {
+        self.shared
+            .stats
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(feed = %self.name, "payload app connected");
+        if let Ok(mut w) = self.shared.requests.lock() {
+            *w = c.writer();
+        }
+        (c, FeedParser::new(self.spec.sei))
+    }
+
+    fn push(
+        &self,
+        parser: &mut FeedParser,
+        data: &[u8],
+        watch: &mut Watch,
+    ) -> Result<(), FeedParseError> {
+        self.note_data(data.len(), watch);
+        let now = self.epoch.elapsed().as_micros() as u64;
+        let r = parser.push(data, now);
+        self.drain(parser);
+        r
+    }
+
+    fn on_data(&self, parser: &mut FeedParser, data: &[u8], watch: &mut Watch) {
+        if let Err(e) = self.push(parser, data, watch) {
+            // A FIFO cannot be closed on the writer: resynchronise on the next unit instead.
+            self.shared
+                .stats
+                .protocol_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(feed = %self.name, "protocol error, resynchronising: {e}");
+            *parser = FeedParser::new(self.spec.sei);
+        }
+    }
+
+    fn note_data(&self, n: usize, watch: &mut Watch) {
+        self.shared
+            .stats
+            .bytes
+            .fetch_add(n as u64, Ordering::Relaxed);
+        if watch.stalled {
+            tracing::info!(feed = %self.name, "feed delivers again");
+        }
+        watch.last_data = Instant::now();
+        watch.had_data = true;
+        watch.stalled = false;
+    }
+
+    fn drain(&self, parser: &mut FeedParser) {
+        let stats = &self.shared.stats;
+        let before = parser.sei_stripped;
+        let skipped = parser.skipped;
+        while let Some(unit) = parser.pull() {
+            match self.units.try_send(unit) {
+                Ok(()) => {
+                    stats.units.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(TrySendError::Full(_)) => {
+                    // The pipeline is behind: drop to the next keyframe rather than queue.
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    parser.skip_to_keyframe();
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+        stats
+            .sei_stripped
+            .fetch_add(parser.sei_stripped - before, Ordering::Relaxed);
+        stats
+            .dropped
+            .fetch_add(parser.skipped - skipped, Ordering::Relaxed);
+    }
+
+    fn watchdog(&self, watch: &mut Watch) {
+        if !watch.had_data || watch.last_data.elapsed() < self.spec.watchdog {
+            return;
+        }
+        if !watch.stalled {
+            watch.stalled = true;
+            self.shared.stats.stalls.fetch_add(1, Ordering::Relaxed);
+            let msg = format!(
+                "{}: no data for {:.1} s; asked the app for an intra frame, still listening",
+                self.name,
+                self.spec.watchdog.as_secs_f64()
+            );
+            tracing::warn!("{msg}");
+            if let Ok(mut n) = self.shared.notice.lock() {
+                *n = Some(msg);
+            }
+        }
+        if watch.last_request.elapsed() >= self.spec.watchdog {
+            watch.last_request = Instant::now();
+            request_keyframe(&self.shared);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A small stream: SPS, PPS, private SEI + IDR, then P frames, built by hand.
+    fn stream(frames: usize, sei: bool) -> Vec<u8> {
+        let mut s = Vec::new();
+        for i in 0..frames {
+            if i % 5 == 0 {
+                s.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1e, 0xd9]);
+                s.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xcb, 0x83, 0xcb, 0x20]);
+            }
+            if sei {
+                // user_data_unregistered: 16-byte UUID + 2 bytes.
+                s.extend_from_slice(&[0, 0, 0, 1, 0x06, 0x05, 18]);
+                s.extend_from_slice(&[0xAA; 16]);
+                s.extend_from_slice(&[1, 2, 0x80]);
+            }
+            let ty = if i % 5 == 0 { 0x65 } else { 0x41 };
+            s.extend_from_slice(&[0, 0, 0, 1, ty, 0x88, i as u8 | 1, 0x10]);
+        }
+        s
+    }
+
+    fn parse_all(bytes: &[u8], cuts: &[usize], sei: SeiPolicy) -> Vec<FeedUnit> {
+        let mut p = FeedParser::new(sei);
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        let mut i = 0;
+        while !rest.is_empty() {
+            let n = cuts.get(i).copied().unwrap_or(7).clamp(1, rest.len());
+            i += 1;
+            p.push(&rest[..n], i as u64).unwrap();
+            rest = &rest[n..];
+            while let Some(u) = p.pull() {
+                out.push(u);
+            }
+        }
+        p.finish();
+        while let Some(u) = p.pull() {
+            out.push(u);
+        }
+        out
+    }
+
+    #[test]
+    fn parses_uris() {
+        let s: FeedSpec = "unix:/run/f.sock?watchdog=1.5&sei=keep".parse().unwrap();
+        assert_eq!(s.endpoint, FeedEndpoint::Unix("/run/f.sock".into()));
+        assert_eq!(s.watchdog, Duration::from_millis(1500));
+        assert_eq!(s.sei, SeiPolicy::Keep);
+        assert_eq!(s.to_string(), "unix:/run/f.sock?watchdog=1.5&sei=keep");
+        let t: FeedSpec = "tcp:[::1]:7000".parse().unwrap();
+        assert_eq!(t.to_string(), "tcp:[::1]:7000");
+        for bad in [
+            "unix:",
+            "tcp:1.2.3.4",
+            "tcp::80",
+            "tcp:h:99999",
+            "x:y",
+            "fifo:/a?watchdog=0",
+        ] {
+            assert!(bad.parse::<FeedSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn strips_private_sei_and_keeps_the_rest() {
+        let units = parse_all(&stream(10, true), &[60_000], SeiPolicy::StripPrivate);
+        assert_eq!(units.len(), 10);
+        assert!(units[0].keyframe && units[5].keyframe && !units[1].keyframe);
+        for u in &units {
+            assert!(nal_units(&u.data).all(|n| n[0] & 0x1f != 6), "SEI left");
+        }
+        let kept = parse_all(&stream(10, true), &[3], SeiPolicy::Keep);
+        assert!(nal_units(&kept[0].data).any(|n| n[0] & 0x1f == 6));
+        // Slices are untouched.
+        let plain = parse_all(&stream(10, false), &[1], SeiPolicy::StripPrivate);
+        assert_eq!(plain.len(), 10);
+        for (a, b) in units.iter().zip(&plain) {
+            assert_eq!(a.data, b.data);
+        }
+    }
+
+    #[test]
+    fn mixed_sei_is_rewritten_and_recovery_point_starts_a_gdr_stream() {
+        // One SEI NAL with a recovery point (type 6) and a DJI private type 240, then a P slice.
+        let mut s = vec![0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1e, 0xd9];
+        s.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xcb, 0x83, 0xcb, 0x20]);
+        s.extend_from_slice(&[0, 0, 0, 1, 0x06, 6, 1, 0x84, 240, 3, 9, 9, 9, 0x80]);
+        s.extend_from_slice(&[0, 0, 0, 1, 0x41, 0x88, 0x01, 0x10]);
+        s.extend_from_slice(&[0, 0, 0, 1, 0x41, 0x88, 0x03, 0x10]);
+        let units = parse_all(&s, &[5, 5, 5], SeiPolicy::StripPrivate);
+        assert_eq!(
+            units.len(),
+            2,
+            "starts on the recovery point, no IDR needed"
+        );
+        assert!(units[0].keyframe);
+        let sei: Vec<&[u8]> = nal_units(&units[0].data)
+            .filter(|n| n[0] & 0x1f == 6)
+            .collect();
+        assert_eq!(sei, vec![&[0x06u8, 6, 1, 0x84, 0x80][..]]);
+    }
+
+    #[test]
+    fn header_timestamps_follow_the_unit_start() {
+        let data = stream(6, false);
+        let mut framed = Vec::new();
+        // Cut after each unit's first byte so every unit spans two chunks.
+        let units = parse_all(&data, &[data.len()], SeiPolicy::Keep);
+        let mut at = 0;
+        for (i, u) in units.iter().enumerate() {
+            let len = u.data.len();
+            for (j, part) in [&data[at..at + 1], &data[at + 1..at + len]]
+                .iter()
+                .enumerate()
+            {
+                framed.extend_from_slice(&HEADER_MAGIC);
+                framed.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                let ts = if j == 0 {
+                    1000 * (i as u64 + 1)
+                } else {
+                    NO_TIMESTAMP
+                };
+                framed.extend_from_slice(&ts.to_be_bytes());
+                framed.extend_from_slice(part);
+            }
+            at += len;
+        }
+        let got = parse_all(&framed, &[3, 100, 17, 1], SeiPolicy::Keep);
+        assert_eq!(got.len(), 6);
+        for (i, u) in got.iter().enumerate() {
+            assert_eq!(u.timestamp_us, 1000 * (i as u64 + 1), "unit {i}");
+            assert_eq!(u.data, units[i].data);
+        }
+        let mut p = FeedParser::new(SeiPolicy::Keep);
+        let mut bad = HEADER_MAGIC.to_vec();
+        bad.extend_from_slice(&(MAX_CHUNK + 1).to_be_bytes());
+        bad.extend_from_slice(&[0; 8]);
+        assert!(matches!(
+            p.push(&bad, 0),
+            Err(FeedParseError::TooLong { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn any_chunking_gives_the_same_units(cuts in proptest::collection::vec(1usize..200, 1..40)) {
+            let data = stream(12, true);
+            let whole = parse_all(&data, &[data.len()], SeiPolicy::StripPrivate);
+            let cut = parse_all(&data, &cuts, SeiPolicy::StripPrivate);
+            prop_assert_eq!(whole.iter().map(|u| &u.data).collect::<Vec<_>>(),
+                            cut.iter().map(|u| &u.data).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4000),
+                                       cuts in proptest::collection::vec(1usize..500, 1..20),
+                                       framed in any::<bool>()) {
+            let mut input = Vec::new();
+            if framed {
+                input.extend_from_slice(&HEADER_MAGIC);
+                input.extend_from_slice(&(bytes.len() as u32 / 2).to_be_bytes());
+                input.extend_from_slice(&7u64.to_be_bytes());
+            }
+            input.extend_from_slice(&bytes);
+            let mut p = FeedParser::new(SeiPolicy::StripPrivate);
+            let mut rest = &input[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = cuts[i % cuts.len()].min(rest.len());
+                i += 1;
+                if p.push(&rest[..n], 0).is_err() {
+                    break;
+                }
+                rest = &rest[n..];
+                while p.pull().is_some() {}
+            }
+            p.finish();
+            while p.pull().is_some() {}
+        }
+    }
+}
