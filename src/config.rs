@@ -1034,6 +1034,22 @@ mod tests {
     }
 
     #[test]
+    fn board_profiles_are_valid() {
+        for (name, text) in [
+            ("rpi4", include_str!("../board/profiles/rpi4.toml")),
+            ("rpi5", include_str!("../board/profiles/rpi5.toml")),
+            ("jetson-orin", include_str!("../board/profiles/jetson-orin.toml")),
+            ("rk3588", include_str!("../board/profiles/rk3588.toml")),
+            ("dock-edge", include_str!("../board/profiles/dock-edge.toml")),
+            ("packaged", include_str!("../packaging/dockcast.toml")),
+        ] {
+            if let Err(e) = Config::parse(text, name) {
+                panic!("board profile {name}: {e}");
+            }
+        }
+    }
+
+    #[test]
     fn source_override_feeds_every_lens_of_the_first_video() {
         let mut c = Config::default();
         c.override_source("pattern:zoom").unwrap();
