@@ -5,7 +5,7 @@
 //! AVC sequence header (the decoder configuration record) must precede the first coded frame and
 //! be repeated whenever SPS/PPS change, and every access unit goes out in AVCC form.
 
-use crate::media::frame::EncodedFrame;
+use crate::media::frame::{Codec, EncodedFrame};
 use crate::media::h264::{
     annexb_to_avcc, avc_decoder_configuration_record, nal_units, H264Error, NalType, Sps,
 };
@@ -19,6 +19,10 @@ const FRAME_TYPE_INTER: u8 = 2 << 4;
 const AVC_SEQUENCE_HEADER: u8 = 0;
 const AVC_NALU: u8 = 1;
 const AVC_END_OF_SEQUENCE: u8 = 2;
+/// Enhanced RTMP: the high bit of the first byte marks an `ExVideoTagHeader`.
+const EX_HEADER: u8 = 0x80;
+/// Enhanced RTMP packet type SequenceEnd.
+const EX_SEQUENCE_END: u8 = 2;
 
 /// The AVC sequence header tag body: keyframe, packet type 0, composition time 0, then the
 /// AVCDecoderConfigurationRecord built from `sps` and `pps` (NAL units without start codes).
@@ -49,6 +53,20 @@ pub fn avc_nalu(annexb_au: &[u8], keyframe: bool) -> Option<Bytes> {
 /// The AVC end-of-sequence tag body, sent before unpublishing so recorders close the stream.
 pub fn avc_end_of_sequence() -> Bytes {
     Bytes::from_static(&[FRAME_TYPE_KEY | CODEC_ID_AVC, AVC_END_OF_SEQUENCE, 0, 0, 0])
+}
+
+/// The end-of-sequence tag body for `codec`: AVC packet type 2, or Enhanced RTMP SequenceEnd.
+pub fn end_of_sequence(codec: Codec) -> Bytes {
+    match codec {
+        Codec::H264 => avc_end_of_sequence(),
+        Codec::H265 => Bytes::from_static(&[
+            EX_HEADER | FRAME_TYPE_KEY | EX_SEQUENCE_END,
+            b'h',
+            b'v',
+            b'c',
+            b'1',
+        ]),
+    }
 }
 
 /// What `onMetaData` announces about the video, so players and recorders size themselves before
@@ -190,7 +208,6 @@ impl VideoTagger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::frame::Codec;
     use std::time::Duration;
 
     const SPS: [u8; 25] = [
