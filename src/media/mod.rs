@@ -3,5 +3,6 @@
 pub mod encoder;
 pub mod frame;
 pub mod h264;
+pub mod hevc;
 pub mod pipeline;
 pub mod quality;
