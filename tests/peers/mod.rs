@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod nginx;
+pub mod nms;
 pub mod probe;
 pub mod whip;
 

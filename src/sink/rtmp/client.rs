@@ -14,7 +14,9 @@ use super::target::RtmpTarget;
 use super::tls::{self, TlsConfigError};
 use crate::media::frame::Codec;
 use bytes::Bytes;
+use rml_rtmp::chunk_io::{ChunkDeserializer, ChunkSerializer};
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::messages::RtmpMessage;
 use rml_rtmp::sessions::{
     ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
 };
@@ -122,6 +124,7 @@ pub struct RtmpConnection<S> {
     peer: String,
     /// Needed again for `FCUnpublish`; never logged.
     stream_key: String,
+    filter: InputFilter,
     /// Bytes were written since the last flush (TLS may hold them in its record buffer).
     unflushed: bool,
     read_buf: Vec<u8>,
@@ -315,6 +318,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
             peer,
             stream_key: target.stream_key.clone(),
             unflushed: false,
+            filter: InputFilter::default(),
             read_buf: vec![0; READ_BUF],
             send_timeout,
         };
@@ -375,7 +379,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
         if n == 0 {
             return Err(self.error(Phase::Send, RtmpErrorKind::Closed));
         }
-        let results = handle_input(&mut self.session, &self.read_buf[..n]);
+        let results = handle_input(&mut self.filter, &mut self.session, &self.read_buf[..n]);
         let (out, events) = self.split(Phase::Send, results)?;
         for event in events {
             match event {
@@ -451,6 +455,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
     pub async fn send(&mut self, item: Outgoing) -> Result<(), RtmpError> {
         let bytes = self.encode(&item)?;
         self.write(Phase::Send, &bytes).await
+    }
+
+    /// Writes all of `bytes`, bounded by the send timeout (for a graceful stop).
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), RtmpError> {
+        self.write(Phase::Send, bytes).await
     }
 
     /// Ends the publish politely: finishes `unfinished` (the rest of a partly written packet,
@@ -549,7 +558,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
         if data.is_empty() {
             return Ok(Vec::new());
         }
-        let results = handle_input(&mut self.session, data);
+        let results = handle_input(&mut self.filter, &mut self.session, data);
         self.apply(phase, results).await
     }
 
@@ -606,14 +615,116 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
     }
 }
 
-/// `session.handle_input`, with a panic inside rml_rtmp (a server input it did not foresee)
+/// Sits between the socket and rml_rtmp's session and passes on only messages rml_rtmp can
+/// parse.
+///
+/// rml_rtmp 0.8 panics on some valid server messages (an AMF0 command with fewer than three
+/// values, such as the bare `onFCPublish` that `ffmpeg -listen` answers FCPublish with) and
+/// would lose the rest of the input with it. Here every message is parsed first, inside
+/// `catch_unwind`; what fails is skipped, the rest is re-chunked with uncompressed headers
+/// (always valid for the session's deserializer) and handed on.
+pub struct InputFilter {
+    de: ChunkDeserializer,
+    ser: ChunkSerializer,
+    skipped: u64,
+}
+
+impl Default for InputFilter {
+    fn default() -> Self {
+        Self {
+            de: ChunkDeserializer::new(),
+            ser: ChunkSerializer::new(),
+            skipped: 0,
+        }
+    }
+}
+
+impl InputFilter {
+    /// The bytes to give the session for `data` received from the server. An error means the
+    /// chunk stream itself is broken (the connection cannot go on).
+    pub fn filter(&mut self, data: &[u8]) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        let mut input = data;
+        loop {
+            let next = catch_unwind(AssertUnwindSafe(|| {
+                self.de
+                    .get_next_message(input)
+                    .map_err(|e| format!("invalid RTMP chunk from server: {e}"))
+            }))
+            .unwrap_or_else(|_| Err(PARSER_PANIC.to_string()))?;
+            input = &[];
+            let Some(payload) = next else {
+                return Ok(out);
+            };
+            // The known panic (a command of under three AMF0 values) is screened out here so it
+            // never reaches the panic hook's log line; catch_unwind stays for the unknown ones.
+            if payload.type_id == AMF0_COMMAND_TYPE && !has_command_header(&payload.data) {
+                self.skipped += 1;
+                tracing::debug!(
+                    skipped = self.skipped,
+                    "ignoring a short AMF0 command from the server"
+                );
+                continue;
+            }
+            let parsed = catch_unwind(AssertUnwindSafe(|| payload.to_rtmp_message()));
+            let size = match parsed {
+                Ok(Ok(RtmpMessage::SetChunkSize { size })) => Some(size),
+                Ok(Ok(_)) => None,
+                Ok(Err(_)) | Err(_) => {
+                    self.skipped += 1;
+                    tracing::debug!(
+                        type_id = payload.type_id,
+                        skipped = self.skipped,
+                        "ignoring a server message rml_rtmp cannot parse"
+                    );
+                    continue;
+                }
+            };
+            let packet = self
+                .ser
+                .serialize(&payload, true, false)
+                .map_err(|e| format!("cannot re-chunk server message: {e}"))?;
+            out.extend_from_slice(&packet.bytes);
+            if let Some(size) = size {
+                // Both sides of the filter follow the server's chunk size from here on.
+                self.de
+                    .set_max_chunk_size(size as usize)
+                    .map_err(|e| format!("invalid chunk size from server: {e}"))?;
+                self.ser
+                    .set_max_chunk_size(size, RtmpTimestamp::new(0))
+                    .map_err(|e| format!("invalid chunk size from server: {e}"))?;
+            }
+        }
+    }
+
+    /// Server messages skipped so far.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+}
+
+/// RTMP message type of an AMF0 command.
+const AMF0_COMMAND_TYPE: u8 = 20;
+
+/// True when an AMF0 command body holds at least name, transaction id and command object.
+fn has_command_header(data: &[u8]) -> bool {
+    let mut cursor = std::io::Cursor::new(data);
+    rml_rtmp::rml_amf0::deserialize(&mut cursor).is_ok_and(|values| values.len() >= 3)
+}
+
+/// `session.handle_input` behind the [`InputFilter`], with any remaining panic inside rml_rtmp
 /// turned into a protocol error: no server may bring the daemon down.
 fn handle_input(
+    filter: &mut InputFilter,
     session: &mut ClientSession,
     data: &[u8],
 ) -> Result<Vec<ClientSessionResult>, String> {
+    let clean = filter.filter(data)?;
+    if clean.is_empty() {
+        return Ok(Vec::new());
+    }
     catch_unwind(AssertUnwindSafe(|| {
-        session.handle_input(data).map_err(|e| e.to_string())
+        session.handle_input(&clean).map_err(|e| e.to_string())
     }))
     .unwrap_or_else(|_| Err(PARSER_PANIC.to_string()))
 }

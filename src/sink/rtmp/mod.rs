@@ -285,7 +285,7 @@ impl Publish<'_> {
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
-                    conn.close(last_ts, codec, queue.unfinished()).await;
+                    stop(conn, queue, last_ts, codec).await;
                     return Ended::Stopped;
                 }
                 io = conn.read_or_write(pending.as_deref()) => match io {
@@ -324,7 +324,7 @@ impl Publish<'_> {
                 }
                 frame = self.frames.recv() => {
                     let Some(frame) = frame else {
-                        conn.close(last_ts, codec, queue.unfinished()).await;
+                        stop(conn, queue, last_ts, codec).await;
                         return Ended::Stopped;
                     };
                     if waiting_for_keyframe && !frame.keyframe {
@@ -378,6 +378,37 @@ impl Publish<'_> {
                 }
             }
         }
+    }
+}
+
+/// How long a stop may spend writing what is queued and unpublishing: an operator's stop must
+/// be quick even when the server reads slowly; past it the socket is just dropped.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Writes what is still queued, so that frames the sink took reach the server, then
+/// unpublishes; all within [`STOP_GRACE`].
+async fn stop(
+    mut conn: RtmpConnection<client::RtmpStream>,
+    mut queue: SendQueue,
+    last_ts: u32,
+    codec: Codec,
+) {
+    let graceful = async move {
+        loop {
+            let bytes = match queue.next(|tag| conn.encode(tag)) {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => break,
+                Err(_) => return,
+            };
+            match conn.write_some(&bytes).await {
+                Ok(n) => queue.advance(n),
+                Err(_) => return,
+            }
+        }
+        conn.close(last_ts, codec, &[]).await;
+    };
+    if tokio::time::timeout(STOP_GRACE, graceful).await.is_err() {
+        tracing::debug!("rtmp stop: server too slow to take the rest, connection dropped");
     }
 }
 

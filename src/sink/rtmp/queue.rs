@@ -59,7 +59,9 @@ impl SendQueue {
     /// stream can only resume on a keyframe anyway.
     pub fn offer(&mut self, tags: Vec<Outgoing>) -> Offer {
         let size: usize = tags.iter().map(payload_len).sum();
-        if self.media_bytes + size > self.cap {
+        // A frame larger than the whole queue still goes out when nothing waits before it:
+        // refusing it would stall a stream of large keyframes forever.
+        if self.media_bytes + size > self.cap && !self.media.is_empty() {
             let frames = self.media.iter().filter(|(_, end)| *end).count() as u64 + 1;
             self.media.clear();
             self.media_bytes = 0;
@@ -235,6 +237,9 @@ mod tests {
         assert_eq!(q.backlog(), 0);
         assert!(!q.has_pending());
         assert_eq!(q.offer(vec![video(900)]), Offer::Queued);
+        let mut q = SendQueue::new(100);
+        assert_eq!(q.offer(vec![video(500)]), Offer::Queued, "alone, too big");
+        assert_eq!(q.offer(vec![video(1)]), Offer::Dropped { frames: 2 });
     }
 
     #[test]
