@@ -169,4 +169,22 @@ sys.exit(0 if (aiortc.__version__, aiohttp.__version__) == ('$WHIP_AIORTC', '$WH
 fi
 # --- end WHIP test peer ---------------------------------------------------------------------
 
+# --- node-media-server test peer (tests/peers/nms.rs) ---------------------------------------
+# node-media-server is the RTMP peer that ingests Enhanced RTMP (H.265 over `hvc1`), which
+# nginx-rtmp and Debian's ffmpeg cannot. Installed with npm into .work/npm (or $DOCKCAST_NPM);
+# skipped when the pinned version is already there, so re-runs stay fast. The recording it makes
+# is decoded with PyAV from the venv above (its bundled FFmpeg reads HEVC in FLV).
+NMS_VERSION=4.4.3
+NMS_PREFIX=${DOCKCAST_NPM:-$REPO_ROOT/.work/npm}
+NMS_PKG=$NMS_PREFIX/node_modules/node-media-server/package.json
+if ! command -v npm >/dev/null 2>&1; then
+    say "warning: npm not found; the node-media-server tests will fail (install Node.js 18+ and npm)"
+elif [ "$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$NMS_PKG" 2>/dev/null | head -n1)" != "$NMS_VERSION" ]; then
+    say "installing node-media-server $NMS_VERSION into $NMS_PREFIX"
+    mkdir -p "$NMS_PREFIX"
+    quiet npm install --prefix "$NMS_PREFIX" --no-audit --no-fund --silent \
+        "node-media-server@$NMS_VERSION" || die "npm install node-media-server@$NMS_VERSION failed"
+fi
+# --- end node-media-server test peer ----------------------------------------------------------
+
 exit 0

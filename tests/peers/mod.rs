@@ -12,6 +12,7 @@ pub mod gst;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod nginx;
+pub mod nms;
 pub mod probe;
 pub mod sipp;
 pub mod whip;
