@@ -221,6 +221,10 @@ pub struct RtmpSettings {
     pub backoff_max_ms: u64,
     /// Frames buffered between the pipeline and the socket before frames are dropped.
     pub queue_frames: usize,
+    /// Extra CA (PEM) trusted for rtmps:// besides the system roots and `SSL_CERT_FILE`.
+    pub ca_file: Option<String>,
+    /// Accept any rtmps:// certificate. For test benches only; every connect logs a warning.
+    pub insecure_skip_verify: bool,
 }
 
 impl Default for RtmpSettings {
@@ -230,6 +234,8 @@ impl Default for RtmpSettings {
             backoff_initial_ms: 250,
             backoff_max_ms: 10_000,
             queue_frames: 60,
+            ca_file: None,
+            insecure_skip_verify: false,
         }
     }
 }
@@ -1038,9 +1044,15 @@ mod tests {
         for (name, text) in [
             ("rpi4", include_str!("../board/profiles/rpi4.toml")),
             ("rpi5", include_str!("../board/profiles/rpi5.toml")),
-            ("jetson-orin", include_str!("../board/profiles/jetson-orin.toml")),
+            (
+                "jetson-orin",
+                include_str!("../board/profiles/jetson-orin.toml"),
+            ),
             ("rk3588", include_str!("../board/profiles/rk3588.toml")),
-            ("dock-edge", include_str!("../board/profiles/dock-edge.toml")),
+            (
+                "dock-edge",
+                include_str!("../board/profiles/dock-edge.toml"),
+            ),
             ("packaged", include_str!("../packaging/dockcast.toml")),
         ] {
             if let Err(e) = Config::parse(text, name) {

@@ -209,6 +209,8 @@ fn prepare(config: &Config) -> Prepared {
             connect_timeout: Duration::from_millis(config.rtmp.connect_timeout_ms),
             backoff_initial: Duration::from_millis(config.rtmp.backoff_initial_ms),
             backoff_max: Duration::from_millis(config.rtmp.backoff_max_ms),
+            ca_file: config.rtmp.ca_file.as_ref().map(PathBuf::from),
+            insecure_skip_verify: config.rtmp.insecure_skip_verify,
             ..RtmpOptions::default()
         },
         whip: WhipOptions {

@@ -190,7 +190,6 @@ fn url_type_name(url: &StreamUrl) -> &'static str {
 /// Why a url has no native sink in this build, or `None` when it has one.
 fn unsupported(url: &StreamUrl) -> Option<String> {
     match url {
-        StreamUrl::Rtmp(r) if r.tls => Some("rtmps is not supported by this build".into()),
         StreamUrl::Rtmp(_) | StreamUrl::Whip(_) | StreamUrl::Gb28181(_) => None,
         StreamUrl::Agora(_) => Some(
             "Agora needs an adapter process: configure [adapters.agora] with url_type = 0 \
@@ -941,7 +940,6 @@ mod tests {
         let cases = [
             (0, "channel=c&sn=s&token=t&uid=1"),
             (2, "userName=u&password=p&port=8554"),
-            (1, "rtmps://127.0.0.1:443/live/key"),
         ];
         for (i, (url_type, url)) in cases.iter().enumerate() {
             let data = serde_json::json!({"url_type": url_type, "url": url, "video_id": VID, "video_quality": 0});

@@ -81,6 +81,7 @@ impl From<Codec> for FramedCodec {
     fn from(c: Codec) -> Self {
         match c {
             Codec::H264 => FramedCodec::H264,
+            Codec::H265 => FramedCodec::H265,
         }
     }
 }
