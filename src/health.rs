@@ -166,13 +166,25 @@ pub async fn serve(
         let snapshots = snapshots.clone();
         let mqtt = *mqtt.borrow();
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
+            // A request may arrive in pieces: read until the end of its headers, bounded in
+            // size and time.
+            let mut buf = Vec::with_capacity(512);
+            let read_head = async {
+                let mut chunk = [0u8; 1024];
+                while buf.len() < 8192 && !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
             };
-            let request = String::from_utf8_lossy(&buf[..n]);
+            if tokio::time::timeout(Duration::from_secs(2), read_head)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let request = String::from_utf8_lossy(&buf);
             let path = request
                 .lines()
                 .next()
@@ -239,10 +251,8 @@ pub fn fetch(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     })?;
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut text = String::new();
     stream.take(4 * 1024 * 1024).read_to_string(&mut text)?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));

@@ -333,6 +333,21 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
     let (connected_tx, mut connected_rx) = tokio::sync::watch::channel(false);
     let stop_actor = CancellationToken::new();
     let stop_link = CancellationToken::new();
+    // The health endpoint is up before the broker hears of us, so whoever sees the capacity
+    // can also reach it.
+    let stop_health = CancellationToken::new();
+    if let Some(listen) = &config.health.listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("health endpoint on {listen}"))?;
+        info!("health endpoint on http://{listen}/healthz and /metrics");
+        tokio::spawn(dockcast::health::serve(
+            listener,
+            snapshot_tx.clone(),
+            connected_rx.clone(),
+            stop_health.clone(),
+        ));
+    }
     let link_task = tokio::spawn(link::run(
         settings,
         opts,
@@ -355,19 +370,6 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
         stop_actor.clone(),
     ));
 
-    let stop_health = CancellationToken::new();
-    if let Some(listen) = &config.health.listen {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("health endpoint on {listen}"))?;
-        info!("health endpoint on http://{listen}/healthz and /metrics");
-        tokio::spawn(dockcast::health::serve(
-            listener,
-            snapshot_tx.clone(),
-            connected_rx.clone(),
-            stop_health.clone(),
-        ));
-    }
     let broker_up = tokio::time::timeout(READY_WAIT, connected_rx.wait_for(|up| *up))
         .await
         .is_ok();
