@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const GW: &str = "DOCKCAST0000001";
 const VID: &str = "DOCKCAST0000001/165-0-7/normal-0";
-const MEASURE: Duration = Duration::from_secs(3);
+const MEASURE: Duration = Duration::from_secs(8);
 
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -18,7 +18,7 @@ use rml_rtmp::rml_amf0::Amf0Value;
 use rml_rtmp::time::RtmpTimestamp;
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 
 const KEY: &str = "fuzzkey-SECRET";
 
@@ -127,11 +127,24 @@ fn server_conversation() -> (Vec<u8>, Vec<u8>) {
 /// `second` once the client asked for createStream, then `tail`; then holds the line open
 /// reading until the client goes away.
 async fn serve(
-    mut io: DuplexStream,
+    io: DuplexStream,
     garbage: Option<Vec<u8>>,
     first: Vec<u8>,
     second: Vec<u8>,
     tail: Vec<u8>,
+) {
+    serve_on(io, garbage, first, second, tail, true).await
+}
+
+/// [`serve`] over any stream; with `keep_reading` false the server stops reading once the
+/// publish is accepted, like a server that hangs.
+async fn serve_on<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    garbage: Option<Vec<u8>>,
+    first: Vec<u8>,
+    second: Vec<u8>,
+    tail: Vec<u8>,
+    keep_reading: bool,
 ) {
     let mut buf = vec![0u8; 8192];
     if let Some(g) = garbage {
@@ -168,6 +181,10 @@ async fn serve(
     }
     let _ = io.write_all(&second).await;
     let _ = io.write_all(&tail).await;
+    if !keep_reading {
+        // Hold the socket without reading; the test bounds how long.
+        std::future::pending::<()>().await;
+    }
     while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
 }
 
@@ -284,6 +301,107 @@ fn apply(data: &mut Vec<u8>, m: &Mutation) {
             data.truncate(i);
         }
     }
+}
+
+/// A server that accepts the publish and then stops reading: the sink's bounded queue drops
+/// frames, and once nothing at all is taken for `send_timeout` the connection counts as lost
+/// and the sink reconnects instead of hanging.
+#[test]
+fn a_server_that_stops_reading_is_dropped_after_the_send_timeout() {
+    use dockcast::media::frame::{Codec, EncodedFrame};
+    use dockcast::sink::rtmp::{run_with_stats, RtmpOptions, RtmpStats};
+    use dockcast::sink::SinkEvent;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let (a, b) = server_conversation();
+            if let Ok((tcp, _)) = listener.accept().await {
+                serve_on(tcp, None, a, b, Vec::new(), false).await;
+            }
+        });
+        let target = RtmpTarget::parse(&format!("rtmp://127.0.0.1:{port}/live/{KEY}")).expect("t");
+        let opts = RtmpOptions {
+            send_timeout: Duration::from_secs(1),
+            send_buffer_bytes: 256 * 1024,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(500),
+            ..RtmpOptions::default()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(256);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let stats = Arc::new(RtmpStats::default());
+        let sink = tokio::spawn(run_with_stats(
+            target,
+            opts,
+            rx,
+            ev_tx,
+            cancel.clone(),
+            stats.clone(),
+        ));
+        // 640x360 baseline SPS/PPS and a 100 kB "IDR": the size matters, not the picture.
+        let sps: &[u8] = &[
+            0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x2f, 0xf9, 0x70, 0x11, 0x00, 0x00, 0x03,
+            0x00, 0x01, 0x00, 0x00, 0x03, 0x00, 0x3c, 0x0f, 0x16, 0x2e, 0x48,
+        ];
+        let pps: &[u8] = &[0x68, 0xcb, 0x83, 0xcb, 0x20];
+        let mut au = Vec::new();
+        for nal in [sps, pps] {
+            au.extend_from_slice(&[0, 0, 0, 1]);
+            au.extend_from_slice(nal);
+        }
+        au.extend_from_slice(&[0, 0, 0, 1, 0x65]);
+        au.extend(std::iter::repeat_n(0x55u8, 100_000));
+        let au = Bytes::from(au);
+        let producer = tokio::spawn(async move {
+            for i in 0..2000u32 {
+                let frame = EncodedFrame {
+                    data: au.clone(),
+                    pts: Duration::from_millis(u64::from(i) * 33),
+                    keyframe: true,
+                    codec: Codec::H264,
+                };
+                if tx.send(frame).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut published = false;
+        let reason = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, ev_rx.recv()).await {
+                Ok(Some(SinkEvent::Publishing)) => published = true,
+                Ok(Some(SinkEvent::Reconnecting { reason, .. })) => break reason,
+                Ok(Some(SinkEvent::Failed { reason })) => panic!("failed: {reason}"),
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("sink ended"),
+                Err(_) => panic!("no reconnect within 20 s"),
+            }
+        };
+        assert!(published);
+        assert!(reason.contains("timed out"), "{reason}");
+        assert!(!reason.contains("SECRET"), "{reason}");
+        assert!(
+            stats.dropped_frames.load(Ordering::Relaxed) > 0,
+            "queue never overflowed"
+        );
+        cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), sink).await;
+        producer.abort();
+        server.abort();
+    });
 }
 
 proptest! {

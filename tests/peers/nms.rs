@@ -10,11 +10,20 @@ use std::time::Duration;
 const SETUP_HINT: &str = "run scripts/setup-deps.sh (installs node-media-server into .work/npm \
      and the PyAV venv into .work/venv), or point DOCKCAST_NPM / DOCKCAST_VENV at them";
 
-fn nms_app() -> PathBuf {
+/// True when node-media-server is installed where [`Nms::start`] looks for it.
+pub fn available() -> bool {
+    nms_path().exists()
+}
+
+fn nms_path() -> PathBuf {
     let prefix = std::env::var_os("DOCKCAST_NPM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".work/npm"));
-    let app = prefix.join("node_modules/node-media-server/bin/app.js");
+    prefix.join("node_modules/node-media-server/bin/app.js")
+}
+
+fn nms_app() -> PathBuf {
+    let app = nms_path();
     assert!(app.exists(), "{} is missing; {SETUP_HINT}", app.display());
     app
 }

@@ -275,13 +275,18 @@ impl Publish<'_> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
-            let stalled_at = last_progress + self.send_timeout;
             // Serialize the next packet now (outside select!) so the write branch borrows
             // nothing but the bytes.
             let pending = match queue.next(|tag| conn.encode(tag)) {
                 Ok(p) => p,
                 Err(e) => return Ended::Lost(e),
             };
+            // The stall clock only runs while something waits: a pause of the producer (a slow
+            // lens switch) must not count against the server.
+            if pending.is_none() {
+                last_progress = Instant::now();
+            }
+            let stalled_at = last_progress + self.send_timeout;
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {

@@ -139,7 +139,6 @@ fn payload_len(tag: &Outgoing) -> usize {
 pub struct RateEstimator {
     window_start: Instant,
     written: u64,
-    last_backlog: usize,
     /// Backlog above which the path counts as congested.
     threshold: usize,
     estimate: Option<u64>,
@@ -159,7 +158,6 @@ impl RateEstimator {
         Self {
             window_start: now,
             written: 0,
-            last_backlog: 0,
             threshold: (cap / 4).max(1),
             estimate: None,
         }
@@ -170,7 +168,6 @@ impl RateEstimator {
     pub fn restart(&mut self, now: Instant) {
         self.window_start = now;
         self.written = 0;
-        self.last_backlog = 0;
     }
 
     /// Counts bytes the socket took.
@@ -185,11 +182,11 @@ impl RateEstimator {
             return None;
         }
         let rate = (self.written as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
-        let growing = backlog > self.last_backlog;
         self.window_start = now;
         self.written = 0;
-        self.last_backlog = backlog;
-        if dropped || backlog > self.threshold || (growing && backlog > self.threshold / 4) {
+        // Only a backlog well past one keyframe's worth (a quarter of the queue) or a drop
+        // counts: a keyframe burst on a healthy link must not lower the quality.
+        if dropped || backlog > self.threshold {
             let estimate = (rate * 9 / 10).max(MIN_ESTIMATE_BPS);
             self.estimate = Some(estimate);
             return Some(estimate);
