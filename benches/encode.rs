@@ -455,6 +455,185 @@ fn feed_latency(dir: &Path, clip: &Path) {
     );
 }
 
+/// A minimal RTMP server (rml_rtmp's server session) that accepts one publish and reports when
+/// each video frame's last byte has arrived, by its RTMP timestamp.
+fn mini_rtmp_server(listener: std::net::TcpListener, out: std::sync::mpsc::Sender<(u32, Instant)>) {
+    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+    use rml_rtmp::sessions::{
+        ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
+    };
+    use std::io::Read;
+    let Ok((mut s, _)) = listener.accept() else {
+        return;
+    };
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut hs = Handshake::new(PeerType::Server);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut input = loop {
+        let n = match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        match hs.process_bytes(&buf[..n]) {
+            Ok(HandshakeProcessResult::InProgress { response_bytes }) => {
+                if s.write_all(&response_bytes).is_err() {
+                    return;
+                }
+            }
+            Ok(HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            }) => {
+                if s.write_all(&response_bytes).is_err() {
+                    return;
+                }
+                break remaining_bytes;
+            }
+            Err(_) => return,
+        }
+    };
+    let Ok((mut session, initial)) = ServerSession::new(ServerSessionConfig::new()) else {
+        return;
+    };
+    let mut pending: std::collections::VecDeque<ServerSessionResult> = initial.into();
+    loop {
+        if !input.is_empty() {
+            match session.handle_input(&input) {
+                Ok(r) => pending.extend(r),
+                Err(_) => return,
+            }
+        }
+        let arrived = Instant::now();
+        while let Some(r) = pending.pop_front() {
+            match r {
+                ServerSessionResult::OutboundResponse(p) if s.write_all(&p.bytes).is_err() => {
+                    return;
+                }
+                ServerSessionResult::RaisedEvent(
+                    ServerSessionEvent::ConnectionRequested { request_id, .. }
+                    | ServerSessionEvent::PublishStreamRequested { request_id, .. },
+                ) => {
+                    if let Ok(r) = session.accept_request(request_id) {
+                        pending.extend(r);
+                    }
+                }
+                // AVC packet type 1: a picture (0 is the sequence header).
+                ServerSessionResult::RaisedEvent(ServerSessionEvent::VideoDataReceived {
+                    data,
+                    timestamp,
+                    ..
+                }) if data.get(1) == Some(&1) => {
+                    let _ = out.send((timestamp.value, arrived));
+                }
+                _ => {}
+            }
+        }
+        input = match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf[..n].to_vec(),
+        };
+    }
+}
+
+/// Frame ready (the pipeline hands it over) → its last byte received by an RTMP server on
+/// loopback, through dockcast's own RTMP sink, for a passthrough 1080p file source.
+fn wire_latency(clip: &Path, secs: u64) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || mini_rtmp_server(listener, tx));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut inputs = BTreeMap::new();
+    inputs.insert(
+        "normal".to_string(),
+        SourceSpec::File(clip.display().to_string()),
+    );
+    let spec = PipelineSpec {
+        inputs,
+        input: "normal".into(),
+        rung: Rung {
+            width: 1920,
+            height: 1080,
+            fps: 30,
+            bitrate_kbps: 4000,
+        },
+        gop_frames: 30,
+    };
+    let (ftx, mut frx) = tokio::sync::mpsc::channel::<dockcast::media::frame::EncodedFrame>(60);
+    let (sink_tx, sink_rx) = tokio::sync::mpsc::channel(60);
+    let (etx, _erx) = tokio::sync::mpsc::channel(16);
+    let (stx, mut srx) = tokio::sync::mpsc::channel(16);
+    let ready = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let r2 = std::sync::Arc::clone(&ready);
+    // Stamps each frame as the pipeline hands it over, then passes it on to the sink.
+    rt.spawn(async move {
+        while let Some(f) = frx.recv().await {
+            if let Ok(mut m) = r2.lock() {
+                m.insert(f.pts.as_millis() as u32, Instant::now());
+            }
+            if sink_tx.send(f).await.is_err() {
+                break;
+            }
+        }
+    });
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let target = RtmpTarget {
+        tls: false,
+        host: "127.0.0.1".into(),
+        port,
+        app: "live".into(),
+        stream_key: "bench".into(),
+        tc_url: format!("rtmp://127.0.0.1:{port}/live"),
+    };
+    let sink = rt.spawn(rtmp::run(
+        target,
+        RtmpOptions::default(),
+        sink_rx,
+        stx,
+        cancel.clone(),
+    ));
+    let pipeline = Pipeline::spawn(spec, ftx, etx).expect("pipeline");
+    let ctl = pipeline.controller();
+    rt.spawn(async move {
+        while let Some(ev) = srx.recv().await {
+            if matches!(ev, dockcast::sink::SinkEvent::KeyframeWanted) {
+                let _ = ctl.send(dockcast::media::pipeline::Control::Keyframe);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(secs));
+    drop(pipeline);
+    cancel.cancel();
+    let _ = rt.block_on(sink);
+    let _ = server.join();
+    let ready = ready.lock().map(|m| m.clone()).unwrap_or_default();
+    let mut lat: Vec<f64> = rx
+        .try_iter()
+        .filter_map(|(ts, at)| {
+            let t0 = ready.get(&ts)?;
+            Some(at.saturating_duration_since(*t0).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    if lat.is_empty() {
+        println!("frame-to-wire latency: no frames matched");
+        return;
+    }
+    let q = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+    println!(
+        "passthrough frame-to-wire latency, pipeline hand-over → last byte at an RTMP server on loopback ({} frames, 1080p 4 Mbit/s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.len(),
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+}
+
 /// Peak RSS of a fresh process doing one job (`--rss-encode-720p`, `--rss-passthrough-1080p`),
 /// so one job's allocations do not show in the other's figure.
 fn rss_child(flag: &str) -> Option<u64> {
@@ -529,6 +708,7 @@ fn main() {
         None => println!("  ffmpeg passthrough failed, skipped"),
     }
     feed_latency(&dir, &clip);
+    wire_latency(&clip, 10);
     let _ = std::fs::remove_dir_all(&dir);
     println!("== peak RSS, one fresh process per job");
     match rss_child("--rss-passthrough-1080p") {
