@@ -277,6 +277,7 @@ fn dockcast_passthrough(clip: &Path, w: u32, h: u32, secs: u64) -> f64 {
             bitrate_kbps: 4000,
         },
         gop_frames: 30,
+        backend: Default::default(),
     };
     let cpu0 = cpu_of(std::process::id()).unwrap_or(0.0);
     let (ftx, frx) = tokio::sync::mpsc::channel(60);
@@ -375,6 +376,7 @@ fn feed_latency(dir: &Path, clip: &Path) {
             bitrate_kbps: 4000,
         },
         gop_frames: 30,
+        backend: Default::default(),
     };
     let (ftx, mut frx) = tokio::sync::mpsc::channel(60);
     let (etx, _erx) = tokio::sync::mpsc::channel(16);
@@ -563,6 +565,7 @@ fn wire_latency(clip: &Path, secs: u64) {
             bitrate_kbps: 4000,
         },
         gop_frames: 30,
+        backend: Default::default(),
     };
     let (ftx, mut frx) = tokio::sync::mpsc::channel::<dockcast::media::frame::EncodedFrame>(60);
     let (sink_tx, sink_rx) = tokio::sync::mpsc::channel(60);

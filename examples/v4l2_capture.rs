@@ -36,6 +36,7 @@ fn main() -> anyhow::Result<()> {
             bitrate_kbps: 800,
         },
         gop_frames: 30,
+        backend: Default::default(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(120);
     let (etx, mut erx) = tokio::sync::mpsc::channel(16);

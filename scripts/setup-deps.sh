@@ -13,13 +13,18 @@ MISC_PKGS=(curl ca-certificates systemd)
 CROSS_PKGS=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross
             gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user)
 CROSS_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+# GB/T 28181 tests: SIPp (package sip-tester) plays the platform; GStreamer's mpegpsdemux is the
+# PS media server stand-in (rtpmp1sdepay/rtpstreamdepay are in -good, mpegpsdemux in -bad);
+# ffprobe (ffmpeg, above) counts what it demuxed.
+GB28181_PKGS=(sip-tester gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+    gstreamer1.0-plugins-bad)
 # V4L2 for real (scripts/vivid-test.sh): qemu-system boots Debian's kernel with the vivid driver
 # from a busybox initramfs; the kernel package itself is fetched by the script (apt-get download).
 VIVID_PKGS=(qemu-system-x86 busybox-static cpio)
 # Benchmarks (benches/encode.rs): GStreamer's openh264enc (plugins-bad) and gst-launch.
 BENCH_PKGS=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-bad)
 ALL_PKGS=("${BUILD_PKGS[@]}" "${PEER_PKGS[@]}" "${MISC_PKGS[@]}" "${CROSS_PKGS[@]}"
-          "${VIVID_PKGS[@]}" "${BENCH_PKGS[@]}")
+          "${GB28181_PKGS[@]}" "${VIVID_PKGS[@]}" "${BENCH_PKGS[@]}")
 # System services the packages above ship; we never want them holding 1883/80/1935.
 SERVICES=(mosquitto nginx)
 
@@ -163,5 +168,23 @@ sys.exit(0 if (aiortc.__version__, aiohttp.__version__) == ('$WHIP_AIORTC', '$WH
         "aiortc==$WHIP_AIORTC" "aiohttp==$WHIP_AIOHTTP" || die "pip install aiortc aiohttp failed"
 fi
 # --- end WHIP test peer ---------------------------------------------------------------------
+
+# --- node-media-server test peer (tests/peers/nms.rs) ---------------------------------------
+# node-media-server is the RTMP peer that ingests Enhanced RTMP (H.265 over `hvc1`), which
+# nginx-rtmp and Debian's ffmpeg cannot. Installed with npm into .work/npm (or $DOCKCAST_NPM);
+# skipped when the pinned version is already there, so re-runs stay fast. The recording it makes
+# is decoded with PyAV from the venv above (its bundled FFmpeg reads HEVC in FLV).
+NMS_VERSION=4.4.3
+NMS_PREFIX=${DOCKCAST_NPM:-$REPO_ROOT/.work/npm}
+NMS_PKG=$NMS_PREFIX/node_modules/node-media-server/package.json
+if ! command -v npm >/dev/null 2>&1; then
+    say "warning: npm not found; the node-media-server tests will fail (install Node.js 18+ and npm)"
+elif [ "$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$NMS_PKG" 2>/dev/null | head -n1)" != "$NMS_VERSION" ]; then
+    say "installing node-media-server $NMS_VERSION into $NMS_PREFIX"
+    mkdir -p "$NMS_PREFIX"
+    quiet npm install --prefix "$NMS_PREFIX" --no-audit --no-fund --silent \
+        "node-media-server@$NMS_VERSION" || die "npm install node-media-server@$NMS_VERSION failed"
+fi
+# --- end node-media-server test peer ----------------------------------------------------------
 
 exit 0

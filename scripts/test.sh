@@ -25,5 +25,18 @@ step() {
 step "setup-deps" bash scripts/setup-deps.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --all-targets -- -D warnings
+step "cargo clippy (cisco-openh264)" cargo clippy --lib --features cisco-openh264 -- -D warnings
 step "cargo test" cargo test --all-targets
+
+# The boards: the aarch64 release build, and the end-to-end test (MQTT control, test pattern
+# → RTMP into nginx-rtmp, ffprobe) with that binary under qemu-user.
+step "aarch64 release build" cargo build --release --target aarch64-unknown-linux-gnu
+step "aarch64 end-to-end under qemu-user" env \
+    DOCKCAST_BIN=target/aarch64-unknown-linux-gnu/release/dockcast \
+    DOCKCAST_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+    cargo test --test e2e_control -- --exact \
+    start_push_records_h264_then_stop lens_and_quality_changes_keep_one_recording \
+    sigterm_stops_sessions_and_exits_zero
+step "debian packages" bash scripts/package.sh
+step "systemd unit" bash scripts/check-unit.sh
 step "vivid V4L2 in qemu" bash scripts/vivid-test.sh

@@ -107,6 +107,15 @@ pub struct Config {
     /// WHIP sink defaults.
     #[serde(default)]
     pub whip: WhipSettings,
+    /// GB/T 28181 device settings.
+    #[serde(default)]
+    pub gb28181: Gb28181Settings,
+    /// The local health endpoint.
+    #[serde(default)]
+    pub health: HealthSettings,
+    /// External adapter processes by name (Agora, SRT, ...), and which url_type each serves.
+    #[serde(default)]
+    pub adapters: BTreeMap<String, AdapterConfig>,
     /// Video-source devices (the dock itself, an aircraft) with their cameras.
     #[serde(default = "default_devices", rename = "device")]
     pub devices: Vec<DeviceConfig>,
@@ -175,11 +184,27 @@ impl Default for MqttConfig {
 pub struct EncoderSettings {
     /// IDR interval in frames. One second at 30 fps lets a viewer join quickly.
     pub gop_frames: u32,
+    /// Cisco's prebuilt `libopenh264.so` to encode with instead of the built-in encoder
+    /// (needs a build with the `cisco-openh264` feature).
+    pub openh264_library: Option<String>,
 }
 
 impl Default for EncoderSettings {
     fn default() -> Self {
-        EncoderSettings { gop_frames: 30 }
+        EncoderSettings {
+            gop_frames: 30,
+            openh264_library: None,
+        }
+    }
+}
+
+impl EncoderSettings {
+    /// The openh264 to encode with.
+    pub fn backend(&self) -> crate::media::encoder::Backend {
+        match &self.openh264_library {
+            Some(path) => crate::media::encoder::Backend::Library(path.into()),
+            None => crate::media::encoder::Backend::Builtin,
+        }
     }
 }
 
@@ -196,6 +221,10 @@ pub struct RtmpSettings {
     pub backoff_max_ms: u64,
     /// Frames buffered between the pipeline and the socket before frames are dropped.
     pub queue_frames: usize,
+    /// Extra CA (PEM) trusted for rtmps:// besides the system roots and `SSL_CERT_FILE`.
+    pub ca_file: Option<String>,
+    /// Accept any rtmps:// certificate. For test benches only; every connect logs a warning.
+    pub insecure_skip_verify: bool,
 }
 
 impl Default for RtmpSettings {
@@ -205,6 +234,8 @@ impl Default for RtmpSettings {
             backoff_initial_ms: 250,
             backoff_max_ms: 10_000,
             queue_frames: 60,
+            ca_file: None,
+            insecure_skip_verify: false,
         }
     }
 }
@@ -244,6 +275,123 @@ impl WhipSettings {
             .or_else(|| self.tokens.get(host))
     }
 }
+
+/// `[health]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    /// Address of the `/healthz` and `/metrics` endpoint, e.g. `127.0.0.1:9480`; off when
+    /// unset. Keep it on loopback: it has no authentication.
+    pub listen: Option<String>,
+}
+
+/// `[gb28181]`: how the device registers and where its media leaves from. The platform, the
+/// IDs and the password come from the cloud's url.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gb28181Settings {
+    /// `udp` or `tcp` signalling (SRS takes SIP over TCP only).
+    pub sip_transport: String,
+    /// Address the SIP and media sockets bind to.
+    pub bind_ip: String,
+    /// Address put in Contact, Via and SDP; needed behind NAT and for TCP-active media.
+    /// Default: the local address that routes to the platform.
+    pub advertise_ip: Option<String>,
+    /// Fixed media port for firewalls; 0 picks one.
+    pub media_port: u16,
+    /// REGISTER Expires, seconds.
+    pub expires_secs: u32,
+    /// Keepalive MESSAGE interval, seconds.
+    pub keepalive_secs: u32,
+    /// Unanswered keepalives before re-registering.
+    pub keepalive_max_missed: u32,
+    /// Device name shown in the platform's catalog.
+    pub name: String,
+}
+
+impl Default for Gb28181Settings {
+    fn default() -> Self {
+        Gb28181Settings {
+            sip_transport: "udp".into(),
+            bind_ip: "0.0.0.0".into(),
+            advertise_ip: None,
+            media_port: 0,
+            expires_secs: 3600,
+            keepalive_secs: 60,
+            keepalive_max_missed: 3,
+            name: "DJI Dock Camera".into(),
+        }
+    }
+}
+
+/// `[adapters.NAME]`: an external process that takes the encoded video on its stdin and
+/// publishes it by a protocol dockcast does not speak itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterConfig {
+    /// Program and arguments; `{key}` is replaced by a url field (`{url}`, `{channel}`,
+    /// `{token}`, ...) or by `{video_id}`, `{sn}`, `{camera}`, `{fps}`.
+    pub command: Vec<String>,
+    /// `framed` (the documented DCAU records) or `annexb` (bare H.264, for `ffmpeg -f h264 -i -`).
+    #[serde(default = "default_framing")]
+    pub framing: String,
+    /// `publishing` (ready when the adapter says so on stdout) or `spawn`.
+    #[serde(default = "default_ready")]
+    pub ready: String,
+    /// Extra environment for the process; values are never logged.
+    #[serde(default)]
+    pub env: BTreeMap<String, Secret>,
+    /// The cloud url_type this adapter serves instead of a native sink (0 for Agora).
+    pub url_type: Option<u8>,
+    /// First restart delay after the process died.
+    #[serde(default = "default_adapter_backoff_initial")]
+    pub backoff_initial_ms: u64,
+    /// Longest restart delay.
+    #[serde(default = "default_adapter_backoff_max")]
+    pub backoff_max_ms: u64,
+    /// How long the first start may take before the cloud gets a connect error.
+    #[serde(default = "default_adapter_ready_timeout")]
+    pub ready_timeout_ms: u64,
+}
+
+fn default_framing() -> String {
+    "framed".into()
+}
+fn default_ready() -> String {
+    "publishing".into()
+}
+fn default_adapter_backoff_initial() -> u64 {
+    250
+}
+fn default_adapter_backoff_max() -> u64 {
+    10_000
+}
+fn default_adapter_ready_timeout() -> u64 {
+    15_000
+}
+
+/// The placeholders an adapter command may use: the fields of every url type plus the video's.
+pub const ADAPTER_FIELDS: [&str; 19] = [
+    "url",
+    "channel",
+    "sn",
+    "token",
+    "uid",
+    "server_ip",
+    "server_port",
+    "server_id",
+    "agent_id",
+    "agent_password",
+    "local_port",
+    "user_name",
+    "password",
+    "port",
+    "video_id",
+    "camera",
+    "video_index",
+    "fps",
+    "url_type",
+];
 
 /// `[[device]]`: a video-source device (the dock itself, or an aircraft).
 #[derive(Debug, Clone, Deserialize)]
@@ -333,6 +481,9 @@ impl Default for Config {
             encoder: EncoderSettings::default(),
             rtmp: RtmpSettings::default(),
             whip: WhipSettings::default(),
+            gb28181: Gb28181Settings::default(),
+            health: HealthSettings::default(),
+            adapters: BTreeMap::new(),
             devices: default_devices(),
         }
     }
@@ -440,6 +591,12 @@ impl Config {
         if !(1..=600).contains(&self.encoder.gop_frames) {
             return Err(invalid("encoder.gop_frames", "must be within 1..=600"));
         }
+        if self.encoder.openh264_library.is_some() && !cfg!(feature = "cisco-openh264") {
+            return Err(invalid(
+                "encoder.openh264_library",
+                "this build cannot load libopenh264 at run time; build with --features cisco-openh264",
+            ));
+        }
         if self.rtmp.connect_timeout_ms < 100 || self.rtmp.connect_timeout_ms > 60_000 {
             return Err(invalid(
                 "rtmp.connect_timeout_ms",
@@ -474,7 +631,105 @@ impl Config {
                 ));
             }
         }
+        if let Some(listen) = &self.health.listen {
+            listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| invalid("health.listen", format!("{listen:?} is not ip:port: {e}")))?;
+        }
+        self.validate_gb28181()?;
+        self.validate_adapters()?;
         self.validate_devices()
+    }
+
+    fn validate_gb28181(&self) -> Result<(), ConfigError> {
+        let gb = &self.gb28181;
+        if !matches!(gb.sip_transport.as_str(), "udp" | "tcp") {
+            return Err(invalid("gb28181.sip_transport", "must be udp or tcp"));
+        }
+        if gb.bind_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(
+                "gb28181.bind_ip",
+                format!("{:?} is not an IP address", gb.bind_ip),
+            ));
+        }
+        if let Some(ip) = &gb.advertise_ip {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    "gb28181.advertise_ip",
+                    format!("{ip:?} is not an IP address"),
+                ));
+            }
+        }
+        if !(60..=86_400).contains(&gb.expires_secs) {
+            return Err(invalid("gb28181.expires_secs", "must be within 60..=86400"));
+        }
+        if !(5..=3600).contains(&gb.keepalive_secs) {
+            return Err(invalid("gb28181.keepalive_secs", "must be within 5..=3600"));
+        }
+        if gb.keepalive_max_missed == 0 {
+            return Err(invalid(
+                "gb28181.keepalive_max_missed",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_adapters(&self) -> Result<(), ConfigError> {
+        let mut served = BTreeMap::new();
+        for (name, a) in &self.adapters {
+            let key = format!("adapters.{name}");
+            if !matches!(a.framing.as_str(), "framed" | "annexb") {
+                return Err(invalid(
+                    format!("{key}.framing"),
+                    "must be framed or annexb",
+                ));
+            }
+            if !matches!(a.ready.as_str(), "publishing" | "spawn") {
+                return Err(invalid(
+                    format!("{key}.ready"),
+                    "must be publishing or spawn",
+                ));
+            }
+            let fields: Vec<(String, String)> = ADAPTER_FIELDS
+                .iter()
+                .map(|f| (f.to_string(), String::new()))
+                .collect();
+            crate::sink::adapter::expand_argv(name, &a.command, &fields)
+                .map_err(|e| invalid(format!("{key}.command"), e.to_string()))?;
+            if let Some(t) = a.url_type {
+                if t > 4 {
+                    return Err(invalid(format!("{key}.url_type"), "must be within 0..=4"));
+                }
+                if let Some(other) = served.insert(t, name) {
+                    return Err(invalid(
+                        format!("{key}.url_type"),
+                        format!("url_type {t} is already served by adapters.{other}"),
+                    ));
+                }
+            }
+            if a.backoff_initial_ms == 0 || a.backoff_initial_ms > a.backoff_max_ms {
+                return Err(invalid(
+                    format!("{key}.backoff_initial_ms"),
+                    "must be at least 1 and at most backoff_max_ms",
+                ));
+            }
+            if !(100..=60_000).contains(&a.ready_timeout_ms) {
+                return Err(invalid(
+                    format!("{key}.ready_timeout_ms"),
+                    "must be within 100..=60000",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The adapter serving `url_type`, if one is configured.
+    pub fn adapter_for(&self, url_type: u8) -> Option<&str> {
+        self.adapters
+            .iter()
+            .find(|(_, a)| a.url_type == Some(url_type))
+            .map(|(n, _)| n.as_str())
     }
 
     fn validate_mqtt(&self) -> Result<(), ConfigError> {
@@ -816,6 +1071,64 @@ mod tests {
             err_key("[whip]\nstun_servers = [\"nope\"]"),
             "whip.stun_servers[0]"
         );
+    }
+
+    #[test]
+    fn adapters_and_gb28181_are_validated() {
+        let ok = Config::parse(
+            "[adapters.agora]\ncommand = [\"/opt/agora\", \"{channel}\"]\nurl_type = 0\nenv = { AGORA_APP_ID = \"x\" }\n[gb28181]\nsip_transport = \"tcp\"",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(ok.adapter_for(0), Some("agora"));
+        assert_eq!(ok.adapter_for(1), None);
+        assert!(
+            !format!("{ok:?}").contains("\"x\""),
+            "adapter env values are secrets"
+        );
+        assert_eq!(
+            err_key("[adapters.a]\ncommand = [\"x\", \"{chanel}\"]"),
+            "adapters.a.command"
+        );
+        assert_eq!(err_key("[adapters.a]\ncommand = []"), "adapters.a.command");
+        assert_eq!(
+            err_key("[adapters.a]\ncommand = [\"x\"]\nframing = \"mp4\""),
+            "adapters.a.framing"
+        );
+        assert_eq!(
+            err_key("[adapters.a]\ncommand = [\"x\"]\nurl_type = 0\n[adapters.b]\ncommand = [\"y\"]\nurl_type = 0"),
+            "adapters.b.url_type"
+        );
+        assert_eq!(
+            err_key("[gb28181]\nsip_transport = \"sctp\""),
+            "gb28181.sip_transport"
+        );
+        assert_eq!(
+            err_key("[gb28181]\nadvertise_ip = \"host\""),
+            "gb28181.advertise_ip"
+        );
+    }
+
+    #[test]
+    fn board_profiles_are_valid() {
+        for (name, text) in [
+            ("rpi4", include_str!("../board/profiles/rpi4.toml")),
+            ("rpi5", include_str!("../board/profiles/rpi5.toml")),
+            (
+                "jetson-orin",
+                include_str!("../board/profiles/jetson-orin.toml"),
+            ),
+            ("rk3588", include_str!("../board/profiles/rk3588.toml")),
+            (
+                "dock-edge",
+                include_str!("../board/profiles/dock-edge.toml"),
+            ),
+            ("packaged", include_str!("../packaging/dockcast.toml")),
+        ] {
+            if let Err(e) = Config::parse(text, name) {
+                panic!("board profile {name}: {e}");
+            }
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod cloud;
 pub mod config;
 pub mod ctl;
+pub mod health;
 pub mod link;
 pub mod live;
 pub mod media;

@@ -10,6 +10,8 @@ use dockcast::live::actor::{self, ActorControl, ActorSetup};
 use dockcast::live::catalog::Catalog;
 use dockcast::live::manager::Manager;
 use dockcast::live::session::SinkSettings;
+use dockcast::sink::adapter::{AdapterOptions, AdapterSpec, Framing, Ready};
+use dockcast::sink::gb28181::{GbOptions, SipTransport};
 use dockcast::sink::rtmp::RtmpOptions;
 use dockcast::sink::whip::WhipOptions;
 use dockcast::systemd;
@@ -68,6 +70,12 @@ enum Cmd {
         timeout_secs: u64,
         #[command(subcommand)]
         request: CtlCmd,
+    },
+    /// Print the health and metrics of a running daemon ([health] listen); exit 0 iff healthy.
+    Status {
+        /// Address of the health endpoint.
+        #[arg(long, default_value = "127.0.0.1:9480")]
+        addr: String,
     },
     /// Validate a config file and say which key is wrong.
     CheckConfig {
@@ -156,6 +164,7 @@ struct Prepared {
     catalog: Catalog,
     capacity: dockcast::cloud::LiveCapacity,
     sinks: SinkSettings,
+    routes: std::collections::BTreeMap<u8, String>,
 }
 
 /// The config file plus the command-line overrides, as `run` was started with them.
@@ -200,6 +209,8 @@ fn prepare(config: &Config) -> Prepared {
             connect_timeout: Duration::from_millis(config.rtmp.connect_timeout_ms),
             backoff_initial: Duration::from_millis(config.rtmp.backoff_initial_ms),
             backoff_max: Duration::from_millis(config.rtmp.backoff_max_ms),
+            ca_file: config.rtmp.ca_file.as_ref().map(PathBuf::from),
+            insecure_skip_verify: config.rtmp.insecure_skip_verify,
             ..RtmpOptions::default()
         },
         whip: WhipOptions {
@@ -208,13 +219,81 @@ fn prepare(config: &Config) -> Prepared {
             ..WhipOptions::default()
         },
         whip_config: config.whip.clone(),
+        gb: gb_options(&config.gb28181),
+        adapters: config
+            .adapters
+            .iter()
+            .map(|(name, a)| {
+                (
+                    name.clone(),
+                    adapter_spec(name, a, config.rtmp.queue_frames),
+                )
+            })
+            .collect(),
         queue_frames: config.rtmp.queue_frames,
     };
+    let routes = config
+        .adapters
+        .iter()
+        .filter_map(|(name, a)| Some((a.url_type?, name.clone())))
+        .collect();
     Prepared {
         catalog,
         capacity,
         sinks,
+        routes,
     }
+}
+
+fn gb_options(gb: &dockcast::config::Gb28181Settings) -> GbOptions {
+    let defaults = GbOptions::default();
+    GbOptions {
+        sip_transport: if gb.sip_transport == "tcp" {
+            SipTransport::Tcp
+        } else {
+            SipTransport::Udp
+        },
+        // Validated addresses; a parse failure cannot happen after Config::validate.
+        bind_ip: gb.bind_ip.parse().unwrap_or(defaults.bind_ip),
+        advertise_ip: gb.advertise_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        media_port: gb.media_port,
+        expires: gb.expires_secs,
+        keepalive_interval: Duration::from_secs(gb.keepalive_secs.into()),
+        keepalive_max_missed: gb.keepalive_max_missed,
+        name: gb.name.clone(),
+        ..defaults
+    }
+}
+
+fn adapter_spec(
+    name: &str,
+    a: &dockcast::config::AdapterConfig,
+    queue_frames: usize,
+) -> (AdapterSpec, AdapterOptions) {
+    let framing = if a.framing == "annexb" {
+        Framing::RawAnnexB
+    } else {
+        Framing::Framed
+    };
+    let ready = if a.ready == "spawn" {
+        Ready::OnSpawn
+    } else {
+        Ready::OnPublishingEvent
+    };
+    let mut spec = AdapterSpec::new(name, a.command.clone(), framing, ready);
+    spec.env = a
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.expose().to_string()))
+        .collect();
+    spec.backoff_initial = Duration::from_millis(a.backoff_initial_ms);
+    spec.backoff_max = Duration::from_millis(a.backoff_max_ms);
+    let opts = AdapterOptions {
+        ready_timeout: Duration::from_millis(a.ready_timeout_ms),
+        queue_frames,
+        ..AdapterOptions::default()
+    };
+    (spec, opts)
 }
 
 /// How long start-up waits for the broker before telling systemd it is ready anyway: a dock
@@ -227,6 +306,7 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
         catalog,
         capacity,
         sinks,
+        routes,
     } = prepare(&config);
     let gateway_sn = config.gateway.sn.clone();
     let settings = LinkSettings {
@@ -235,7 +315,9 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
         services_topic: cloud::services_topic(&gateway_sn),
     };
     let opts = link::options(&settings)?;
-    let manager = Manager::new(catalog, config.quality.clone(), config.encoder.gop_frames);
+    let manager = Manager::new(catalog, config.quality.clone(), config.encoder.gop_frames)
+        .with_routes(routes)
+        .with_backend(config.encoder.backend());
     info!(
         gateway = %gateway_sn,
         broker = %config.mqtt.url,
@@ -247,9 +329,25 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
     let (services_tx, services_rx) = tokio::sync::mpsc::channel(64);
     let (link_tx, link_rx) = tokio::sync::mpsc::channel(256);
     let (control_tx, control_rx) = tokio::sync::mpsc::channel(4);
+    let (snapshot_tx, snapshot_rx) = tokio::sync::mpsc::channel(8);
     let (connected_tx, mut connected_rx) = tokio::sync::watch::channel(false);
     let stop_actor = CancellationToken::new();
     let stop_link = CancellationToken::new();
+    // The health endpoint is up before the broker hears of us, so whoever sees the capacity
+    // can also reach it.
+    let stop_health = CancellationToken::new();
+    if let Some(listen) = &config.health.listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("health endpoint on {listen}"))?;
+        info!("health endpoint on http://{listen}/healthz and /metrics");
+        tokio::spawn(dockcast::health::serve(
+            listener,
+            snapshot_tx.clone(),
+            connected_rx.clone(),
+            stop_health.clone(),
+        ));
+    }
     let link_task = tokio::spawn(link::run(
         settings,
         opts,
@@ -267,6 +365,7 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
         },
         services_rx,
         control_rx,
+        snapshot_rx,
         link_tx,
         stop_actor.clone(),
     ));
@@ -299,9 +398,10 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
                         {
                             warn!("[mqtt] and [gateway] changes take effect at the next restart");
                         }
-                        let Prepared { catalog, capacity, sinks } = prepare(&new);
+                        let Prepared { catalog, capacity, sinks, routes } = prepare(&new);
                         let reload = ActorControl::Reload {
                             catalog,
+                            routes,
                             ladder: new.quality.clone(),
                             gop_frames: new.encoder.gop_frames,
                             sinks,
@@ -321,6 +421,7 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
     }
     info!("shutting down");
     systemd::stopping();
+    stop_health.cancel();
     stop_actor.cancel();
     if tokio::time::timeout(Duration::from_secs(4), actor_task)
         .await
@@ -337,6 +438,27 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Status { addr } => {
+            let health = dockcast::health::fetch(&addr, "/healthz");
+            let metrics = dockcast::health::fetch(&addr, "/metrics");
+            match (health, metrics) {
+                (Ok((code, health)), Ok((_, metrics))) => {
+                    print!("{health}");
+                    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+                        println!("  {line}");
+                    }
+                    if code == 200 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("dockcast status: no health endpoint at {addr}: {e} (is [health] listen set?)");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Cmd::CheckConfig { file } => match Config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());

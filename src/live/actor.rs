@@ -44,6 +44,8 @@ pub enum ActorControl {
     Reload {
         /// The new decision inputs.
         catalog: crate::live::catalog::Catalog,
+        /// url_type → adapter name.
+        routes: std::collections::BTreeMap<u8, String>,
         /// The new ladder.
         ladder: crate::media::quality::Ladder,
         /// The new GOP.
@@ -61,6 +63,7 @@ pub async fn run(
     setup: ActorSetup,
     mut services: mpsc::Receiver<Bytes>,
     mut control: mpsc::Receiver<ActorControl>,
+    mut snapshots: mpsc::Receiver<crate::health::SnapshotRequest>,
     link: mpsc::Sender<LinkCommand>,
     shutdown: CancellationToken,
 ) {
@@ -91,6 +94,7 @@ pub async fn run(
     let (events_tx, mut events) = mpsc::channel::<(SessionId, SessionEvent)>(64);
     let mut handles: BTreeMap<SessionId, SessionHandle> = BTreeMap::new();
     let mut closing = tokio::task::JoinSet::new();
+    let mut sessions_started = 0u64;
     loop {
         let actions = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -103,14 +107,19 @@ pub async fn run(
             },
             Some((id, event)) = events.recv() => manager.handle(Input::Session { id, event }),
             Some(_) = closing.join_next(), if !closing.is_empty() => continue,
+            Some(reply) = snapshots.recv() => {
+                let _ = reply.send(snapshot(&manager, &handles, sessions_started));
+                continue;
+            }
             _ = tick.tick() => {
                 if watchdog.is_some() {
                     crate::systemd::watchdog();
                 }
                 continue;
             }
-            Some(ActorControl::Reload { catalog, ladder, gop_frames, sinks: new_sinks, capacity }) = control.recv() => {
+            Some(ActorControl::Reload { catalog, routes, ladder, gop_frames, sinks: new_sinks, capacity }) = control.recv() => {
                 sinks = new_sinks;
+                manager.set_routes(routes);
                 send(LinkCommand::Announce {
                     topic: state_topic.clone(),
                     key: "live_capacity",
@@ -131,6 +140,7 @@ pub async fn run(
                     retain: false,
                 }),
                 Action::Start { id, plan } => {
+                    sessions_started += 1;
                     match session::spawn(id, *plan, &sinks, events_tx.clone()) {
                         Ok(handle) => {
                             handles.insert(id, handle);
@@ -192,4 +202,34 @@ pub async fn run(
         payload: cloud::encode_status(&gateway_sn, &[], &new_id(), &new_id(), now_ms()),
         retain: false,
     });
+}
+
+/// What the health endpoint shows, read from the manager and the sessions' counters.
+fn snapshot(
+    manager: &Manager,
+    handles: &BTreeMap<SessionId, SessionHandle>,
+    sessions_started: u64,
+) -> crate::health::Snapshot {
+    use std::sync::atomic::Ordering::Relaxed;
+    let sessions = manager
+        .summaries()
+        .into_iter()
+        .map(|s| {
+            let counters = handles
+                .get(&s.id)
+                .map(|h| crate::health::SessionCounters {
+                    frames_sent: h.stats.frames_sent.load(Relaxed),
+                    frames_dropped: h.stats.frames_dropped.load(Relaxed),
+                    bytes_sent: h.stats.bytes_sent.load(Relaxed),
+                    encode_us: h.stats.encode_us.load(Relaxed),
+                    bitrate_kbps: h.stats.bitrate_kbps.load(Relaxed) as u32,
+                })
+                .unwrap_or_default();
+            (s, counters)
+        })
+        .collect();
+    crate::health::Snapshot {
+        sessions,
+        sessions_started,
+    }
 }

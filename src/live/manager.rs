@@ -67,6 +67,8 @@ pub struct SessionPlan {
     pub pipeline: PipelineSpec,
     /// The cloud asked for adaptive quality (level 0): the bitrate follows the sink.
     pub adaptive: bool,
+    /// The configured adapter that publishes this url_type, instead of a native sink.
+    pub adapter: Option<String>,
 }
 
 /// What the actor must do.
@@ -131,6 +133,27 @@ struct Session {
     phase: Phase,
     /// Start requests (the first and any retries) waiting for the outcome.
     waiting: Vec<RequestHeader>,
+    /// Times the sink lost its server after publishing.
+    reconnects: u64,
+}
+
+/// What the health endpoint shows of one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// The session.
+    pub id: SessionId,
+    /// The video as the cloud named it.
+    pub video_id: String,
+    /// 0–4.
+    pub url_type: u8,
+    /// `starting`, `live` or `reconnecting`.
+    pub phase: &'static str,
+    /// Lens in use.
+    pub lens: &'static str,
+    /// Quality level asked.
+    pub quality: u8,
+    /// Reconnections so far.
+    pub reconnects: u64,
 }
 
 /// The session table and the rules around it.
@@ -140,6 +163,10 @@ pub struct Manager {
     gop_frames: u32,
     sessions: BTreeMap<SessionId, Session>,
     next_id: SessionId,
+    /// url_type → adapter name, from `[adapters.*] url_type`.
+    routes: BTreeMap<u8, String>,
+    /// Which openh264 new sessions encode with.
+    backend: crate::media::encoder::Backend,
 }
 
 /// The config name of a Dock 2/3 camera position.
@@ -157,6 +184,24 @@ fn url_type_name(url: &StreamUrl) -> &'static str {
         StreamUrl::Rtsp(_) => "RTSP",
         StreamUrl::Gb28181(_) => "GB28181",
         StreamUrl::Whip(_) => "WHIP",
+    }
+}
+
+/// Why a url has no native sink in this build, or `None` when it has one.
+fn unsupported(url: &StreamUrl) -> Option<String> {
+    match url {
+        StreamUrl::Rtmp(_) | StreamUrl::Whip(_) | StreamUrl::Gb28181(_) => None,
+        StreamUrl::Agora(_) => Some(
+            "Agora needs an adapter process: configure [adapters.agora] with url_type = 0 \
+             (see board/agora/README.md)"
+                .into(),
+        ),
+        other => Some(format!(
+            "url_type {} ({}) is not supported by this build; an [adapters.NAME] with that \
+             url_type can publish it",
+            other.url_type().as_u8(),
+            url_type_name(other)
+        )),
     }
 }
 
@@ -186,7 +231,26 @@ impl Manager {
             gop_frames,
             sessions: BTreeMap::new(),
             next_id: 1,
+            routes: BTreeMap::new(),
+            backend: Default::default(),
         }
+    }
+
+    /// Encodes new sessions with this openh264 (`[encoder] openh264_library`).
+    pub fn with_backend(mut self, backend: crate::media::encoder::Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Routes url_types to adapters (`[adapters.NAME] url_type = N`).
+    pub fn with_routes(mut self, routes: BTreeMap<u8, String>) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    /// Replaces the routes on reload; running sessions keep the sink they have.
+    pub fn set_routes(&mut self, routes: BTreeMap<u8, String>) {
+        self.routes = routes;
     }
 
     /// Takes a reloaded config: sessions whose video is still configured keep running
@@ -230,6 +294,26 @@ impl Manager {
     /// The catalog it serves.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// One line per session for the health endpoint.
+    pub fn summaries(&self) -> Vec<SessionSummary> {
+        self.sessions
+            .iter()
+            .map(|(id, s)| SessionSummary {
+                id: *id,
+                video_id: s.video_id.to_string(),
+                url_type: s.url.url_type().as_u8(),
+                phase: match s.phase {
+                    Phase::Starting => "starting",
+                    Phase::Live => "live",
+                    Phase::Reconnecting => "reconnecting",
+                },
+                lens: s.lens.as_str(),
+                quality: s.quality.as_u8(),
+                reconnects: s.reconnects,
+            })
+            .collect()
     }
 
     /// Ids of every session, for shutdown.
@@ -401,26 +485,15 @@ impl Manager {
                 Phase::Live | Phase::Reconnecting => vec![reply(h, 0)],
             };
         }
-        match &url {
-            StreamUrl::Rtmp(rtmp) if !rtmp.tls => {}
-            StreamUrl::Whip(_) => {}
-            StreamUrl::Rtmp(_) => {
-                return refuse(
-                    h,
-                    LiveErrorCode::UrlTypeNotSupported,
-                    "rtmps is not supported by this build",
-                )
+        let adapter = self.routes.get(&url.url_type().as_u8()).cloned();
+        if adapter.is_none() {
+            if let Some(why) = unsupported(&url) {
+                return refuse(h, LiveErrorCode::UrlTypeNotSupported, &why);
             }
-            other => {
-                return refuse(
-                    h,
-                    LiveErrorCode::UrlTypeNotSupported,
-                    &format!(
-                        "url_type {} ({}) is not supported by this build",
-                        other.url_type().as_u8(),
-                        url_type_name(other)
-                    ),
-                )
+        }
+        if let StreamUrl::Gb28181(gb) = &url {
+            for warning in &gb.warnings {
+                warn!(tid = %h.tid, "GB28181 url: {warning}");
             }
         }
         let running: Vec<usize> = self.sessions.values().map(|s| s.video).collect();
@@ -456,8 +529,10 @@ impl Manager {
                 input: entry.start_lens.as_str().to_string(),
                 rung,
                 gop_frames: self.gop_frames,
+                backend: self.backend.clone(),
             },
             adaptive: quality == VideoQuality::Adaptive,
+            adapter,
         };
         self.sessions.insert(
             id,
@@ -469,6 +544,7 @@ impl Manager {
                 quality,
                 phase: Phase::Starting,
                 waiting: vec![h.clone()],
+                reconnects: 0,
             },
         );
         vec![Action::Start {
@@ -555,6 +631,7 @@ impl Manager {
                     return Vec::new();
                 }
                 s.phase = Phase::Reconnecting;
+                s.reconnects += 1;
                 vec![Action::PublishStatus]
             }
             SessionEvent::Failed { reason } => {
@@ -863,8 +940,6 @@ mod tests {
         let cases = [
             (0, "channel=c&sn=s&token=t&uid=1"),
             (2, "userName=u&password=p&port=8554"),
-            (3, "serverIP=127.0.0.1&serverPort=5060&serverID=34020000002000000001&agentID=34020000001320000001&agentPassword=x&localPort=5070&channel=34020000001310000001"),
-            (1, "rtmps://127.0.0.1:443/live/key"),
         ];
         for (i, (url_type, url)) in cases.iter().enumerate() {
             let data = serde_json::json!({"url_type": url_type, "url": url, "video_id": VID, "video_quality": 0});
@@ -875,6 +950,20 @@ mod tests {
                 "url_type {url_type}"
             );
         }
+    }
+
+    #[test]
+    fn an_adapter_route_takes_the_url_type() {
+        let mut routes = BTreeMap::new();
+        routes.insert(0u8, "agora".to_string());
+        let mut m = manager().with_routes(routes);
+        let data = serde_json::json!({"url_type": 0, "url": "channel=c&sn=s&token=t&uid=1", "video_id": VID, "video_quality": 0});
+        let actions = m.handle(input("a", "live_start_push", data));
+        let Some(Action::Start { plan, .. }) = actions.first() else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(plan.adapter.as_deref(), Some("agora"));
+        assert!(plan.adaptive);
     }
 
     #[test]

@@ -10,6 +10,8 @@ use crate::config::WhipSettings;
 use crate::live::manager::{SessionEvent, SessionId, SessionPlan};
 use crate::media::pipeline::{Control, Pipeline, PipelineEvent};
 use crate::media::quality::Rung;
+use crate::sink::adapter::{self, AdapterOptions, AdapterSpec};
+use crate::sink::gb28181::{self, GbOptions, GbTarget};
 use crate::sink::rtmp::{self, RtmpOptions, RtmpTarget};
 use crate::sink::whip::{self, WhipOptions, WhipTarget};
 use crate::sink::SinkEvent;
@@ -31,6 +33,10 @@ pub struct SinkSettings {
     pub whip: WhipOptions,
     /// Bearer tokens per WHIP server.
     pub whip_config: WhipSettings,
+    /// GB/T 28181 device settings.
+    pub gb: GbOptions,
+    /// Configured adapters by name, with their process options.
+    pub adapters: std::collections::BTreeMap<String, (AdapterSpec, AdapterOptions)>,
     /// Frames buffered between pipeline and sink.
     pub queue_frames: usize,
 }
@@ -52,6 +58,8 @@ pub enum SessionCommand {
 
 /// The actor's handle on a running session.
 pub struct SessionHandle {
+    /// The pipeline's counters, for the health endpoint.
+    pub stats: std::sync::Arc<crate::media::pipeline::PipelineStats>,
     commands: mpsc::Sender<SessionCommand>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
@@ -102,6 +110,31 @@ pub fn spawn(
     let cancel = CancellationToken::new();
     let sink_cancel = cancel.child_token();
     // The sink is built first: a url it cannot use fails the start before any encoding.
+    if let Some(name) = &plan.adapter {
+        let (spec, opts) = settings
+            .adapters
+            .get(name)
+            .ok_or_else(|| format!("adapter {name} is not configured"))?;
+        let fields = adapter_fields(&plan, rung.fps);
+        let sink = tokio::spawn(adapter::run(
+            spec.clone(),
+            fields,
+            opts.clone(),
+            frames_rx,
+            sink_tx,
+            sink_cancel.clone(),
+        ));
+        return start(
+            id,
+            plan,
+            sink,
+            sink_rx,
+            frames_tx,
+            sink_cancel,
+            cancel,
+            events,
+        );
+    }
     let sink = match &plan.url {
         StreamUrl::Rtmp(url) => {
             let target = RtmpTarget {
@@ -137,6 +170,16 @@ pub fn spawn(
                 sink_cancel.clone(),
             ))
         }
+        StreamUrl::Gb28181(url) => {
+            let target = GbTarget::from_url(url).map_err(|e| e.to_string())?;
+            tokio::spawn(gb28181::run(
+                target,
+                settings.gb.clone(),
+                frames_rx,
+                sink_tx,
+                sink_cancel.clone(),
+            ))
+        }
         other => {
             return Err(format!(
                 "no sink for url_type {} in this build",
@@ -144,6 +187,70 @@ pub fn spawn(
             ))
         }
     };
+    start(
+        id,
+        plan,
+        sink,
+        sink_rx,
+        frames_tx,
+        sink_cancel,
+        cancel,
+        events,
+    )
+}
+
+/// The url fields and video facts an adapter command and environment receive.
+pub fn adapter_fields(plan: &SessionPlan, fps: u32) -> Vec<(String, String)> {
+    let mut f: Vec<(String, String)> = Vec::new();
+    let mut put = |k: &str, v: String| f.push((k.to_string(), v));
+    match &plan.url {
+        StreamUrl::Agora(a) => {
+            put("channel", a.channel.clone());
+            put("sn", a.sn.clone());
+            put("token", a.token.clone());
+            put("uid", a.uid.clone());
+        }
+        StreamUrl::Rtmp(r) => put("url", r.url.clone()),
+        StreamUrl::Whip(w) => put("url", w.url.clone()),
+        StreamUrl::Rtsp(r) => {
+            put("user_name", r.user_name.clone());
+            put("password", r.password.clone());
+            put("port", r.port.to_string());
+        }
+        StreamUrl::Gb28181(g) => {
+            put("server_ip", g.server_ip.clone());
+            put("server_port", g.server_port.to_string());
+            put("server_id", g.server_id.clone());
+            put("agent_id", g.agent_id.clone());
+            put("agent_password", g.agent_password.clone());
+            put("local_port", g.local_port.to_string());
+            put("channel", g.channel.clone());
+        }
+    }
+    if !matches!(plan.url, StreamUrl::Agora(_)) {
+        put("sn", plan.video_id.sn.clone());
+    }
+    put("video_id", plan.video_id.to_string());
+    put("camera", plan.video_id.camera_index.clone());
+    put("video_index", plan.video_id.video_index.clone());
+    put("fps", fps.to_string());
+    put("url_type", plan.url.url_type().as_u8().to_string());
+    f
+}
+
+/// Starts the pipeline and the supervisor once the sink task runs.
+#[allow(clippy::too_many_arguments)]
+fn start(
+    id: SessionId,
+    plan: SessionPlan,
+    sink: JoinHandle<()>,
+    sink_rx: mpsc::Receiver<SinkEvent>,
+    frames_tx: mpsc::Sender<crate::media::frame::EncodedFrame>,
+    sink_cancel: CancellationToken,
+    cancel: CancellationToken,
+    events: mpsc::Sender<(SessionId, SessionEvent)>,
+) -> Result<SessionHandle, String> {
+    let rung = plan.pipeline.rung;
     let (pipe_tx, pipe_rx) = mpsc::channel(16);
     let pipeline = match Pipeline::spawn(plan.pipeline, frames_tx, pipe_tx) {
         Ok(p) => p,
@@ -152,6 +259,7 @@ pub fn spawn(
             return Err(format!("cannot start the pipeline thread: {e}"));
         }
     };
+    let stats = std::sync::Arc::clone(&pipeline.stats);
     let (commands, commands_rx) = mpsc::channel(16);
     let task = tokio::spawn(
         Supervisor {
@@ -166,6 +274,7 @@ pub fn spawn(
         .run(sink, sink_rx, pipe_rx, commands_rx, cancel.clone()),
     );
     Ok(SessionHandle {
+        stats,
         commands,
         cancel,
         task,

@@ -43,11 +43,43 @@ pub enum EncoderError {
     },
 }
 
+/// Which openh264 the encoder runs: the one compiled into dockcast, or Cisco's prebuilt
+/// library loaded at run time (only with the `cisco-openh264` feature; Cisco's patent licence
+/// covers only its own binary).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// Compiled from source into the binary.
+    #[default]
+    Builtin,
+    /// `libopenh264.so` at this path, checked against the releases the openh264 crate knows.
+    Library(std::path::PathBuf),
+}
+
+impl Backend {
+    fn api(&self) -> Result<OpenH264API, openh264::Error> {
+        match self {
+            Backend::Builtin => Ok(OpenH264API::from_source()),
+            #[cfg(feature = "cisco-openh264")]
+            Backend::Library(path) => OpenH264API::from_blob_path(path).map_err(|e| {
+                tracing::warn!(path = %path.display(), "cannot load libopenh264: {e}");
+                openh264::Error::msg(
+                    "libopenh264 could not be loaded or is not a release the openh264 crate knows",
+                )
+            }),
+            #[cfg(not(feature = "cisco-openh264"))]
+            Backend::Library(_) => Err(openh264::Error::msg(
+                "this build cannot load libopenh264 at run time (build with --features cisco-openh264)",
+            )),
+        }
+    }
+}
+
 /// A live H.264 encoder whose quality can change while it runs.
 pub struct H264Encoder {
     inner: Encoder,
     rung: Rung,
     gop_frames: u32,
+    backend: Backend,
     /// openh264 initialises lazily inside the first `encode`; a bitrate set before that would be
     /// overwritten by the configured one, so it waits here.
     initialised: bool,
@@ -59,10 +91,20 @@ pub struct H264Encoder {
 impl H264Encoder {
     /// Builds an encoder for one ladder rung with an IDR every `gop_frames` frames.
     pub fn new(rung: Rung, gop_frames: u32) -> Result<Self, EncoderError> {
+        Self::with_backend(rung, gop_frames, Backend::Builtin)
+    }
+
+    /// Like [`H264Encoder::new`], on the given openh264.
+    pub fn with_backend(
+        rung: Rung,
+        gop_frames: u32,
+        backend: Backend,
+    ) -> Result<Self, EncoderError> {
         Ok(H264Encoder {
-            inner: build(&rung, gop_frames)?,
+            inner: build(&rung, gop_frames, &backend)?,
             rung,
             gop_frames,
+            backend,
             initialised: false,
             pending_bitrate: None,
             current_bps: rung.bitrate_kbps * 1000,
@@ -81,7 +123,7 @@ impl H264Encoder {
         if self.rung.needs_reinit(&rung) {
             // A fresh encoder: its first frame is an IDR with new parameter sets, and the
             // wrapper's in-place re-init reacts only to a size change, not to a new frame rate.
-            self.inner = build(&rung, self.gop_frames)?;
+            self.inner = build(&rung, self.gop_frames, &self.backend)?;
             self.initialised = false;
             self.pending_bitrate = None;
             self.current_bps = rung.bitrate_kbps * 1000;
@@ -188,7 +230,14 @@ impl H264Encoder {
     }
 }
 
-fn build(rung: &Rung, gop_frames: u32) -> Result<Encoder, EncoderError> {
+fn build(rung: &Rung, gop_frames: u32, backend: &Backend) -> Result<Encoder, EncoderError> {
+    let codec_err = |source| EncoderError::Codec {
+        phase: "loading openh264",
+        width: rung.width as usize,
+        height: rung.height as usize,
+        source,
+    };
+    let api = backend.api().map_err(codec_err)?;
     let config = EncoderConfig::new()
         .bitrate(BitRate::from_bps(rung.bitrate_kbps * 1000))
         .max_frame_rate(FrameRate::from_hz(rung.fps as f32))
@@ -201,13 +250,11 @@ fn build(rung: &Rung, gop_frames: u32) -> Result<Encoder, EncoderError> {
         .adaptive_quantization(false)
         .skip_frames(false)
         .intra_frame_period(IntraFramePeriod::from_num_frames(gop_frames.max(1)));
-    Encoder::with_api_config(OpenH264API::from_source(), config).map_err(|source| {
-        EncoderError::Codec {
-            phase: "creating the encoder",
-            width: rung.width as usize,
-            height: rung.height as usize,
-            source,
-        }
+    Encoder::with_api_config(api, config).map_err(|source| EncoderError::Codec {
+        phase: "creating the encoder",
+        width: rung.width as usize,
+        height: rung.height as usize,
+        source,
     })
 }
 

@@ -8,6 +8,9 @@ use std::time::Duration;
 pub enum Codec {
     /// H.264 / AVC.
     H264,
+    /// H.265 / HEVC (Annex-B with VPS/SPS/PPS inline before an IRAP). RTMP carries it as
+    /// Enhanced RTMP (`hvc1`); sinks without HEVC support must refuse it, not mislabel it.
+    H265,
 }
 
 /// One encoded access unit on its way to a sink.

@@ -461,13 +461,13 @@ impl AuBuilder {
 }
 
 /// Bit reader over an RBSP (emulation prevention bytes already removed).
-struct BitReader<'a> {
+pub(crate) struct BitReader<'a> {
     data: &'a [u8],
     pos: usize,
 }
 
 impl<'a> BitReader<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
         Self { data, pos: 0 }
     }
 
@@ -481,7 +481,7 @@ impl<'a> BitReader<'a> {
         Ok(u32::from(bit))
     }
 
-    fn bits(&mut self, n: u32, field: &'static str) -> Result<u32, H264Error> {
+    pub(crate) fn bits(&mut self, n: u32, field: &'static str) -> Result<u32, H264Error> {
         let mut v = 0u32;
         for _ in 0..n {
             v = (v << 1) | self.bit(field)?;
@@ -489,7 +489,7 @@ impl<'a> BitReader<'a> {
         Ok(v)
     }
 
-    fn ue(&mut self, field: &'static str) -> Result<u32, H264Error> {
+    pub(crate) fn ue(&mut self, field: &'static str) -> Result<u32, H264Error> {
         let mut zeros = 0u32;
         while self.bit(field)? == 0 {
             zeros += 1;
@@ -509,7 +509,7 @@ impl<'a> BitReader<'a> {
 }
 
 /// Removes emulation prevention bytes (`00 00 03` → `00 00`).
-fn nal_to_rbsp(nal: &[u8]) -> Vec<u8> {
+pub(crate) fn nal_to_rbsp(nal: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(nal.len());
     let mut zeros = 0;
     for &b in nal {

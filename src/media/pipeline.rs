@@ -46,6 +46,8 @@ pub struct PipelineSpec {
     pub rung: Rung,
     /// IDR interval of the encoder, in frames.
     pub gop_frames: u32,
+    /// Which openh264 encodes.
+    pub backend: crate::media::encoder::Backend,
 }
 
 /// Changes applied to a running pipeline, in order, between two frames.
@@ -100,6 +102,8 @@ pub struct PipelineStats {
     pub bytes_sent: AtomicU64,
     /// Total encode time in microseconds.
     pub encode_us: AtomicU64,
+    /// Bitrate of the rung in force, kbit/s.
+    pub bitrate_kbps: AtomicU64,
     /// Encoded source units skipped while waiting for a keyframe (after a drop, a switch or a
     /// sink's request on passthrough).
     pub skipped_to_key: AtomicU64,
@@ -305,6 +309,9 @@ impl Worker {
     }
 
     fn run(mut self, control: Receiver<Control>) {
+        self.stats
+            .bitrate_kbps
+            .store(self.rung.bitrate_kbps.into(), Ordering::Relaxed);
         let first = self.spec.input.clone();
         self.current = first.clone();
         match self.spec.inputs.get(&first).cloned() {
@@ -433,6 +440,9 @@ impl Worker {
             }
         }
         self.rung = rung;
+        self.stats
+            .bitrate_kbps
+            .store(rung.bitrate_kbps.into(), Ordering::Relaxed);
         Step::Continue
     }
 
@@ -724,8 +734,12 @@ impl Worker {
 
     fn encoder(&mut self) -> Result<&mut H264Encoder, String> {
         if self.encoder.is_none() {
-            let enc = H264Encoder::new(self.rung, self.spec.gop_frames)
-                .map_err(|e: EncoderError| e.to_string())?;
+            let enc = H264Encoder::with_backend(
+                self.rung,
+                self.spec.gop_frames,
+                self.spec.backend.clone(),
+            )
+            .map_err(|e: EncoderError| e.to_string())?;
             self.encoder = Some(enc);
         }
         self.encoder
@@ -871,6 +885,7 @@ mod tests {
                 bitrate_kbps: 200,
             },
             gop_frames: 1000,
+            backend: Default::default(),
         }
     }
 

@@ -1,5 +1,7 @@
 //! Sinks: one per live session, each pushing encoded frames to a media server.
 
+pub mod adapter;
+pub mod gb28181;
 pub mod rtmp;
 pub mod whip;
 

@@ -154,26 +154,36 @@ fn draw_checker(frame: &mut RawFrame, t: usize) {
     let (cw, ch) = (w / 2, h / 2);
     let cell = (h / 8).max(2) & !1;
     let off = t * 3;
-    let (y, u, v) = frame.planes_mut();
-    let luma = |x: usize, r: usize| {
-        if ((x + off) / cell + (r + off) / cell) % 2 == 0 {
-            200
-        } else {
-            40
-        }
-    };
-    for r in 0..h {
-        for (x, px) in y[r * w..(r + 1) * w].iter_mut().enumerate() {
-            *px = luma(x, r);
-        }
-    }
+    // Every row is one of two templates, a row of cells or its inverse, built once per frame.
+    let row: Vec<u8> = (0..w)
+        .map(|x| if (x + off) / cell % 2 == 0 { 200 } else { 40 })
+        .collect();
+    let inverse: Vec<u8> = row
+        .iter()
+        .map(|&p| if p == 200 { 40 } else { 200 })
+        .collect();
+    let luma_rows = [row, inverse];
     // Blue-ish tint for light squares, orange for dark ones: a different hue from the bars.
+    let chroma_rows: [(Vec<u8>, Vec<u8>); 2] = [0, 1].map(|parity| {
+        (0..cw)
+            .map(|x| {
+                if luma_rows[parity][2 * x] > 100 {
+                    (170, 110)
+                } else {
+                    (90, 170)
+                }
+            })
+            .unzip()
+    });
+    let parity = |r: usize| ((r + off) / cell) % 2;
+    let (y, u, v) = frame.planes_mut();
+    for r in 0..h {
+        y[r * w..(r + 1) * w].copy_from_slice(&luma_rows[parity(r)]);
+    }
     for r in 0..ch {
-        for x in 0..cw {
-            let light = luma(2 * x, 2 * r) > 100;
-            u[r * cw + x] = if light { 170 } else { 90 };
-            v[r * cw + x] = if light { 110 } else { 170 };
-        }
+        let (cu, cv) = &chroma_rows[parity(2 * r)];
+        u[r * cw..(r + 1) * cw].copy_from_slice(cu);
+        v[r * cw..(r + 1) * cw].copy_from_slice(cv);
     }
 }
 

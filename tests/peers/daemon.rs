@@ -88,6 +88,8 @@ pub struct DaemonConfig {
     pub video_index: String,
     /// `--source URI` for `dockcast run`, feeding every lens from one source.
     pub source: Option<String>,
+    /// More config sections, appended as they are (e.g. `[gb28181]`, `[adapters.x]`).
+    pub extra_toml: String,
     /// Source per lens written into the config (`(lens, uri)`); empty: the pattern on all four.
     pub lens_sources: Vec<(String, String)>,
 }
@@ -105,6 +107,7 @@ impl DaemonConfig {
             camera_index: "165-0-7".to_string(),
             video_index: "normal-0".to_string(),
             source: None,
+            extra_toml: String::new(),
             lens_sources: Vec::new(),
         }
     }
@@ -150,6 +153,8 @@ impl DaemonConfig {
                 r.width, r.height, r.fps, r.bitrate_kbps
             ));
         }
+        t.push_str(&self.extra_toml);
+        t.push('\n');
         let sources = if self.lens_sources.is_empty() {
             "normal = \"pattern\", wide = \"pattern\", zoom = \"pattern\", ir = \"pattern\""
                 .to_string()

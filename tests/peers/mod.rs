@@ -1,5 +1,6 @@
 //! Real, independent peers for integration tests: a mosquitto broker, an nginx-rtmp media
-//! server, ffprobe, a cloud-side MQTT client, and the dockcast daemon itself as a process.
+//! server, SIPp as a GB/T 28181 platform, a GStreamer PS receiver, ffprobe, a cloud-side MQTT
+//! client, and the dockcast daemon itself as a process.
 //!
 //! Every peer listens on 127.0.0.1 only, on a port chosen here, keeps its files in its own
 //! temporary directory and is killed when dropped, so a failing test leaves nothing running.
@@ -7,10 +8,13 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod gst;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod nginx;
+pub mod nms;
 pub mod probe;
+pub mod sipp;
 pub mod whip;
 
 use std::collections::HashSet;
@@ -45,6 +49,26 @@ pub fn free_port() -> u16 {
 pub fn port_accepts(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// True when a socket of `proto` ("tcp" listening, or "udp" bound) holds `port`, read from
+/// /proc/net so that checking never connects (tcpserversrc, for one, serves exactly one
+/// client and would take a probe connection for it).
+pub fn socket_bound(proto: &str, port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    // /proc/net/tcp state 0A = LISTEN; a bound UDP socket shows state 07.
+    let state = if proto == "tcp" { "0A" } else { "07" };
+    [format!("/proc/net/{proto}"), format!("/proc/net/{proto}6")]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .any(|table| {
+            table.lines().skip(1).any(|line| {
+                let mut cols = line.split_whitespace();
+                let local = cols.nth(1).unwrap_or("");
+                let st = cols.nth(1).unwrap_or("");
+                local.ends_with(&want) && st == state
+            })
+        })
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` has passed; returns whether it held.

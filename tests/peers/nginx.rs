@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const NGINX: &str = "/usr/sbin/nginx";
 const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 const SETUP_HINT: &str =
     "run scripts/setup-deps.sh (installs nginx-light, libnginx-mod-rtmp, ffmpeg)";
 
@@ -16,18 +17,124 @@ const SETUP_HINT: &str =
 pub struct Nginx {
     dir: PathBuf,
     port: u16,
+    tls_port: Option<u16>,
     child: Option<Child>,
+}
+
+/// A certificate authority and a server certificate it signed for 127.0.0.1 and localhost,
+/// made with `openssl` in a directory of the test's.
+pub struct TestPki {
+    /// The CA certificate (PEM), what a client must trust.
+    pub ca: PathBuf,
+    /// The server certificate (PEM).
+    pub cert: PathBuf,
+    /// The server key (PEM).
+    pub key: PathBuf,
+}
+
+impl TestPki {
+    /// Creates `<dir>/<name>-ca.pem`, `<name>-cert.pem` and `<name>-key.pem` (P-256 keys,
+    /// valid two days).
+    pub fn create(dir: &Path, name: &str) -> TestPki {
+        let f = |suffix: &str| dir.join(format!("{name}-{suffix}"));
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (ca, ca_key, cert, key, csr, ext) = (
+            f("ca.pem"),
+            f("ca-key.pem"),
+            f("cert.pem"),
+            f("key.pem"),
+            f("csr.pem"),
+            f("ext.cnf"),
+        );
+        let s = |p: &PathBuf| p.display().to_string();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &s(&ca_key),
+            "-out",
+            &s(&ca),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=dockcast test CA {name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &s(&key),
+            "-out",
+            &s(&csr),
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n",
+        )
+        .expect("write ext.cnf");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &s(&csr),
+            "-CA",
+            &s(&ca),
+            "-CAkey",
+            &s(&ca_key),
+            "-CAcreateserial",
+            "-out",
+            &s(&cert),
+            "-days",
+            "2",
+            "-extfile",
+            &s(&ext),
+        ]);
+        TestPki { ca, cert, key }
+    }
 }
 
 impl Nginx {
     /// Starts nginx on `port` (see `super::free_port`), recording each stream into
     /// `<stream key>.flv`, and waits until it accepts connections.
     pub fn start(port: u16) -> Self {
-        Self::start_with(port, false)
+        Self::start_with(port, false, None)
     }
 
-    fn start_with(port: u16, unique: bool) -> Self {
-        for path in [NGINX, RTMP_MODULE] {
+    /// Like [`start`](Self::start), plus RTMPS on `tls_port`: nginx's `stream` module
+    /// terminates TLS with `cert`/`key` and passes the bytes on to the RTMP port.
+    pub fn start_tls(port: u16, tls_port: u16, cert: &Path, key: &Path) -> Self {
+        Self::start_with(port, false, Some((tls_port, cert, key)))
+    }
+
+    fn start_with(port: u16, unique: bool, tls: Option<(u16, &Path, &Path)>) -> Self {
+        for path in [NGINX, RTMP_MODULE, STREAM_MODULE] {
             assert!(
                 Path::new(path).exists(),
                 "{path} is missing: the RTMP tests need nginx with the RTMP module; {SETUP_HINT}"
@@ -44,13 +151,27 @@ impl Nginx {
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(dir.join("rec")).expect("create nginx temp dir");
+        let (stream_module, stream_block) = match tls {
+            Some((tls_port, cert, key)) => (
+                format!("load_module {STREAM_MODULE};\n"),
+                format!(
+                    "stream {{ server {{ listen 127.0.0.1:{tls_port} ssl;\n\
+                       ssl_certificate {}; ssl_certificate_key {};\n\
+                       proxy_pass 127.0.0.1:{port}; }} }}\n",
+                    cert.display(),
+                    key.display()
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
         let conf = format!(
-            "load_module {RTMP_MODULE};\n\
+            "{stream_module}load_module {RTMP_MODULE};\n\
              daemon off;\nmaster_process off;\n\
              pid {dir}/nginx.pid;\nerror_log {dir}/error.log info;\n\
              events {{ worker_connections 64; }}\n\
              rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n\
-               application live {{ live on; record all; record_path {dir}/rec; record_unique {unique}; }} }} }}\n",
+               application live {{ live on; record all; record_path {dir}/rec; record_unique {unique}; }} }} }}\n\
+             {stream_block}",
             dir = dir.display(),
             unique = if unique { "on" } else { "off" }
         );
@@ -58,6 +179,7 @@ impl Nginx {
         let mut nginx = Self {
             dir,
             port,
+            tls_port: tls.map(|t| t.0),
             child: None,
         };
         nginx.spawn();
@@ -67,6 +189,11 @@ impl Nginx {
     /// The RTMP port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The RTMPS port, when started with [`start_tls`](Self::start_tls).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
     }
 
     /// Where `record all` writes `<stream key>.flv`.
@@ -126,7 +253,10 @@ impl Nginx {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            let tls_up = self
+                .tls_port
+                .is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok());
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && tls_up {
                 return;
             }
             if let Some(child) = self.child.as_mut() {
@@ -162,7 +292,7 @@ pub struct NginxRtmp(Nginx);
 impl NginxRtmp {
     /// Starts it on a free port.
     pub fn start() -> Self {
-        NginxRtmp(Nginx::start_with(super::free_port(), true))
+        NginxRtmp(Nginx::start_with(super::free_port(), true, None))
     }
 
     /// The RTMP port.

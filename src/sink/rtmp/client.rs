@@ -1,23 +1,40 @@
 //! The tokio shell around rml_rtmp's sans-IO handshake and client session.
 //!
 //! It only moves bytes: rml_rtmp decides what to send, this module writes it and feeds back what
-//! the server says. The stream type is generic so that RTMPS can wrap the TCP stream in TLS
+//! the server says. The stream type is generic so that RTMPS wraps the TCP stream in TLS
 //! without touching the protocol code.
+//!
+//! While publishing nothing here writes on its own: [`RtmpConnection::encode`] and
+//! [`RtmpConnection::on_read`] hand back serialized bytes and the sink's loop decides when they
+//! go out, so that a slow server fills a queue the sink bounds instead of blocking it.
 
-use super::flv::{avc_end_of_sequence, Outgoing};
+use super::commands;
+use super::flv::{end_of_sequence, Outgoing};
 use super::target::RtmpTarget;
+use super::tls::{self, TlsConfigError};
+use crate::media::frame::Codec;
+use bytes::Bytes;
+use rml_rtmp::chunk_io::{ChunkDeserializer, ChunkSerializer};
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::messages::RtmpMessage;
 use rml_rtmp::sessions::{
-    ClientSession, ClientSessionConfig, ClientSessionError, ClientSessionEvent,
-    ClientSessionResult, PublishRequestType,
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
 };
 use rml_rtmp::time::RtmpTimestamp;
+use rustls::ClientConfig;
 use std::fmt;
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 /// The step of a publish that failed; tells an operator where to look (network, server config,
 /// stream key, bandwidth).
@@ -25,6 +42,8 @@ use tokio::time::{timeout, Instant};
 pub enum Phase {
     /// TCP connect.
     Connect,
+    /// TLS handshake (RTMPS): certificate problems show here.
+    Tls,
     /// RTMP handshake (C0–C2/S0–S2).
     Handshake,
     /// `connect` to the application.
@@ -39,6 +58,7 @@ impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Phase::Connect => "connect",
+            Phase::Tls => "tls",
             Phase::Handshake => "handshake",
             Phase::ConnectApp => "connect-app",
             Phase::Publish => "publish",
@@ -65,9 +85,12 @@ pub enum RtmpErrorKind {
     /// The server refused the request (connect or publish); the text is the server's.
     #[error("rejected: {0}")]
     Rejected(String),
-    /// RTMPS was asked for but is not implemented yet.
-    #[error("RTMPS is not supported yet")]
-    TlsUnsupported,
+    /// The TLS client could not be configured (unreadable CA file, no roots).
+    #[error("{0}")]
+    TlsConfig(#[from] TlsConfigError),
+    /// The TLS handshake failed: unknown CA, wrong name, expired certificate, no TLS at all.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A failed RTMP operation: which peer, which phase, what happened. Never contains the key.
@@ -83,11 +106,27 @@ pub struct RtmpError {
     pub kind: RtmpErrorKind,
 }
 
+/// What [`RtmpConnection::read_or_write`] did.
+#[derive(Debug)]
+pub enum IoEvent {
+    /// The server sent bytes (0 = closed); pass to [`RtmpConnection::on_read`].
+    Read(io::Result<usize>),
+    /// The socket took this many bytes of what was pending (0 = closed).
+    Wrote(io::Result<usize>),
+    /// Buffered bytes were flushed.
+    Flushed(io::Result<()>),
+}
+
 /// An established RTMP connection in the publishing state.
 pub struct RtmpConnection<S> {
     stream: S,
     session: ClientSession,
     peer: String,
+    /// Needed again for `FCUnpublish`; never logged.
+    stream_key: String,
+    filter: InputFilter,
+    /// Bytes were written since the last flush (TLS may hold them in its record buffer).
+    unflushed: bool,
     read_buf: Vec<u8>,
     send_timeout: Duration,
 }
@@ -102,22 +141,130 @@ impl<S> fmt::Debug for RtmpConnection<S> {
 
 const READ_BUF: usize = 16 * 1024;
 
-/// Opens TCP to the target and runs handshake, connect and publish; each phase gets
-/// `step_timeout`. Writes while publishing are bounded by `send_timeout`.
+/// The chunk size the client announces after `connect`; rml_rtmp's default, repeated here
+/// because the commands of [`commands`] are chunked with it.
+fn chunk_size() -> u32 {
+    ClientSessionConfig::new().chunk_size
+}
+
+/// How to open the transport under RTMP: plain TCP, or TLS with a prepared configuration.
+///
+/// Built once per sink so the system certificate store is read once, not on every reconnect.
+#[derive(Clone, Default)]
+pub struct Connector {
+    tls: Option<Arc<ClientConfig>>,
+    insecure: bool,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("tls", &self.tls.is_some())
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+impl Connector {
+    /// Plain TCP only; an `rtmps://` target is refused with a TLS configuration error.
+    pub fn plain() -> Self {
+        Self::default()
+    }
+
+    /// TLS-capable: `ca_file` is added to the system roots (see [`tls::client_config`]);
+    /// `insecure_skip_verify` accepts any certificate and is logged on every connect.
+    pub fn new(
+        ca_file: Option<&std::path::Path>,
+        insecure_skip_verify: bool,
+    ) -> Result<Self, TlsConfigError> {
+        Ok(Self {
+            tls: Some(tls::client_config(ca_file, insecure_skip_verify)?),
+            insecure: insecure_skip_verify,
+        })
+    }
+
+    /// A connector over a ready-made rustls configuration (tests, embedders with own roots).
+    pub fn with_config(config: Arc<ClientConfig>) -> Self {
+        Self {
+            tls: Some(config),
+            insecure: false,
+        }
+    }
+}
+
+/// The byte stream under RTMP: TCP, or TLS over TCP.
+#[derive(Debug)]
+pub enum RtmpStream {
+    /// `rtmp://`.
+    Plain(TcpStream),
+    /// `rtmps://`.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for RtmpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RtmpStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            RtmpStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for RtmpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            RtmpStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            RtmpStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RtmpStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            RtmpStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RtmpStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            RtmpStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opens TCP (and TLS for `rtmps://`) to the target and runs handshake, connect and publish;
+/// each phase gets `step_timeout`. Writes during these steps are bounded by `send_timeout`.
 pub async fn connect(
     target: &RtmpTarget,
+    connector: &Connector,
     step_timeout: Duration,
     send_timeout: Duration,
-) -> Result<RtmpConnection<TcpStream>, RtmpError> {
+) -> Result<RtmpConnection<RtmpStream>, RtmpError> {
     let peer = target.peer();
     let err = |phase, kind| RtmpError {
         peer: peer.clone(),
         phase,
         kind,
     };
-    if target.tls {
-        return Err(err(Phase::Connect, RtmpErrorKind::TlsUnsupported));
-    }
+    let tls_config = match (target.tls, &connector.tls) {
+        (false, _) => None,
+        (true, Some(config)) => Some(config.clone()),
+        (true, None) => {
+            return Err(err(
+                Phase::Tls,
+                RtmpErrorKind::Tls("rtmps:// needs a TLS-capable connector".into()),
+            ))
+        }
+    };
     let tcp = timeout(
         step_timeout,
         TcpStream::connect((target.host.as_str(), target.port)),
@@ -127,7 +274,25 @@ pub async fn connect(
     .map_err(|e| err(Phase::Connect, e.into()))?;
     // Frames are written whole; Nagle would only add latency to the last chunk of each.
     let _ = tcp.set_nodelay(true);
-    RtmpConnection::establish(tcp, target, peer.clone(), step_timeout, send_timeout).await
+    let stream = match tls_config {
+        None => RtmpStream::Plain(tcp),
+        Some(config) => {
+            if connector.insecure {
+                tracing::warn!(
+                    peer = %peer,
+                    "RTMPS certificate verification is disabled (insecure_skip_verify)"
+                );
+            }
+            let name = tls::server_name(&target.host)
+                .map_err(|e| err(Phase::Tls, RtmpErrorKind::Tls(e)))?;
+            let tls = timeout(step_timeout, TlsConnector::from(config).connect(name, tcp))
+                .await
+                .map_err(|_| err(Phase::Tls, RtmpErrorKind::Timeout(step_timeout)))?
+                .map_err(|e| err(Phase::Tls, RtmpErrorKind::Tls(e.to_string())))?;
+            RtmpStream::Tls(Box::new(tls))
+        }
+    };
+    RtmpConnection::establish(stream, target, peer.clone(), step_timeout, send_timeout).await
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
@@ -151,12 +316,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
             stream,
             session,
             peer,
+            stream_key: target.stream_key.clone(),
+            unflushed: false,
+            filter: InputFilter::default(),
             read_buf: vec![0; READ_BUF],
             send_timeout,
         };
 
         let leftover = conn.handshake(step_timeout).await?;
-        conn.apply(Phase::ConnectApp, Ok(initial)).await?;
+        conn.apply(Phase::ConnectApp, Ok::<_, String>(initial))
+            .await?;
 
         let request = conn.session.request_connection(target.app.clone());
         conn.apply(Phase::ConnectApp, request.map(|r| vec![r]))
@@ -171,6 +340,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
         })
         .await?;
 
+        // Set Chunk Size went out with the connect result above, so these use the new size.
+        let before = commands::before_publish(&target.stream_key, chunk_size());
+        conn.write(Phase::Publish, &before).await?;
         let request = conn
             .session
             .request_publishing(target.stream_key.clone(), PublishRequestType::Live);
@@ -198,15 +370,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
         self.stream.read(&mut self.read_buf).await
     }
 
-    /// Processes bytes returned by [`read`](Self::read): answers pings, sends acknowledgements
-    /// and turns a server-side close or stream error into an error.
-    pub async fn on_read(&mut self, read: std::io::Result<usize>) -> Result<(), RtmpError> {
+    /// Processes bytes returned by [`read`](Self::read): turns a server-side close or stream
+    /// error into an error, and returns what must be sent back (acknowledgements, ping
+    /// responses), already serialized. The caller queues those bytes behind any partly written
+    /// packet: writing them at once could split a chunk in two.
+    pub fn on_read(&mut self, read: io::Result<usize>) -> Result<Option<Bytes>, RtmpError> {
         let n = read.map_err(|e| self.error(Phase::Send, e.into()))?;
         if n == 0 {
             return Err(self.error(Phase::Send, RtmpErrorKind::Closed));
         }
-        let data = self.read_buf[..n].to_vec();
-        for event in self.feed(Phase::Send, &data).await? {
+        let results = handle_input(&mut self.filter, &mut self.session, &self.read_buf[..n]);
+        let (out, events) = self.split(Phase::Send, results)?;
+        for event in events {
             match event {
                 ClientSessionEvent::UnhandleableOnStatusCode { code } if is_failure_code(&code) => {
                     return Err(self.error(Phase::Send, RtmpErrorKind::Rejected(code)));
@@ -216,31 +391,92 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
                 }
             }
         }
-        Ok(())
+        Ok((!out.is_empty()).then(|| Bytes::from(out)))
     }
 
-    /// Sends one item produced by the tagger.
-    pub async fn send(&mut self, item: Outgoing) -> Result<(), RtmpError> {
+    /// Serializes one item produced by the tagger into RTMP chunks. The bytes must be sent in
+    /// the order `encode` was called (chunk headers are compressed against the previous one).
+    pub fn encode(&mut self, item: &Outgoing) -> Result<Bytes, RtmpError> {
         let result = match item {
             Outgoing::Metadata(meta) => self.session.publish_metadata(&meta.to_rml()),
-            Outgoing::Video { timestamp_ms, body } => {
-                self.session
-                    .publish_video_data(body, RtmpTimestamp::new(timestamp_ms), false)
-            }
+            Outgoing::Video { timestamp_ms, body } => self.session.publish_video_data(
+                body.clone(),
+                RtmpTimestamp::new(*timestamp_ms),
+                false,
+            ),
         };
-        self.apply(Phase::Send, result.map(|r| vec![r])).await?;
-        Ok(())
+        let (out, _) = self.split(Phase::Send, result.map(|r| vec![r]))?;
+        Ok(Bytes::from(out))
     }
 
-    /// Ends the publish politely: end-of-sequence, `deleteStream` (rml_rtmp has no
-    /// FCUnpublish), then closes the socket. Errors are ignored: the connection is going away.
-    pub async fn close(mut self, last_timestamp_ms: u32) {
+    /// Waits until the server sent something or the socket took some of `pending`, whichever
+    /// comes first; with nothing pending it flushes what an earlier write left buffered (TLS).
+    /// Cancel-safe: an event that did not complete read or wrote nothing. Reading and writing
+    /// are polled together so that a server that sends while the sink writes is never ignored.
+    pub async fn read_or_write(&mut self, pending: Option<&[u8]>) -> IoEvent {
+        std::future::poll_fn(|cx| {
+            let mut buf = ReadBuf::new(&mut self.read_buf);
+            if let Poll::Ready(r) = Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                return Poll::Ready(IoEvent::Read(r.map(|()| buf.filled().len())));
+            }
+            match pending {
+                Some(bytes) => {
+                    if let Poll::Ready(r) = Pin::new(&mut self.stream).poll_write(cx, bytes) {
+                        self.unflushed = true;
+                        return Poll::Ready(IoEvent::Wrote(r));
+                    }
+                }
+                None if self.unflushed => {
+                    if let Poll::Ready(r) = Pin::new(&mut self.stream).poll_flush(cx) {
+                        self.unflushed = false;
+                        return Poll::Ready(IoEvent::Flushed(r));
+                    }
+                }
+                None => {}
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Writes as much of `bytes` as the socket takes now. Cancel-safe, so it can sit in a
+    /// `select!`: a write that did not complete wrote nothing.
+    pub async fn write_some(&mut self, bytes: &[u8]) -> Result<usize, RtmpError> {
+        match self.stream.write(bytes).await {
+            Ok(0) => Err(self.error(Phase::Send, RtmpErrorKind::Closed)),
+            Ok(n) => Ok(n),
+            Err(e) => Err(self.error(Phase::Send, e.into())),
+        }
+    }
+
+    /// Sends one item produced by the tagger and waits until it is written (bounded by the
+    /// send timeout). For callers that do not queue; the sink's loop uses
+    /// [`encode`](Self::encode) and [`write_some`](Self::write_some).
+    pub async fn send(&mut self, item: Outgoing) -> Result<(), RtmpError> {
+        let bytes = self.encode(&item)?;
+        self.write(Phase::Send, &bytes).await
+    }
+
+    /// Writes all of `bytes`, bounded by the send timeout (for a graceful stop).
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), RtmpError> {
+        self.write(Phase::Send, bytes).await
+    }
+
+    /// Ends the publish politely: finishes `unfinished` (the rest of a partly written packet,
+    /// without which the server could not parse what follows), end-of-sequence, `FCUnpublish`,
+    /// `deleteStream`, then closes the socket. Errors are ignored: the connection is going away.
+    pub async fn close(mut self, last_timestamp_ms: u32, codec: Codec, unfinished: &[u8]) {
+        if !unfinished.is_empty() && self.write(Phase::Send, unfinished).await.is_err() {
+            return;
+        }
         let eos = self.session.publish_video_data(
-            avc_end_of_sequence(),
+            end_of_sequence(codec),
             RtmpTimestamp::new(last_timestamp_ms),
             false,
         );
         let _ = self.apply(Phase::Send, eos.map(|r| vec![r])).await;
+        let unpublish = commands::before_delete(&self.stream_key, chunk_size());
+        let _ = self.write(Phase::Send, &unpublish).await;
         let stop = self.session.stop_publishing();
         let _ = self.apply(Phase::Send, stop).await;
         let _ = timeout(self.send_timeout, self.stream.shutdown()).await;
@@ -256,7 +492,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
         loop {
             let n = self.read_until(Phase::Handshake, deadline).await?;
             let data = self.read_buf[..n].to_vec();
-            match hs.process_bytes(&data) {
+            let processed = catch_unwind(AssertUnwindSafe(|| {
+                hs.process_bytes(&data).map_err(|e| e.to_string())
+            }))
+            .unwrap_or_else(|_| Err(PARSER_PANIC.to_string()));
+            match processed {
                 Ok(HandshakeProcessResult::InProgress { response_bytes }) => {
                     self.write(Phase::Handshake, &response_bytes).await?;
                 }
@@ -267,9 +507,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
                     self.write(Phase::Handshake, &response_bytes).await?;
                     return Ok(remaining_bytes);
                 }
-                Err(e) => {
-                    return Err(self.error(Phase::Handshake, RtmpErrorKind::Protocol(e.to_string())))
-                }
+                Err(e) => return Err(self.error(Phase::Handshake, RtmpErrorKind::Protocol(e))),
             }
         }
     }
@@ -320,16 +558,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
         if data.is_empty() {
             return Ok(Vec::new());
         }
-        let results = self.session.handle_input(data);
+        let results = handle_input(&mut self.filter, &mut self.session, data);
         self.apply(phase, results).await
     }
 
     /// Writes every outbound packet in order and collects raised events.
-    async fn apply(
+    async fn apply<E: fmt::Display>(
         &mut self,
         phase: Phase,
-        results: Result<Vec<ClientSessionResult>, ClientSessionError>,
+        results: Result<Vec<ClientSessionResult>, E>,
     ) -> Result<Vec<ClientSessionEvent>, RtmpError> {
+        let (out, events) = self.split(phase, results)?;
+        if !out.is_empty() {
+            self.write(phase, &out).await?;
+        }
+        Ok(events)
+    }
+
+    /// Separates the session's results into bytes to send (in order) and raised events.
+    fn split<E: fmt::Display>(
+        &self,
+        phase: Phase,
+        results: Result<Vec<ClientSessionResult>, E>,
+    ) -> Result<(Vec<u8>, Vec<ClientSessionEvent>), RtmpError> {
         let results =
             results.map_err(|e| self.error(phase, RtmpErrorKind::Protocol(e.to_string())))?;
         let mut out = Vec::new();
@@ -343,10 +594,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
                 ClientSessionResult::UnhandleableMessageReceived(_) => {}
             }
         }
-        if !out.is_empty() {
-            self.write(phase, &out).await?;
-        }
-        Ok(events)
+        Ok((out, events))
     }
 
     async fn write(&mut self, phase: Phase, bytes: &[u8]) -> Result<(), RtmpError> {
@@ -357,7 +605,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
         }
     }
 
-    fn error(&self, phase: Phase, kind: RtmpErrorKind) -> RtmpError {
+    /// An error naming this connection's peer.
+    pub fn error(&self, phase: Phase, kind: RtmpErrorKind) -> RtmpError {
         RtmpError {
             peer: self.peer.clone(),
             phase,
@@ -365,6 +614,123 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
         }
     }
 }
+
+/// Sits between the socket and rml_rtmp's session and passes on only messages rml_rtmp can
+/// parse.
+///
+/// rml_rtmp 0.8 panics on some valid server messages (an AMF0 command with fewer than three
+/// values, such as the bare `onFCPublish` that `ffmpeg -listen` answers FCPublish with) and
+/// would lose the rest of the input with it. Here every message is parsed first, inside
+/// `catch_unwind`; what fails is skipped, the rest is re-chunked with uncompressed headers
+/// (always valid for the session's deserializer) and handed on.
+pub struct InputFilter {
+    de: ChunkDeserializer,
+    ser: ChunkSerializer,
+    skipped: u64,
+}
+
+impl Default for InputFilter {
+    fn default() -> Self {
+        Self {
+            de: ChunkDeserializer::new(),
+            ser: ChunkSerializer::new(),
+            skipped: 0,
+        }
+    }
+}
+
+impl InputFilter {
+    /// The bytes to give the session for `data` received from the server. An error means the
+    /// chunk stream itself is broken (the connection cannot go on).
+    pub fn filter(&mut self, data: &[u8]) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        let mut input = data;
+        loop {
+            let next = catch_unwind(AssertUnwindSafe(|| {
+                self.de
+                    .get_next_message(input)
+                    .map_err(|e| format!("invalid RTMP chunk from server: {e}"))
+            }))
+            .unwrap_or_else(|_| Err(PARSER_PANIC.to_string()))?;
+            input = &[];
+            let Some(payload) = next else {
+                return Ok(out);
+            };
+            // The known panic (a command of under three AMF0 values) is screened out here so it
+            // never reaches the panic hook's log line; catch_unwind stays for the unknown ones.
+            if payload.type_id == AMF0_COMMAND_TYPE && !has_command_header(&payload.data) {
+                self.skipped += 1;
+                tracing::debug!(
+                    skipped = self.skipped,
+                    "ignoring a short AMF0 command from the server"
+                );
+                continue;
+            }
+            let parsed = catch_unwind(AssertUnwindSafe(|| payload.to_rtmp_message()));
+            let size = match parsed {
+                Ok(Ok(RtmpMessage::SetChunkSize { size })) => Some(size),
+                Ok(Ok(_)) => None,
+                Ok(Err(_)) | Err(_) => {
+                    self.skipped += 1;
+                    tracing::debug!(
+                        type_id = payload.type_id,
+                        skipped = self.skipped,
+                        "ignoring a server message rml_rtmp cannot parse"
+                    );
+                    continue;
+                }
+            };
+            let packet = self
+                .ser
+                .serialize(&payload, true, false)
+                .map_err(|e| format!("cannot re-chunk server message: {e}"))?;
+            out.extend_from_slice(&packet.bytes);
+            if let Some(size) = size {
+                // Both sides of the filter follow the server's chunk size from here on.
+                self.de
+                    .set_max_chunk_size(size as usize)
+                    .map_err(|e| format!("invalid chunk size from server: {e}"))?;
+                self.ser
+                    .set_max_chunk_size(size, RtmpTimestamp::new(0))
+                    .map_err(|e| format!("invalid chunk size from server: {e}"))?;
+            }
+        }
+    }
+
+    /// Server messages skipped so far.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+}
+
+/// RTMP message type of an AMF0 command.
+const AMF0_COMMAND_TYPE: u8 = 20;
+
+/// True when an AMF0 command body holds at least name, transaction id and command object.
+fn has_command_header(data: &[u8]) -> bool {
+    let mut cursor = std::io::Cursor::new(data);
+    rml_rtmp::rml_amf0::deserialize(&mut cursor).is_ok_and(|values| values.len() >= 3)
+}
+
+/// `session.handle_input` behind the [`InputFilter`], with any remaining panic inside rml_rtmp
+/// turned into a protocol error: no server may bring the daemon down.
+fn handle_input(
+    filter: &mut InputFilter,
+    session: &mut ClientSession,
+    data: &[u8],
+) -> Result<Vec<ClientSessionResult>, String> {
+    let clean = filter.filter(data)?;
+    if clean.is_empty() {
+        return Ok(Vec::new());
+    }
+    catch_unwind(AssertUnwindSafe(|| {
+        session.handle_input(&clean).map_err(|e| e.to_string())
+    }))
+    .unwrap_or_else(|_| Err(PARSER_PANIC.to_string()))
+}
+
+/// The error for a server input that made rml_rtmp panic.
+const PARSER_PANIC: &str = "server input made the RTMP parser fail";
 
 /// The kind of a session event, for logs: event payloads are server text that may echo the
 /// stream name (i.e. the key), so they are never logged.
@@ -427,13 +793,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tls_is_refused_clearly() {
+    async fn rtmps_without_tls_connector_is_refused_clearly() {
         let t = RtmpTarget::parse("rtmps://127.0.0.1:1/live/key").expect("valid");
-        let e = connect(&t, Duration::from_secs(1), Duration::from_secs(1))
+        let e = connect(
+            &t,
+            &Connector::plain(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .await
+        .expect_err("tls");
+        assert!(matches!(e.kind, RtmpErrorKind::Tls(_)));
+        assert_eq!(e.phase, Phase::Tls);
+    }
+
+    #[tokio::test]
+    async fn plain_tcp_server_fails_the_tls_handshake() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .expect_err("tls");
-        assert!(matches!(e.kind, RtmpErrorKind::TlsUnsupported));
-        assert_eq!(e.phase, Phase::Connect);
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(&[3; 1537]).await;
+            }
+        });
+        let t = RtmpTarget::parse(&format!("rtmps://127.0.0.1:{port}/live/key")).expect("valid");
+        let connector = Connector::new(None, true).expect("insecure connector");
+        let e = connect(
+            &t,
+            &connector,
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+        )
+        .await
+        .expect_err("not TLS");
+        assert_eq!(e.phase, Phase::Tls, "{e}");
     }
 
     #[tokio::test]
@@ -444,9 +841,14 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         let hold = tokio::spawn(async move { listener.accept().await });
         let t = RtmpTarget::parse(&format!("rtmp://127.0.0.1:{port}/live/key")).expect("valid");
-        let e = connect(&t, Duration::from_millis(200), Duration::from_secs(1))
-            .await
-            .expect_err("silent");
+        let e = connect(
+            &t,
+            &Connector::plain(),
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+        )
+        .await
+        .expect_err("silent");
         assert_eq!(e.phase, Phase::Handshake);
         assert!(matches!(e.kind, RtmpErrorKind::Timeout(_)));
         hold.abort();
@@ -466,9 +868,14 @@ mod tests {
             }
         });
         let t = RtmpTarget::parse(&format!("rtmp://127.0.0.1:{port}/live/key")).expect("valid");
-        let e = connect(&t, Duration::from_secs(2), Duration::from_secs(1))
-            .await
-            .expect_err("closed");
+        let e = connect(
+            &t,
+            &Connector::plain(),
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+        )
+        .await
+        .expect_err("closed");
         assert_eq!(e.phase, Phase::Handshake);
         assert!(!e.to_string().contains("key"));
     }

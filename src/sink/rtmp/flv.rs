@@ -1,15 +1,37 @@
-//! Pure FLV video tag bodies for H.264 and the per-connection logic that turns encoded frames
-//! into them.
+//! Pure FLV video tag bodies for H.264 and H.265 (Enhanced RTMP) and the per-connection logic
+//! that turns encoded frames into them.
 //!
-//! rml_rtmp treats video payloads as opaque FLV tag bodies, so the codec framing is ours: an
-//! AVC sequence header (the decoder configuration record) must precede the first coded frame and
-//! be repeated whenever SPS/PPS change, and every access unit goes out in AVCC form.
+//! rml_rtmp treats video payloads as opaque FLV tag bodies, so the codec framing is ours: a
+//! sequence header (the decoder configuration record) must precede the first coded frame and
+//! be repeated whenever the parameter sets change, and every access unit goes out
+//! length-prefixed. H.265 uses the Enhanced RTMP `ExVideoTagHeader` with FourCC `hvc1`, which
+//! legacy FLV has no codec id for.
 
-use crate::media::frame::EncodedFrame;
+use crate::media::frame::{Codec, EncodedFrame};
 use crate::media::h264::{
     annexb_to_avcc, avc_decoder_configuration_record, nal_units, H264Error, NalType, Sps,
 };
+use crate::media::hevc::{self, HevcError, HevcSps};
 use bytes::Bytes;
+use thiserror::Error;
+
+/// Enhanced RTMP FourCC of HEVC.
+pub const FOURCC_HVC1: [u8; 4] = *b"hvc1";
+
+/// The `videocodecid` `onMetaData` carries for HEVC: the FourCC as a number, as Enhanced RTMP
+/// specifies.
+pub const CODEC_ID_HVC1: u32 = u32::from_be_bytes(FOURCC_HVC1);
+
+/// A frame the tagger cannot turn into tags (bad parameter sets from the producer).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TagError {
+    /// H.264 parameter sets did not parse.
+    #[error(transparent)]
+    H264(#[from] H264Error),
+    /// H.265 parameter sets did not parse.
+    #[error(transparent)]
+    H265(#[from] HevcError),
+}
 
 /// FLV `CodecID` for AVC/H.264, as carried in the tag header and in `onMetaData.videocodecid`.
 pub const CODEC_ID_AVC: u8 = 7;
@@ -19,6 +41,41 @@ const FRAME_TYPE_INTER: u8 = 2 << 4;
 const AVC_SEQUENCE_HEADER: u8 = 0;
 const AVC_NALU: u8 = 1;
 const AVC_END_OF_SEQUENCE: u8 = 2;
+/// Enhanced RTMP: the high bit of the first byte marks an `ExVideoTagHeader`.
+const EX_HEADER: u8 = 0x80;
+/// Enhanced RTMP packet type SequenceEnd.
+const EX_SEQUENCE_END: u8 = 2;
+/// Enhanced RTMP packet type SequenceStart (decoder configuration record follows the FourCC).
+const EX_SEQUENCE_START: u8 = 0;
+/// Enhanced RTMP packet type CodedFramesX: coded frames with composition time 0 implied.
+const EX_CODED_FRAMES_X: u8 = 3;
+
+/// The Enhanced RTMP HEVC sequence start tag body: `ExVideoTagHeader` (key frame,
+/// SequenceStart, `hvc1`), then the HEVCDecoderConfigurationRecord.
+pub fn hevc_sequence_start(vps: &[u8], sps: &[u8], pps: &[u8]) -> Result<Bytes, HevcError> {
+    let record = hevc::hevc_decoder_configuration_record(vps, sps, pps)?;
+    let mut body = Vec::with_capacity(5 + record.len());
+    body.push(EX_HEADER | FRAME_TYPE_KEY | EX_SEQUENCE_START);
+    body.extend_from_slice(&FOURCC_HVC1);
+    body.extend_from_slice(&record);
+    Ok(Bytes::from(body))
+}
+
+/// The Enhanced RTMP HEVC coded-frame tag body (CodedFramesX: no composition time, since
+/// dockcast's producers emit no B-frames) for one Annex-B access unit, or `None` when only
+/// parameter sets and delimiters were in it.
+pub fn hevc_coded_frames(annexb_au: &[u8], keyframe: bool) -> Option<Bytes> {
+    let frame_type = if keyframe {
+        FRAME_TYPE_KEY
+    } else {
+        FRAME_TYPE_INTER
+    };
+    let mut body = Vec::with_capacity(5 + annexb_au.len());
+    body.push(EX_HEADER | frame_type | EX_CODED_FRAMES_X);
+    body.extend_from_slice(&FOURCC_HVC1);
+    hevc::annexb_to_hvcc(annexb_au, &mut body);
+    (body.len() > 5).then(|| Bytes::from(body))
+}
 
 /// The AVC sequence header tag body: keyframe, packet type 0, composition time 0, then the
 /// AVCDecoderConfigurationRecord built from `sps` and `pps` (NAL units without start codes).
@@ -51,10 +108,26 @@ pub fn avc_end_of_sequence() -> Bytes {
     Bytes::from_static(&[FRAME_TYPE_KEY | CODEC_ID_AVC, AVC_END_OF_SEQUENCE, 0, 0, 0])
 }
 
+/// The end-of-sequence tag body for `codec`: AVC packet type 2, or Enhanced RTMP SequenceEnd.
+pub fn end_of_sequence(codec: Codec) -> Bytes {
+    match codec {
+        Codec::H264 => avc_end_of_sequence(),
+        Codec::H265 => Bytes::from_static(&[
+            EX_HEADER | FRAME_TYPE_KEY | EX_SEQUENCE_END,
+            b'h',
+            b'v',
+            b'c',
+            b'1',
+        ]),
+    }
+}
+
 /// What `onMetaData` announces about the video, so players and recorders size themselves before
 /// the first frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamMetadata {
+    /// `videocodecid`: 7 for AVC, [`CODEC_ID_HVC1`] for HEVC.
+    pub codec_id: u32,
     /// Width in pixels (from the SPS).
     pub width: u32,
     /// Height in pixels (from the SPS).
@@ -74,7 +147,7 @@ impl StreamMetadata {
         let mut m = rml_rtmp::sessions::StreamMetadata::new();
         m.video_width = Some(self.width);
         m.video_height = Some(self.height);
-        m.video_codec_id = Some(u32::from(CODEC_ID_AVC));
+        m.video_codec_id = Some(self.codec_id);
         m.video_frame_rate = self.framerate;
         m.video_bitrate_kbps = self.videodatarate_kbps;
         m.encoder = Some(Self::ENCODER.to_string());
@@ -98,15 +171,20 @@ pub enum Outgoing {
 
 /// Turns encoded frames into the tag sequence of one RTMP publish.
 ///
-/// Keeps the last SPS/PPS across connections, because after a reconnect the first keyframe may
-/// not carry them inline, while the new connection still needs a sequence header first.
+/// Keeps the last parameter sets across connections, because after a reconnect the first
+/// keyframe may not carry them inline, while the new connection still needs a sequence header
+/// first.
 #[derive(Debug, Default)]
 pub struct VideoTagger {
+    /// Codec of the parameter sets below; a change of codec forgets them.
+    codec: Option<Codec>,
+    /// H.265 only.
+    vps: Option<Bytes>,
     sps: Option<Bytes>,
     pps: Option<Bytes>,
-    /// Whether the current connection has received the current SPS/PPS.
+    /// Whether the current connection has received the current parameter sets.
     header_sent: bool,
-    metadata_sent: Option<(u32, u32)>,
+    metadata_sent: Option<(u32, u32, u32)>,
     /// Highest timestamp sent so far; kept across reconnects since pts never restarts.
     last_ms: u64,
     framerate: Option<f32>,
@@ -132,37 +210,64 @@ impl VideoTagger {
     }
 
     /// The tags to send for `frame`, in order. Empty when the frame cannot be decoded by the
-    /// server yet (no SPS/PPS known) or carries no slice data.
-    pub fn tags_for(&mut self, frame: &EncodedFrame) -> Result<Vec<Outgoing>, H264Error> {
-        let mut out = Vec::new();
+    /// server yet (parameter sets not all known) or carries no slice data.
+    pub fn tags_for(&mut self, frame: &EncodedFrame) -> Result<Vec<Outgoing>, TagError> {
+        if self.codec != Some(frame.codec) {
+            self.codec = Some(frame.codec);
+            self.vps = None;
+            self.sps = None;
+            self.pps = None;
+            self.header_sent = false;
+        }
         for nal in nal_units(&frame.data) {
-            match NalType::from_header(nal[0]) {
-                NalType::Sps if self.sps.as_deref() != Some(nal) => {
-                    self.sps = Some(Bytes::copy_from_slice(nal));
-                    self.header_sent = false;
-                }
-                NalType::Pps if self.pps.as_deref() != Some(nal) => {
-                    self.pps = Some(Bytes::copy_from_slice(nal));
-                    self.header_sent = false;
-                }
-                _ => {}
+            let slot = match frame.codec {
+                Codec::H264 => match NalType::from_header(nal[0]) {
+                    NalType::Sps => &mut self.sps,
+                    NalType::Pps => &mut self.pps,
+                    _ => continue,
+                },
+                Codec::H265 => match hevc::nal_type(nal) {
+                    Some(hevc::NAL_VPS) => &mut self.vps,
+                    Some(hevc::NAL_SPS) => &mut self.sps,
+                    Some(hevc::NAL_PPS) => &mut self.pps,
+                    _ => continue,
+                },
+            };
+            if slot.as_deref() != Some(nal) {
+                *slot = Some(Bytes::copy_from_slice(nal));
+                self.header_sent = false;
             }
         }
+        let mut out = Vec::new();
         let (Some(sps), Some(pps)) = (self.sps.clone(), self.pps.clone()) else {
             return Ok(out);
         };
         let timestamp_ms = self.timestamp_for(frame);
         if !self.header_sent {
-            let parsed = Sps::parse(&sps)?;
-            let header = avc_sequence_header(&sps, &pps)?;
-            if self.metadata_sent != Some((parsed.width, parsed.height)) {
+            let (codec_id, width, height, header) = match frame.codec {
+                Codec::H264 => {
+                    let parsed = Sps::parse(&sps)?;
+                    let header = avc_sequence_header(&sps, &pps)?;
+                    (u32::from(CODEC_ID_AVC), parsed.width, parsed.height, header)
+                }
+                Codec::H265 => {
+                    let Some(vps) = self.vps.clone() else {
+                        return Ok(out);
+                    };
+                    let parsed = HevcSps::parse(&sps)?;
+                    let header = hevc_sequence_start(&vps, &sps, &pps)?;
+                    (CODEC_ID_HVC1, parsed.width, parsed.height, header)
+                }
+            };
+            if self.metadata_sent != Some((codec_id, width, height)) {
                 out.push(Outgoing::Metadata(StreamMetadata {
-                    width: parsed.width,
-                    height: parsed.height,
+                    codec_id,
+                    width,
+                    height,
                     framerate: self.framerate,
                     videodatarate_kbps: self.bitrate_kbps,
                 }));
-                self.metadata_sent = Some((parsed.width, parsed.height));
+                self.metadata_sent = Some((codec_id, width, height));
             }
             out.push(Outgoing::Video {
                 timestamp_ms,
@@ -170,7 +275,11 @@ impl VideoTagger {
             });
             self.header_sent = true;
         }
-        if let Some(body) = avc_nalu(&frame.data, frame.keyframe) {
+        let body = match frame.codec {
+            Codec::H264 => avc_nalu(&frame.data, frame.keyframe),
+            Codec::H265 => hevc_coded_frames(&frame.data, frame.keyframe),
+        };
+        if let Some(body) = body {
             out.push(Outgoing::Video { timestamp_ms, body });
         }
         Ok(out)
@@ -190,7 +299,6 @@ impl VideoTagger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::frame::Codec;
     use std::time::Duration;
 
     const SPS: [u8; 25] = [
@@ -254,6 +362,7 @@ mod tests {
     #[test]
     fn metadata_fields() {
         let m = StreamMetadata {
+            codec_id: 7,
             width: 640,
             height: 360,
             framerate: Some(30.0),
@@ -337,6 +446,44 @@ mod tests {
         let err = t
             .tags_for(&frame(&[&[0x67, 0x42], &PPS, &[0x65, 0x88]], 0, true))
             .expect_err("bad SPS");
-        assert!(matches!(err, H264Error::Truncated { .. }));
+        assert!(matches!(err, TagError::H264(H264Error::Truncated { .. })));
+    }
+
+    #[test]
+    fn hevc_tags_use_enhanced_rtmp_headers() {
+        const VPS: [u8; 24] = [
+            0x40, 0x01, 0x0c, 0x01, 0xff, 0xff, 0x01, 0x60, 0x00, 0x00, 0x03, 0x00, 0x90, 0x00,
+            0x00, 0x03, 0x00, 0x00, 0x03, 0x00, 0x3f, 0x95, 0x98, 0x09,
+        ];
+        const HSPS: [u8; 42] = [
+            0x42, 0x01, 0x01, 0x01, 0x60, 0x00, 0x00, 0x03, 0x00, 0x90, 0x00, 0x00, 0x03, 0x00,
+            0x00, 0x03, 0x00, 0x3f, 0xa0, 0x05, 0x02, 0x01, 0x69, 0x65, 0x95, 0x9a, 0x49, 0x32,
+            0xbc, 0x05, 0xa0, 0x20, 0x00, 0x00, 0x03, 0x00, 0x20, 0x00, 0x00, 0x03, 0x03, 0xc1,
+        ];
+        const HPPS: [u8; 7] = [0x44, 0x01, 0xc1, 0x72, 0xb4, 0x62, 0x40];
+        let idr: &[u8] = &[0x26, 0x01, 0xaf, 0x80];
+        let mut t = VideoTagger::new(Some(30.0), Some(800));
+        let mut key = frame(&[&VPS, &HSPS, &HPPS, idr], 40, true);
+        key.codec = Codec::H265;
+        let out = t.tags_for(&key).expect("ok");
+        assert_eq!(out.len(), 3);
+        assert!(
+            matches!(&out[0], Outgoing::Metadata(m) if m.codec_id == CODEC_ID_HVC1 && m.width == 640 && m.height == 360)
+        );
+        assert!(
+            matches!(&out[1], Outgoing::Video { body, .. } if body[..5] == *b"\x90hvc1" && body[5] == 1)
+        );
+        assert!(
+            matches!(&out[2], Outgoing::Video { timestamp_ms: 40, body } if body[..] == *b"\x93hvc1\x00\x00\x00\x04\x26\x01\xaf\x80")
+        );
+        let mut inter = frame(&[&[0x02, 0x01, 0xd0, 0x80]], 73, false);
+        inter.codec = Codec::H265;
+        let out = t.tags_for(&inter).expect("ok");
+        assert!(
+            matches!(&out[..], [Outgoing::Video { timestamp_ms: 73, body }] if body[0] == 0xa3)
+        );
+        assert_eq!(end_of_sequence(Codec::H265).as_ref(), b"\x92hvc1");
+        assert_eq!(end_of_sequence(Codec::H264).as_ref(), &[0x17, 2, 0, 0, 0]);
+        assert_eq!(CODEC_ID_HVC1, 0x6876_6331);
     }
 }

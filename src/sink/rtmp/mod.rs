@@ -1,26 +1,34 @@
 //! RTMP sink: publishes one session's frames to an RTMP server and keeps doing so across
 //! server restarts and network loss.
 //!
-//! Layout: [`flv`] and [`target`] are pure; [`client`] is the IO shell over rml_rtmp; [`run`] is
-//! the sink task with the reconnect policy.
+//! Layout: [`flv`], [`commands`], [`queue`] and [`target`] are pure; [`client`] is the IO shell
+//! over rml_rtmp (TLS from [`tls`]); [`run`] is the sink task with the reconnect and
+//! backpressure policy.
 
 pub mod client;
+pub mod commands;
 pub mod flv;
+pub mod queue;
 pub mod target;
+pub mod tls;
 
-pub use client::{Phase, RtmpError, RtmpErrorKind};
+pub use client::{Connector, Phase, RtmpError, RtmpErrorKind, RtmpStream};
 pub use flv::StreamMetadata;
 pub use target::{RtmpTarget, TargetError};
+pub use tls::TlsConfigError;
 
 use crate::backoff::Backoff;
-use crate::media::frame::EncodedFrame;
+use crate::media::frame::{Codec, EncodedFrame};
 use crate::sink::SinkEvent;
-use client::RtmpConnection;
+use client::{IoEvent, RtmpConnection};
 use flv::{Outgoing, VideoTagger};
+use queue::{Offer, RateEstimator, SendQueue};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +49,14 @@ pub struct RtmpOptions {
     pub framerate: Option<f32>,
     /// Bitrate (kbit/s) announced in `onMetaData`, if known.
     pub bitrate_kbps: Option<u32>,
+    /// Extra PEM CA file trusted for `rtmps://` besides the system store (and
+    /// `SSL_CERT_FILE`): for servers behind a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any RTMPS certificate. Only for a test bench; warned about on every connect.
+    pub insecure_skip_verify: bool,
+    /// Media bytes the sink queues for a server that reads slower than the stream arrives;
+    /// past it the queue is dropped up to the next keyframe and the bitrate is lowered.
+    pub send_buffer_bytes: usize,
 }
 
 impl Default for RtmpOptions {
@@ -52,6 +68,11 @@ impl Default for RtmpOptions {
             backoff_max: Duration::from_secs(10),
             framerate: None,
             bitrate_kbps: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+            // About 2 s of 1080p at 4 Mbit/s: rides out a short stall, small enough that the
+            // picture is never more than a couple of seconds late.
+            send_buffer_bytes: 1024 * 1024,
         }
     }
 }
@@ -64,6 +85,17 @@ enum Ended {
     Lost(RtmpError),
 }
 
+/// Counters of one RTMP sink, readable while it runs (tests, benchmarks, diagnostics).
+#[derive(Debug, Default)]
+pub struct RtmpStats {
+    /// Successful publishes (1 + reconnects).
+    pub publishes: AtomicU64,
+    /// Frames dropped because the server read slower than the stream arrived.
+    pub dropped_frames: AtomicU64,
+    /// Bytes the sockets took.
+    pub bytes_sent: AtomicU64,
+}
+
 /// Runs the RTMP sink until `cancel` fires or the frame sender is dropped.
 ///
 /// The first connection attempt failing ends the sink with [`SinkEvent::Failed`] (the cloud gets
@@ -71,21 +103,57 @@ enum Ended {
 /// jittered backoff, reported as [`SinkEvent::Reconnecting`]. After every (re)connect the sink
 /// reports [`SinkEvent::KeyframeWanted`] and [`SinkEvent::Publishing`] and drops frames until a
 /// keyframe. Frames arriving while disconnected are discarded so the producer never blocks.
+/// A server that reads too slowly makes the sink drop to the next keyframe and report
+/// [`SinkEvent::Bandwidth`] (see [`queue`]).
 pub async fn run(
+    target: RtmpTarget,
+    opts: RtmpOptions,
+    frames: mpsc::Receiver<EncodedFrame>,
+    events: mpsc::Sender<SinkEvent>,
+    cancel: CancellationToken,
+) {
+    run_with_stats(
+        target,
+        opts,
+        frames,
+        events,
+        cancel,
+        Arc::new(RtmpStats::default()),
+    )
+    .await
+}
+
+/// [`run`], counting into `stats`.
+pub async fn run_with_stats(
     target: RtmpTarget,
     opts: RtmpOptions,
     mut frames: mpsc::Receiver<EncodedFrame>,
     events: mpsc::Sender<SinkEvent>,
     cancel: CancellationToken,
+    stats: Arc<RtmpStats>,
 ) {
+    let target_label = target.redacted();
+    let connector = if target.tls {
+        match Connector::new(opts.ca_file.as_deref(), opts.insecure_skip_verify) {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("RTMPS to {}: {e}", target.peer());
+                tracing::warn!(url = %target_label, %reason, "rtmp publish failed");
+                let _ = events.send(SinkEvent::Failed { reason }).await;
+                return;
+            }
+        }
+    } else {
+        Connector::plain()
+    };
     let mut backoff = Backoff::new(opts.backoff_initial, opts.backoff_max);
     let mut rng = StdRng::from_os_rng();
     let mut tagger = VideoTagger::new(opts.framerate, opts.bitrate_kbps);
+    let mut estimator = RateEstimator::new(Instant::now().into_std(), opts.send_buffer_bytes);
     let mut published_once = false;
-    let target_label = target.redacted();
 
     loop {
-        let attempt = client::connect(&target, opts.connect_timeout, opts.send_timeout);
+        let attempt = client::connect(&target, &connector, opts.connect_timeout, opts.send_timeout);
         let result = tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
@@ -99,11 +167,22 @@ pub async fn run(
         let error = match result {
             Ok(conn) => {
                 published_once = true;
+                stats.publishes.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(url = %target_label, "rtmp publishing");
                 let _ = events.send(SinkEvent::KeyframeWanted).await;
                 let _ = events.send(SinkEvent::Publishing).await;
                 let started = Instant::now();
-                match publish(conn, &mut tagger, &mut frames, &events, &cancel).await {
+                let mut ctx = Publish {
+                    tagger: &mut tagger,
+                    estimator: &mut estimator,
+                    frames: &mut frames,
+                    events: &events,
+                    cancel: &cancel,
+                    stats: &stats,
+                    send_timeout: opts.send_timeout,
+                    cap: opts.send_buffer_bytes,
+                };
+                match ctx.run(conn).await {
                     Ended::Stopped => {
                         let _ = events.send(SinkEvent::Stopped).await;
                         return;
@@ -164,63 +243,172 @@ async fn discard_while<F: std::future::Future>(
     }
 }
 
-/// One connected period: reads the server and sends frames until stop or failure.
-async fn publish(
-    mut conn: RtmpConnection<TcpStream>,
-    tagger: &mut VideoTagger,
-    frames: &mut mpsc::Receiver<EncodedFrame>,
-    events: &mpsc::Sender<SinkEvent>,
-    cancel: &CancellationToken,
-) -> Ended {
-    tagger.new_connection();
-    let mut waiting_for_keyframe = true;
-    let mut last_ts = 0u32;
-    loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => {
-                conn.close(last_ts).await;
-                return Ended::Stopped;
-            }
-            read = conn.read() => {
-                if let Err(e) = conn.on_read(read).await {
-                    return Ended::Lost(e);
-                }
-            }
-            frame = frames.recv() => {
-                let Some(frame) = frame else {
-                    conn.close(last_ts).await;
+/// What one connected period needs from the sink; borrowed so that tagger state (parameter
+/// sets, last timestamp) and the bandwidth estimate outlive the connection.
+struct Publish<'a> {
+    tagger: &'a mut VideoTagger,
+    estimator: &'a mut RateEstimator,
+    frames: &'a mut mpsc::Receiver<EncodedFrame>,
+    events: &'a mpsc::Sender<SinkEvent>,
+    cancel: &'a CancellationToken,
+    stats: &'a RtmpStats,
+    send_timeout: Duration,
+    cap: usize,
+}
+
+impl Publish<'_> {
+    /// Reads the server, queues frames and writes the queue until stop or failure.
+    ///
+    /// Writing never blocks taking frames: a server that reads slowly fills the bounded
+    /// [`SendQueue`], which then drops to the next keyframe. A server that takes nothing at all
+    /// for `send_timeout` is treated as lost.
+    async fn run(&mut self, mut conn: RtmpConnection<client::RtmpStream>) -> Ended {
+        self.tagger.new_connection();
+        self.estimator.restart(Instant::now().into_std());
+        let mut queue = SendQueue::new(self.cap);
+        let mut waiting_for_keyframe = true;
+        let mut last_ts = 0u32;
+        let mut codec = Codec::H264;
+        let mut last_progress = Instant::now();
+        let mut dropped_in_window = false;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let stalled_at = last_progress + self.send_timeout;
+            // Serialize the next packet now (outside select!) so the write branch borrows
+            // nothing but the bytes.
+            let pending = match queue.next(|tag| conn.encode(tag)) {
+                Ok(p) => p,
+                Err(e) => return Ended::Lost(e),
+            };
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    stop(conn, queue, last_ts, codec).await;
                     return Ended::Stopped;
-                };
-                if waiting_for_keyframe && !frame.keyframe {
-                    continue;
                 }
-                let tags = match tagger.tags_for(&frame) {
-                    Ok(tags) => tags,
-                    Err(e) => {
-                        // A broken SPS is the producer's fault, not the server's: skip the
-                        // frame and wait for the next keyframe instead of reconnecting.
-                        tracing::warn!(peer = conn.peer(), error = %e, "dropping undecodable frame");
-                        if !waiting_for_keyframe {
-                            waiting_for_keyframe = true;
-                            let _ = events.send(SinkEvent::KeyframeWanted).await;
-                        }
+                io = conn.read_or_write(pending.as_deref()) => match io {
+                    IoEvent::Read(read) => match conn.on_read(read) {
+                        Ok(Some(reply)) => queue.push_control(reply),
+                        Ok(None) => {}
+                        Err(e) => return Ended::Lost(e),
+                    },
+                    IoEvent::Wrote(Ok(n)) if n > 0 => {
+                        queue.advance(n);
+                        self.estimator.wrote(n);
+                        self.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                        last_progress = Instant::now();
+                    }
+                    IoEvent::Wrote(Ok(_)) => return Ended::Lost(conn.error(Phase::Send, RtmpErrorKind::Closed)),
+                    IoEvent::Wrote(Err(e)) | IoEvent::Flushed(Err(e)) => {
+                        return Ended::Lost(conn.error(Phase::Send, e.into()))
+                    }
+                    IoEvent::Flushed(Ok(())) => {}
+                },
+                _ = tokio::time::sleep_until(stalled_at), if pending.is_some() => {
+                    return Ended::Lost(RtmpError {
+                        peer: conn.peer().to_string(),
+                        phase: Phase::Send,
+                        kind: RtmpErrorKind::Timeout(self.send_timeout),
+                    });
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now().into_std();
+                    if let Some(bps) = self.estimator.tick(now, queue.backlog(), dropped_in_window) {
+                        tracing::debug!(peer = conn.peer(), bps, backlog = queue.backlog(), "rtmp bandwidth estimate");
+                        // Best effort: a busy session must not stall the sink.
+                        let _ = self.events.try_send(SinkEvent::Bandwidth { bps });
+                    }
+                    dropped_in_window = false;
+                }
+                frame = self.frames.recv() => {
+                    let Some(frame) = frame else {
+                        stop(conn, queue, last_ts, codec).await;
+                        return Ended::Stopped;
+                    };
+                    if waiting_for_keyframe && !frame.keyframe {
                         continue;
                     }
-                };
-                if tags.iter().any(|t| matches!(t, Outgoing::Video { .. })) {
-                    waiting_for_keyframe = false;
-                }
-                for tag in tags {
-                    if let Outgoing::Video { timestamp_ms, .. } = &tag {
-                        last_ts = *timestamp_ms;
+                    let tags = match self.tagger.tags_for(&frame) {
+                        Ok(tags) => tags,
+                        Err(e) => {
+                            // A broken parameter set is the producer's fault, not the server's:
+                            // skip the frame and wait for the next keyframe instead of
+                            // reconnecting.
+                            tracing::warn!(peer = conn.peer(), error = %e, "dropping undecodable frame");
+                            if !waiting_for_keyframe {
+                                waiting_for_keyframe = true;
+                                let _ = self.events.try_send(SinkEvent::KeyframeWanted);
+                            }
+                            continue;
+                        }
+                    };
+                    if tags.is_empty() {
+                        continue;
                     }
-                    if let Err(e) = conn.send(tag).await {
-                        return Ended::Lost(e);
+                    let ts = tags.iter().rev().find_map(|t| match t {
+                        Outgoing::Video { timestamp_ms, .. } => Some(*timestamp_ms),
+                        Outgoing::Metadata(_) => None,
+                    });
+                    match queue.offer(tags) {
+                        Offer::Queued => {
+                            waiting_for_keyframe = false;
+                            codec = frame.codec;
+                            if let Some(ts) = ts {
+                                last_ts = ts;
+                            }
+                        }
+                        Offer::Dropped { frames } => {
+                            let total = self.stats.dropped_frames.fetch_add(frames, Ordering::Relaxed) + frames;
+                            tracing::warn!(
+                                peer = conn.peer(),
+                                frames,
+                                total,
+                                backlog_limit = self.cap,
+                                "rtmp server reads too slowly: dropped to the next keyframe"
+                            );
+                            waiting_for_keyframe = true;
+                            dropped_in_window = true;
+                            // What was dropped may have held the sequence header.
+                            self.tagger.new_connection();
+                            let _ = self.events.try_send(SinkEvent::KeyframeWanted);
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+/// How long a stop may spend writing what is queued and unpublishing: an operator's stop must
+/// be quick even when the server reads slowly; past it the socket is just dropped.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Writes what is still queued, so that frames the sink took reach the server, then
+/// unpublishes; all within [`STOP_GRACE`].
+async fn stop(
+    mut conn: RtmpConnection<client::RtmpStream>,
+    mut queue: SendQueue,
+    last_ts: u32,
+    codec: Codec,
+) {
+    let graceful = async move {
+        loop {
+            let bytes = match queue.next(|tag| conn.encode(tag)) {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => break,
+                Err(_) => return,
+            };
+            match conn.write_some(&bytes).await {
+                Ok(n) => queue.advance(n),
+                Err(_) => return,
+            }
+        }
+        conn.close(last_ts, codec, &[]).await;
+    };
+    if tokio::time::timeout(STOP_GRACE, graceful).await.is_err() {
+        tracing::debug!("rtmp stop: server too slow to take the rest, connection dropped");
     }
 }
 

@@ -1,0 +1,733 @@
+//! GB/T 28181 device sink: registers to a platform as a device and streams MPEG-PS over RTP
+//! when the platform INVITEs.
+//!
+//! Layout: [`sip`], [`sdp`], [`manscdp`], [`register`], [`dialog`], [`ps`] and [`rtp`] are pure;
+//! [`ua`] is the sans-IO user agent combining them; [`run`] is the tokio shell moving bytes
+//! between sockets, the user agent and the media connection.
+//!
+//! Unlike RTMP, registering does not start media: the platform decides when to watch. The
+//! sink reports [`SinkEvent::Publishing`] once registered, discards frames until an INVITE is
+//! ACKed, then asks for a keyframe ([`SinkEvent::KeyframeWanted`]) so the first pack the
+//! platform gets carries SPS/PPS and the PSM. SIP signalling is UDP or TCP
+//! ([`GbOptions::sip_transport`]); media is UDP, TCP active or TCP passive as the INVITE asks.
+
+pub mod dialog;
+pub mod manscdp;
+pub mod ps;
+pub mod register;
+pub mod rtp;
+pub mod sdp;
+pub mod sip;
+pub mod transport;
+pub mod ua;
+
+use crate::cloud::url::Gb28181Url;
+use crate::media::frame::EncodedFrame;
+use crate::sink::SinkEvent;
+use bytes::Bytes;
+use dialog::MediaPlan;
+use rand::Rng;
+use register::Identity;
+use sdp::MediaTransport;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+pub use transport::SipTransport;
+use transport::{Inbound, SipIo};
+use ua::{Ua, UaConfig, UaEvent};
+
+/// The platform and our identity, taken from the DJI `url` of a `live_start_push` with
+/// url_type 3.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GbTarget {
+    /// Platform SIP host (IP literal or name).
+    pub server_host: String,
+    /// Platform SIP port.
+    pub server_port: u16,
+    /// Platform ID; its first 10 digits are the SIP domain and digest realm.
+    pub server_id: String,
+    /// Our device ID (digest username).
+    pub device_id: String,
+    /// Digest password; never printed (see [`GbTarget::redacted`]).
+    pub password: String,
+    /// Local SIP port to bind.
+    pub local_port: u16,
+    /// The channel ID the platform INVITEs.
+    pub channel: String,
+}
+
+/// Why a DJI GB28181 url cannot become a target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GbTargetError {
+    /// The platform ID is too short to carry the 10-digit domain.
+    #[error("serverID {0:?} is shorter than the 10-digit SIP domain")]
+    ShortServerId(String),
+}
+
+impl GbTarget {
+    /// The target for a parsed DJI url (IDs and ports were validated by the url parser).
+    pub fn from_url(url: &Gb28181Url) -> Result<GbTarget, GbTargetError> {
+        if url.server_id.len() < 10 || !url.server_id.is_ascii() {
+            return Err(GbTargetError::ShortServerId(url.server_id.clone()));
+        }
+        Ok(GbTarget {
+            server_host: url.server_ip.clone(),
+            server_port: url.server_port,
+            server_id: url.server_id.clone(),
+            device_id: url.agent_id.clone(),
+            password: url.agent_password.clone(),
+            local_port: url.local_port,
+            channel: url.channel.clone(),
+        })
+    }
+
+    /// The SIP domain / digest realm: the first 10 digits of the platform ID.
+    pub fn domain(&self) -> &str {
+        self.server_id.get(..10).unwrap_or(&self.server_id)
+    }
+
+    /// A loggable description without the password.
+    pub fn redacted(&self) -> String {
+        format!(
+            "gb28181 {}@{}:{} as {} channel {} (local SIP port {})",
+            self.server_id,
+            self.server_host,
+            self.server_port,
+            self.device_id,
+            self.channel,
+            self.local_port
+        )
+    }
+}
+
+impl fmt::Debug for GbTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Tunables of a GB28181 sink; `Default` follows the GB/wvp defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GbOptions {
+    /// SIP over UDP (default) or TCP; TCP keeps one connection to the platform open and
+    /// also accepts the platform's own connections on `localPort`.
+    pub sip_transport: SipTransport,
+    /// Address to bind SIP and media sockets on (0.0.0.0 on a dock, 127.0.0.1 in tests).
+    pub bind_ip: IpAddr,
+    /// Address printed in Via/Contact/SDP; `None` takes the local address that routes to the
+    /// platform. Set it to the forwarded public address behind NAT (TCP-active needs it).
+    pub advertise_ip: Option<IpAddr>,
+    /// Local media port (UDP source port and TCP listen port); 0 picks a free one.
+    pub media_port: u16,
+    /// Registration expiry asked for (GB default 3600 s).
+    pub expires: u32,
+    /// Keepalive period (GB default 60 s).
+    pub keepalive_interval: Duration,
+    /// Unanswered keepalives in a row that count as a lost registration (GB default 3).
+    pub keepalive_max_missed: u32,
+    /// RFC 3261 T1 for UDP retransmissions.
+    pub t1: Duration,
+    /// Transaction timeout (RFC 3261 64·T1).
+    pub transaction_timeout: Duration,
+    /// First re-register backoff ceiling.
+    pub backoff_initial: Duration,
+    /// Largest re-register backoff ceiling.
+    pub backoff_max: Duration,
+    /// Longest wait for BYE/unregister answers when stopping.
+    pub stop_timeout: Duration,
+    /// Limit for connecting to / being connected by the media server over TCP.
+    pub tcp_media_timeout: Duration,
+    /// Name shown in the platform's device and channel lists (ASCII: declared GB2312).
+    pub name: String,
+}
+
+impl Default for GbOptions {
+    fn default() -> Self {
+        Self {
+            sip_transport: SipTransport::Udp,
+            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            advertise_ip: None,
+            media_port: 0,
+            expires: 3600,
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_max_missed: 3,
+            t1: Duration::from_millis(500),
+            transaction_timeout: Duration::from_secs(32),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(5),
+            tcp_media_timeout: Duration::from_secs(10),
+            name: "DJI Dock Camera".into(),
+        }
+    }
+}
+
+/// Frames waiting for a slow TCP media connection; beyond this the sink drops frames and
+/// asks for a keyframe instead of buffering without bound.
+const MEDIA_QUEUE: usize = 64;
+
+/// Runs the GB28181 sink until `cancel` fires or the frame sender is dropped.
+///
+/// Events: [`SinkEvent::Publishing`] on (re-)registration — media starts only when the platform
+/// INVITEs, frames are discarded until then; [`SinkEvent::KeyframeWanted`] when an INVITE starts
+/// media (and after frames were dropped); [`SinkEvent::Reconnecting`] when the registration is
+/// lost (refresh refused, 3 keepalives unanswered) and is being retried with backoff;
+/// [`SinkEvent::Failed`] when the first REGISTER is refused (wrong password) or unanswered, or a
+/// socket cannot be bound; [`SinkEvent::Stopped`] after cancel, once the active dialog got its
+/// BYE and the registration its `Expires: 0` (bounded by `stop_timeout`).
+pub async fn run(
+    target: GbTarget,
+    opts: GbOptions,
+    mut frames: mpsc::Receiver<EncodedFrame>,
+    events: mpsc::Sender<SinkEvent>,
+    cancel: CancellationToken,
+) {
+    let label = target.redacted();
+    let setup = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => {
+            let _ = events.send(SinkEvent::Stopped).await;
+            return;
+        }
+        s = Shell::setup(&target, &opts) => s,
+    };
+    let mut shell = match setup {
+        Ok(s) => s,
+        Err(reason) => {
+            tracing::warn!(target = %label, %reason, "gb28181 sink setup failed");
+            let _ = events.send(SinkEvent::Failed { reason }).await;
+            return;
+        }
+    };
+    tracing::info!(target = %label, local = %shell.sip.local_addr().map(|a| a.to_string()).unwrap_or_default(), "gb28181 registering");
+    shell.ua.start(Instant::now().into_std());
+    let mut stop_deadline: Option<Instant> = None;
+    let mut frames_open = true;
+    let (media_err_tx, mut media_err_rx) = mpsc::channel::<(String, String)>(4);
+    loop {
+        if let Err(reason) = shell.flush().await {
+            tracing::warn!(target = %label, %reason, "gb28181 send failed");
+        }
+        if let Some(end) = shell.drain_events(&events, &label, &media_err_tx).await {
+            shell.stop_media().await;
+            let _ = events.send(end).await;
+            return;
+        }
+        let wake = shell.ua.poll_timeout().map(Instant::from_std);
+        let wake = match (wake, stop_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled(), if stop_deadline.is_none() => {
+                stop_deadline = Some(Instant::now() + opts.stop_timeout);
+                shell.ua.stop(Instant::now().into_std());
+            }
+            _ = sleep_until_opt(wake) => {
+                if stop_deadline.is_some_and(|d| d <= Instant::now()) {
+                    tracing::warn!(target = %label, "gb28181 stop timed out waiting for the platform");
+                    shell.stop_media().await;
+                    let _ = events.send(SinkEvent::Stopped).await;
+                    return;
+                }
+                shell.ua.handle_timeout(Instant::now().into_std());
+            }
+            inbound = shell.sip.recv() => match inbound {
+                Inbound::Message(from, data) => {
+                    shell.ua.handle_input(Instant::now().into_std(), from, &data)
+                }
+                Inbound::Closed(peer, reason) => {
+                    tracing::info!(target = %label, %peer, %reason, "gb28181 SIP connection closed");
+                    if peer == shell.server {
+                        shell.ua.transport_lost(Instant::now().into_std(), &reason);
+                    }
+                }
+            },
+            Some((call_id, reason)) = media_err_rx.recv() => {
+                tracing::warn!(target = %label, %call_id, %reason, "gb28181 media connection lost; ending the dialog");
+                shell.ua.hang_up(Instant::now().into_std(), &call_id);
+            }
+            // Frames keep being taken (and dropped) while stopping so the producer never blocks.
+            frame = frames.recv(), if frames_open => match frame {
+                Some(frame) => {
+                    if stop_deadline.is_none() && shell.send_frame(&frame).await {
+                        let _ = events.send(SinkEvent::KeyframeWanted).await;
+                    }
+                }
+                None => {
+                    frames_open = false;
+                    if stop_deadline.is_none() {
+                        stop_deadline = Some(Instant::now() + opts.stop_timeout);
+                        shell.ua.stop(Instant::now().into_std());
+                    }
+                }
+            },
+        }
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One running media session (one ACKed INVITE).
+struct Media {
+    call_id: String,
+    packetizer: rtp::Packetizer,
+    waiting_for_keyframe: bool,
+    sender: MediaSender,
+}
+
+enum MediaSender {
+    Udp {
+        dest: SocketAddr,
+    },
+    Tcp {
+        queue: mpsc::Sender<Vec<Bytes>>,
+        task: JoinHandle<()>,
+    },
+}
+
+struct Shell {
+    sip: SipIo,
+    server: SocketAddr,
+    media_udp: Arc<UdpSocket>,
+    media_tcp: Arc<TcpListener>,
+    ua: Ua,
+    muxer: ps::PsMuxer,
+    media: Option<Media>,
+    registered: bool,
+    tcp_media_timeout: Duration,
+}
+
+impl Shell {
+    async fn setup(target: &GbTarget, opts: &GbOptions) -> Result<Shell, String> {
+        let server = resolve(&target.server_host, target.server_port).await?;
+        let sip = SipIo::bind(
+            opts.sip_transport,
+            SocketAddr::new(opts.bind_ip, target.local_port),
+            opts.tcp_media_timeout,
+        )
+        .await?;
+        let local_sip = sip
+            .local_addr()
+            .map_err(|e| format!("SIP socket address: {e}"))?;
+        let advertise = match opts.advertise_ip {
+            Some(ip) => ip,
+            None if !opts.bind_ip.is_unspecified() => opts.bind_ip,
+            None => route_ip(server).await?,
+        };
+        let (media_udp, media_tcp) = bind_media(opts.bind_ip, opts.media_port).await?;
+        let media_port = media_udp
+            .local_addr()
+            .map_err(|e| format!("media socket address: {e}"))?
+            .port();
+        let cfg = UaConfig {
+            identity: Identity {
+                device_id: target.device_id.clone(),
+                server_id: target.server_id.clone(),
+                domain: target.domain().to_owned(),
+                server,
+                local: SocketAddr::new(advertise, local_sip.port()),
+                user_agent: format!("dockcast/{}", env!("CARGO_PKG_VERSION")),
+                tcp: opts.sip_transport == SipTransport::Tcp,
+            },
+            password: target.password.clone(),
+            channel: target.channel.clone(),
+            media_ip: advertise,
+            media_port,
+            expires: opts.expires,
+            keepalive_interval: opts.keepalive_interval,
+            keepalive_max_missed: opts.keepalive_max_missed.max(1),
+            t1: opts.t1,
+            transaction_timeout: opts.transaction_timeout,
+            backoff_initial: opts.backoff_initial,
+            backoff_max: opts.backoff_max,
+            name: opts.name.clone(),
+            seed: rand::rng().random(),
+        };
+        Ok(Shell {
+            sip,
+            server,
+            media_udp: Arc::new(media_udp),
+            media_tcp: Arc::new(media_tcp),
+            ua: Ua::new(cfg),
+            muxer: ps::PsMuxer::new(),
+            media: None,
+            registered: false,
+            tcp_media_timeout: opts.tcp_media_timeout,
+        })
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        let mut result = Ok(());
+        while let Some(t) = self.ua.poll_transmit() {
+            if let Err(e) = self.sip.send(t.dest, t.data).await {
+                if t.dest == self.server && matches!(self.sip, SipIo::Tcp { .. }) {
+                    // No connection, no registration: let the user agent back off and retry.
+                    self.ua.transport_lost(Instant::now().into_std(), &e);
+                }
+                result = Err(format!("SIP: {e}"));
+            }
+        }
+        result
+    }
+
+    /// Turns user-agent events into sink events; returns the final event when the sink ends.
+    async fn drain_events(
+        &mut self,
+        events: &mpsc::Sender<SinkEvent>,
+        label: &str,
+        media_err: &mpsc::Sender<(String, String)>,
+    ) -> Option<SinkEvent> {
+        while let Some(ev) = self.ua.poll_event() {
+            match ev {
+                UaEvent::Registered { expires } => {
+                    tracing::info!(target = %label, expires, "gb28181 registered; waiting for INVITE");
+                    self.registered = true;
+                    let _ = events.send(SinkEvent::Publishing).await;
+                }
+                UaEvent::RegistrationLost {
+                    attempt,
+                    reason,
+                    retry_in,
+                } => {
+                    tracing::warn!(target = %label, %reason, ?retry_in, "gb28181 registration lost");
+                    self.registered = false;
+                    let _ = events
+                        .send(SinkEvent::Reconnecting {
+                            attempt,
+                            reason,
+                            retry_in,
+                        })
+                        .await;
+                }
+                UaEvent::RegistrationFailed { reason } => {
+                    tracing::warn!(target = %label, %reason, "gb28181 registration failed");
+                    return Some(SinkEvent::Failed { reason });
+                }
+                UaEvent::MediaStart(plan) => {
+                    tracing::info!(target = %label, call_id = %plan.call_id, ssrc = plan.ssrc, transport = ?plan.transport, remote = %plan.remote, "gb28181 media start");
+                    self.start_media(plan, media_err.clone()).await;
+                    let _ = events.send(SinkEvent::KeyframeWanted).await;
+                }
+                UaEvent::MediaStop { call_id } => {
+                    if self.media.as_ref().is_some_and(|m| m.call_id == call_id) {
+                        tracing::info!(target = %label, %call_id, "gb28181 media stop");
+                        self.stop_media().await;
+                    }
+                }
+                UaEvent::Refused { reason } => {
+                    tracing::warn!(target = %label, %reason, "gb28181 platform request not served");
+                }
+                UaEvent::Unregistered => {
+                    tracing::info!(target = %label, "gb28181 unregistered");
+                    return Some(SinkEvent::Stopped);
+                }
+            }
+        }
+        None
+    }
+
+    async fn start_media(&mut self, plan: MediaPlan, media_err: mpsc::Sender<(String, String)>) {
+        self.stop_media().await;
+        let first_seq: u16 = rand::rng().random();
+        let sender = match plan.transport {
+            MediaTransport::Udp => MediaSender::Udp { dest: plan.remote },
+            MediaTransport::TcpConnect | MediaTransport::TcpListen => {
+                let (queue, rx) = mpsc::channel(MEDIA_QUEUE);
+                let task = tokio::spawn(tcp_media(
+                    plan.clone(),
+                    self.media_tcp.clone(),
+                    self.tcp_media_timeout,
+                    rx,
+                    media_err,
+                ));
+                MediaSender::Tcp { queue, task }
+            }
+        };
+        self.media = Some(Media {
+            call_id: plan.call_id,
+            packetizer: rtp::Packetizer::new(plan.ssrc, first_seq),
+            waiting_for_keyframe: true,
+            sender,
+        });
+    }
+
+    async fn stop_media(&mut self) {
+        if let Some(Media {
+            sender: MediaSender::Tcp { queue, mut task },
+            ..
+        }) = self.media.take()
+        {
+            // Closing the queue lets the task flush what it has and close the connection; a task
+            // still waiting for the media server to connect must not outlive its dialog, or it
+            // could accept the connection meant for the next INVITE.
+            drop(queue);
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+
+    /// Sends one frame if a media session runs; true when a keyframe must be requested.
+    async fn send_frame(&mut self, frame: &EncodedFrame) -> bool {
+        let Some(media) = self.media.as_mut() else {
+            return false; // not invited: nobody is watching
+        };
+        if media.waiting_for_keyframe {
+            if !frame.keyframe {
+                return false;
+            }
+            media.waiting_for_keyframe = false;
+        }
+        let pts = ps::to_90khz(frame.pts);
+        let pack = self.muxer.mux(&frame.data, pts, None, frame.keyframe);
+        let packets = media.packetizer.packetize(&pack, pts as u32);
+        match &media.sender {
+            MediaSender::Udp { dest } => {
+                for p in packets {
+                    if let Err(e) = self.media_udp.send_to(&p, *dest).await {
+                        tracing::debug!(%dest, error = %e, "gb28181 RTP send");
+                    }
+                }
+                false
+            }
+            MediaSender::Tcp { queue, .. } => match queue.try_send(packets) {
+                Ok(()) => false,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // The media server reads slower than we produce: drop this frame and
+                    // resume at a keyframe rather than buffer without bound.
+                    media.waiting_for_keyframe = true;
+                    true
+                }
+                // The connection task ended; its error is on the way and ends the dialog.
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
+        }
+    }
+}
+
+/// Sends one TCP media session: connect or accept, then RFC 4571 frames until the queue
+/// closes. Errors are reported so the dialog can be ended with BYE.
+async fn tcp_media(
+    plan: MediaPlan,
+    listener: Arc<TcpListener>,
+    timeout: Duration,
+    mut rx: mpsc::Receiver<Vec<Bytes>>,
+    errors: mpsc::Sender<(String, String)>,
+) {
+    let stream = match plan.transport {
+        MediaTransport::TcpListen => tokio::time::timeout(timeout, listener.accept())
+            .await
+            .map_err(|_| format!("media server did not connect within {timeout:?}"))
+            .and_then(|r| r.map(|(s, _)| s).map_err(|e| format!("accept: {e}"))),
+        _ => tokio::time::timeout(timeout, TcpStream::connect(plan.remote))
+            .await
+            .map_err(|_| format!("connect to {} timed out", plan.remote))
+            .and_then(|r| r.map_err(|e| format!("connect to {}: {e}", plan.remote))),
+    };
+    let mut stream = match stream {
+        Ok(s) => s,
+        Err(reason) => {
+            let _ = errors.send((plan.call_id, reason)).await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    while let Some(packets) = rx.recv().await {
+        for p in packets {
+            let Some(framed) = rtp::frame_rfc4571(&p) else {
+                continue;
+            };
+            // write_all: a half-written packet would desynchronise the receiver's framing.
+            let write = tokio::time::timeout(timeout, stream.write_all(&framed)).await;
+            let err = match write {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => format!("write to media server: {e}"),
+                Err(_) => "media server stopped reading".to_owned(),
+            };
+            let _ = errors.send((plan.call_id, err)).await;
+            return;
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let lookup = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::lookup_host((host, port)),
+    )
+    .await
+    .map_err(|_| format!("resolving serverIP {host:?} timed out"))?
+    .map_err(|e| format!("resolving serverIP {host:?}: {e}"))?;
+    let addrs: Vec<SocketAddr> = lookup.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("serverIP {host:?} has no address"))
+}
+
+/// The local address the kernel would use towards `server`, for Via/Contact/SDP.
+async fn route_ip(server: SocketAddr) -> Result<IpAddr, String> {
+    let any: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let probe = UdpSocket::bind(any)
+        .await
+        .map_err(|e| format!("probe socket: {e}"))?;
+    probe
+        .connect(server)
+        .await
+        .map_err(|e| format!("no route to platform {server}: {e}"))?;
+    probe
+        .local_addr()
+        .map(|a| a.ip())
+        .map_err(|e| format!("probe socket address: {e}"))
+}
+
+/// A UDP socket and a TCP listener on the same port, so the SDP answer names one port for
+/// every transport.
+async fn bind_media(ip: IpAddr, port: u16) -> Result<(UdpSocket, TcpListener), String> {
+    let attempts = if port == 0 { 20 } else { 1 };
+    let mut last = String::new();
+    for _ in 0..attempts {
+        let udp = UdpSocket::bind(SocketAddr::new(ip, port))
+            .await
+            .map_err(|e| format!("bind media UDP {ip}:{port}: {e}"))?;
+        let bound = udp
+            .local_addr()
+            .map_err(|e| format!("media socket address: {e}"))?
+            .port();
+        match TcpListener::bind(SocketAddr::new(ip, bound)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last = format!("bind media TCP {ip}:{bound}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::url::StreamUrl;
+    use crate::cloud::UrlType;
+
+    #[test]
+    fn target_from_url_keeps_the_password_out_of_debug() {
+        let url = StreamUrl::parse(
+            UrlType::Gb28181,
+            "serverIP=127.0.0.1&serverPort=5060&serverID=34020000002000000001&agentID=34020000001320000001&agentPassword=s3cret&localPort=5070&channel=34020000001310000001",
+        )
+        .expect("valid");
+        let StreamUrl::Gb28181(u) = url else {
+            panic!("gb28181 expected")
+        };
+        let t = GbTarget::from_url(&u).expect("target");
+        assert_eq!(t.domain(), "3402000000");
+        assert_eq!(t.password, "s3cret");
+        assert!(!format!("{t:?}").contains("s3cret"));
+        assert!(!t.redacted().contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn advertised_address_is_the_route_to_the_platform() {
+        let ip = route_ip("127.0.0.1:5060".parse().expect("addr"))
+            .await
+            .expect("route");
+        assert_eq!(ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let (udp, tcp) = bind_media("127.0.0.1".parse().expect("ip"), 0)
+            .await
+            .expect("bind");
+        assert_eq!(
+            udp.local_addr().expect("udp").port(),
+            tcp.local_addr().expect("tcp").port(),
+            "one media port for every transport"
+        );
+    }
+
+    #[tokio::test]
+    async fn unanswered_first_register_fails_and_cancel_stops() {
+        // A platform address where nobody answers.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = silent.local_addr().expect("addr").port();
+        let target = GbTarget {
+            server_host: "127.0.0.1".into(),
+            server_port: port,
+            server_id: "34020000002000000001".into(),
+            device_id: "34020000001320000001".into(),
+            password: "pw".into(),
+            local_port: 0,
+            channel: "34020000001310000001".into(),
+        };
+        let opts = GbOptions {
+            bind_ip: "127.0.0.1".parse().expect("ip"),
+            t1: Duration::from_millis(50),
+            transaction_timeout: Duration::from_millis(400),
+            ..GbOptions::default()
+        };
+        let (_tx, rx) = mpsc::channel(4);
+        let (ev_tx, mut ev_rx) = mpsc::channel(8);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            run(
+                target.clone(),
+                opts.clone(),
+                rx,
+                ev_tx,
+                CancellationToken::new(),
+            ),
+        )
+        .await
+        .expect("sink ends");
+        match ev_rx.recv().await {
+            Some(SinkEvent::Failed { reason }) => {
+                assert!(reason.contains("unanswered"), "{reason}");
+                assert!(!reason.contains("pw"));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let (_tx, rx) = mpsc::channel(4);
+        let (ev_tx, mut ev_rx) = mpsc::channel(8);
+        let cancel = CancellationToken::new();
+        let slow = GbOptions {
+            transaction_timeout: Duration::from_secs(30),
+            ..opts
+        };
+        let sink = tokio::spawn(run(target, slow, rx, ev_tx, cancel.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cancel.cancel();
+        let ev = tokio::time::timeout(Duration::from_secs(2), ev_rx.recv())
+            .await
+            .expect("event in time");
+        assert_eq!(ev, Some(SinkEvent::Stopped));
+        tokio::time::timeout(Duration::from_secs(2), sink)
+            .await
+            .expect("sink returned")
+            .expect("no panic");
+        drop(silent);
+    }
+}

@@ -1,0 +1,125 @@
+//! End to end over GB/T 28181: the cloud starts a push with url_type 3 over MQTT, the daemon
+//! registers to a SIPp platform (digest checked by SIPp), the platform INVITEs and a GStreamer
+//! `mpegpsdemux ! h264parse` pipeline decodes what arrives, then live_stop_push unregisters.
+
+mod peers;
+
+use peers::daemon::{Daemon, DaemonConfig};
+use peers::gst::{Mode, PsReceiver};
+use peers::mosquitto::Mosquitto;
+use peers::mqtt::CloudClient;
+use peers::probe::probe_file;
+use peers::sipp::{start_uac, PlatformUas};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const SERVER_ID: &str = "34020000002000000001";
+const DEVICE: &str = "34020000001320000001";
+const CHANNEL: &str = "34020000001310000001";
+const PASSWORD: &str = "12345678";
+const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn call(cloud: &mut CloudClient, method: &str, data: Value) -> Value {
+    let (tid, _) = cloud.send_service(method, data);
+    cloud.wait_reply(&tid, REPLY_TIMEOUT)
+}
+
+#[test]
+fn gb28181_push_registers_streams_on_invite_and_unregisters() {
+    let _serial = peers::exclusive();
+    let platform_port = peers::free_port();
+    let device_port = peers::free_port();
+    let platform = PlatformUas::start(platform_port);
+    let broker = Mosquitto::start();
+    let mut cfg = DaemonConfig::new(&broker.url());
+    cfg.extra_toml = "[gb28181]\nbind_ip = \"127.0.0.1\"\n".to_string();
+    let vid = cfg.video_id();
+    let mut cloud = CloudClient::connect(broker.port(), &cfg.gateway_sn);
+    let mut daemon = Daemon::start(&cfg);
+    cloud.wait_state("live_capacity", |_| true, REPLY_TIMEOUT);
+
+    let url = format!(
+        "serverIP=127.0.0.1&serverPort={platform_port}&serverID={SERVER_ID}&agentID={DEVICE}\
+         &agentPassword={PASSWORD}&localPort={device_port}&channel={CHANNEL}"
+    );
+    let started = Instant::now();
+    let reply = call(
+        &mut cloud,
+        "live_start_push",
+        json!({"url_type": 3, "url": url, "video_id": vid, "video_quality": 2}),
+    );
+    assert_eq!(
+        reply["data"]["result"],
+        0,
+        "{reply}\nplatform:\n{}\ndaemon:\n{}",
+        platform.log(),
+        daemon.log_tail(30)
+    );
+    println!(
+        "GB28181 start (registered) answered after {:?}",
+        started.elapsed()
+    );
+
+    // The platform plays the channel: INVITE, 5 s of media, BYE.
+    let rx_port = peers::free_port();
+    let mut gst = PsReceiver::start(Mode::Udp, rx_port);
+    let device: SocketAddr = format!("127.0.0.1:{device_port}").parse().expect("addr");
+    let rx = rx_port.to_string();
+    let invited = Instant::now();
+    let uac = start_uac(
+        "invite_uac.xml",
+        device,
+        peers::free_port(),
+        &[
+            ("channel", CHANNEL),
+            ("ssrc", "0100000001"),
+            ("media_ip", "127.0.0.1"),
+            ("media_port", &rx),
+            ("proto", "RTP/AVP"),
+            ("setup", ""),
+        ],
+    );
+    // Lens and quality changes keep the same RTP session (no new INVITE is needed).
+    std::thread::sleep(Duration::from_millis(1500));
+    let lens = call(
+        &mut cloud,
+        "live_lens_change",
+        json!({"video_id": vid, "video_type": "zoom"}),
+    );
+    assert_eq!(lens["data"]["result"], 0, "{lens}");
+    let run = uac.wait(Duration::from_secs(20));
+    assert!(
+        run.status.success(),
+        "SIPp INVITE scenario failed:\n{}\n{}",
+        run.log,
+        run.messages
+    );
+    let played = invited.elapsed().as_secs_f64();
+    gst.stop();
+    let p = probe_file(&gst.output());
+    assert_eq!(p.codec, "h264", "{p:?}");
+    let rung = peers::daemon::rung_for_quality(2);
+    assert_eq!((p.width, p.height), (rung.width, rung.height), "{p:?}");
+    // About 5 s of media at 30 fps between ACK and BYE.
+    assert!(
+        p.frames >= 120,
+        "GStreamer decoded only {} frames in {played:.1} s",
+        p.frames
+    );
+
+    let stop = call(&mut cloud, "live_stop_push", json!({ "video_id": vid }));
+    assert_eq!(stop["data"]["result"], 0, "{stop}");
+    assert!(
+        platform.wait_log("Expires: 0", Duration::from_secs(10))
+            || platform.messages().contains("Expires: 0"),
+        "no unregister (Expires: 0) after stop:\n{}",
+        platform.messages()
+    );
+    daemon.send_signal("TERM");
+    let _ = daemon.wait_exit(Duration::from_secs(5));
+    assert!(
+        !daemon.logs().contains(PASSWORD),
+        "agentPassword reached the logs"
+    );
+}

@@ -1,0 +1,817 @@
+//! `sink::gb28181::run` against SIPp as the GB/T 28181 platform and GStreamer as its media
+//! server: digest registration checked by SIPp, queries answered with the SN echoed, INVITE
+//! answered and PS/RTP decoded by `mpegpsdemux ! h264parse`, BYE stopping the media, unregister
+//! on cancel, re-registration after a platform outage. Needs sip-tester, gstreamer1.0-* and
+//! ffmpeg (scripts/setup-deps.sh).
+
+mod peers;
+
+use dockcast::media::encoder::H264Encoder;
+use dockcast::media::frame::EncodedFrame;
+use dockcast::media::quality::Rung;
+use dockcast::sink::gb28181::SipTransport;
+use dockcast::sink::gb28181::{run, GbOptions, GbTarget};
+use dockcast::sink::SinkEvent;
+use dockcast::source::pattern::{PatternSource, Style};
+use dockcast::source::{SourceFrame, VideoSource};
+use peers::gst::{Mode, PsReceiver};
+use peers::probe::probe_file;
+use peers::sipp::{start_uac, start_uac_over, PlatformUas, UacProcess};
+use peers::{free_port, wait_until};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+const SERVER_ID: &str = "34020000002000000001";
+const DEVICE: &str = "34020000001320000001";
+const CHANNEL: &str = "34020000001310000001";
+const PASSWORD: &str = "12345678";
+const FRAME: Duration = Duration::from_micros(33_333);
+
+/// The tests count frames against wall-clock time; an encoder, SIPp and GStreamer per test
+/// competing for two cores would make the counts lie, so they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// 5 s of 640x360 test pattern at 30 fps, an IDR every 30 frames; the rings pattern so that
+/// frames span several RTP packets.
+fn encode_clip() -> Vec<EncodedFrame> {
+    let rung = Rung {
+        width: 640,
+        height: 360,
+        fps: 30,
+        bitrate_kbps: 800,
+    };
+    let mut enc = H264Encoder::new(rung, 30).expect("encoder");
+    let mut src = PatternSource::new(Style::Zoom);
+    let mut out = Vec::new();
+    for i in 0..150u32 {
+        let SourceFrame::Raw(raw) = src.next_frame(&rung).expect("pattern") else {
+            panic!("pattern gives raw frames");
+        };
+        if let Some(f) = enc.encode(raw, FRAME * i).expect("encode") {
+            out.push(f);
+        }
+    }
+    assert!(out[0].keyframe);
+    out
+}
+
+/// Counts frames fed to the sink from the first keyframe after `armed` until `counting` ends.
+#[derive(Default)]
+struct Tally {
+    armed: AtomicBool,
+    counting: AtomicBool,
+    sent: AtomicU64,
+}
+
+/// Feeds the clip in a loop at 30 fps, with a media clock that keeps going up.
+fn feed(
+    clip: Vec<EncodedFrame>,
+    tx: mpsc::Sender<EncodedFrame>,
+    tally: Arc<Tally>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(FRAME);
+        for n in 0u32.. {
+            tick.tick().await;
+            let mut f = clip[n as usize % clip.len()].clone();
+            f.pts = FRAME * n;
+            if f.keyframe && tally.armed.swap(false, Ordering::SeqCst) {
+                tally.counting.store(true, Ordering::SeqCst);
+            }
+            if tally.counting.load(Ordering::SeqCst) {
+                tally.sent.fetch_add(1, Ordering::SeqCst);
+            }
+            if tx.send(f).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+fn target(platform_port: u16, device_port: u16, password: &str) -> GbTarget {
+    GbTarget {
+        server_host: "127.0.0.1".into(),
+        server_port: platform_port,
+        server_id: SERVER_ID.into(),
+        device_id: DEVICE.into(),
+        password: password.into(),
+        local_port: device_port,
+        channel: CHANNEL.into(),
+    }
+}
+
+fn options(media_port: u16) -> GbOptions {
+    GbOptions {
+        bind_ip: "127.0.0.1".parse().expect("ip"),
+        media_port,
+        keepalive_interval: Duration::from_secs(1),
+        t1: Duration::from_millis(200),
+        transaction_timeout: Duration::from_secs(2),
+        backoff_initial: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(1),
+        tcp_media_timeout: Duration::from_secs(5),
+        ..GbOptions::default()
+    }
+}
+
+async fn next_event(rx: &mut mpsc::Receiver<SinkEvent>, within: Duration) -> SinkEvent {
+    timeout(within, rx.recv())
+        .await
+        .expect("sink event in time")
+        .expect("sink alive")
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("no panic")
+}
+
+/// Plays the channel once via a SIPp INVITE/ACK/BYE while counting the frames fed after the
+/// media started, then checks GStreamer decoded at least 90 % of them and that BYE stopped
+/// the media.
+async fn play_once(
+    sip_tcp: bool,
+    device: SocketAddr,
+    device_media_port: u16,
+    mode: Mode,
+    events: &mut mpsc::Receiver<SinkEvent>,
+    tally: &Arc<Tally>,
+    ssrc: &str,
+) {
+    let rx_port = free_port();
+    let (proto, setup, gst_port) = match mode {
+        Mode::Udp => ("RTP/AVP", "", rx_port),
+        Mode::TcpListen => ("TCP/RTP/AVP", "a=setup:passive", rx_port),
+        // The platform dials the port of our answer, which is the sink's fixed media port.
+        Mode::TcpDial => ("TCP/RTP/AVP", "a=setup:active", device_media_port),
+    };
+    let mut gst = blocking(move || PsReceiver::start(mode, gst_port)).await;
+    let uac_port = free_port();
+    let rx = rx_port.to_string();
+    let ssrc_owned = ssrc.to_owned();
+    let mut uac: UacProcess = start_uac_over(
+        sip_tcp,
+        "invite_uac.xml",
+        device,
+        uac_port,
+        &[
+            ("channel", CHANNEL),
+            ("ssrc", &ssrc_owned),
+            ("media_ip", "127.0.0.1"),
+            ("media_port", &rx),
+            ("proto", proto),
+            ("setup", setup),
+        ],
+    );
+    // The sink asks for a keyframe when the INVITE's media starts; count from that keyframe.
+    let mut started = false;
+    for _ in 0..400 {
+        if uac.finished() {
+            break;
+        }
+        if let Ok(Some(ev)) = timeout(Duration::from_millis(50), events.recv()).await {
+            if ev == SinkEvent::KeyframeWanted && !started {
+                started = true;
+                tally.sent.store(0, Ordering::SeqCst);
+                tally.armed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    tally.counting.store(false, Ordering::SeqCst);
+    tally.armed.store(false, Ordering::SeqCst);
+    let sent = tally.sent.load(Ordering::SeqCst);
+    let run = blocking(move || uac.wait(Duration::from_secs(10))).await;
+    assert!(
+        run.status.success(),
+        "SIPp INVITE scenario failed ({:?}):\n{}\n{}",
+        run.status,
+        run.log,
+        run.messages
+    );
+    assert!(started, "no KeyframeWanted after the INVITE");
+    assert!(
+        run.log.contains(&format!("ANSWER ssrc={ssrc} ")),
+        "answer must echo y={ssrc}: {}",
+        run.log
+    );
+    let answered_tcp = run.log.contains("proto=TCP/RTP/AVP");
+    assert_eq!(answered_tcp, mode != Mode::Udp, "{}", run.log);
+    match mode {
+        Mode::Udp => {}
+        Mode::TcpListen => assert!(run.messages.contains("a=setup:active"), "{}", run.messages),
+        Mode::TcpDial => {
+            assert!(run.messages.contains("a=setup:passive"), "{}", run.messages);
+            assert!(
+                run.log.contains(&format!("port={device_media_port} ")),
+                "{}",
+                run.log
+            );
+        }
+    }
+    // BYE stops the media: nothing more arrives although frames keep coming.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let len_after_bye = gst.output_len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        gst.output_len(),
+        len_after_bye,
+        "media still flowing after BYE"
+    );
+    let (probe, gst) = blocking(move || {
+        gst.stop();
+        (probe_file(&gst.output()), gst)
+    })
+    .await;
+    drop(gst);
+    assert_eq!(probe.codec, "h264");
+    assert_eq!((probe.width, probe.height), (640, 360));
+    assert!(sent >= 100, "only {sent} frames were counted as sent");
+    assert!(
+        probe.frames * 10 >= sent * 9,
+        "{mode:?}: GStreamer decoded {} of {sent} frames sent",
+        probe.frames
+    );
+    eprintln!(
+        "{mode:?}: sent {sent} frames, GStreamer mpegpsdemux ! h264parse got {}",
+        probe.frames
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_answers_queries_streams_on_invite_and_unregisters() {
+    let _serial = SERIAL.lock().await;
+    let platform_port = free_port();
+    let device_port = free_port();
+    let uas = blocking(move || PlatformUas::start(platform_port)).await;
+    let clip = blocking(encode_clip).await;
+
+    let (tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let sink = tokio::spawn(run(
+        target(uas.port(), device_port, PASSWORD),
+        options(0),
+        frames,
+        ev_tx,
+        cancel.clone(),
+    ));
+    let tally = Arc::new(Tally::default());
+    let feeder = feed(clip, tx, tally.clone());
+
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    let uas = blocking(move || {
+        assert!(
+            uas.wait_log("REGISTERED", Duration::from_secs(5)),
+            "{}",
+            uas.log()
+        );
+        assert!(
+            uas.wait_log("MESSAGE CmdType=Keepalive", Duration::from_secs(5)),
+            "{}",
+            uas.log()
+        );
+        uas
+    })
+    .await;
+    assert!(!uas.log().contains("AUTH_BAD"));
+
+    let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
+    for (cmd, sn) in [
+        ("Catalog", "248136"),
+        ("DeviceInfo", "17430"),
+        ("DeviceStatus", "90417"),
+    ] {
+        let uac = start_uac(
+            "query_uac.xml",
+            device,
+            free_port(),
+            &[("device", DEVICE), ("cmd", cmd), ("sn", sn)],
+        );
+        let run = blocking(move || uac.wait(Duration::from_secs(10))).await;
+        assert!(
+            run.status.success(),
+            "{cmd} query not answered 200: {}",
+            run.messages
+        );
+        let needle = format!("MESSAGE CmdType={cmd} SN={sn}");
+        let uas_ref = &uas;
+        assert!(
+            wait_until(Duration::from_secs(5), || uas_ref.log().contains(&needle)),
+            "no {cmd} Response with SN {sn}: {}",
+            uas.log()
+        );
+    }
+    assert!(uas
+        .messages()
+        .contains(&format!("<DeviceID>{CHANNEL}</DeviceID>")));
+
+    play_once(
+        false,
+        device,
+        0,
+        Mode::Udp,
+        &mut events,
+        &tally,
+        "0100000001",
+    )
+    .await;
+
+    cancel.cancel();
+    loop {
+        match next_event(&mut events, Duration::from_secs(10)).await {
+            SinkEvent::Stopped => break,
+            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
+            other => panic!("unexpected {other:?} while stopping"),
+        }
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    feeder.abort();
+    let uas = blocking(move || {
+        assert!(
+            uas.wait_log("UNREGISTERED", Duration::from_secs(5)),
+            "{}",
+            uas.log()
+        );
+        uas
+    })
+    .await;
+    drop(uas);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_fails_the_sink() {
+    let _serial = SERIAL.lock().await;
+    let uas = blocking(|| PlatformUas::start(free_port())).await;
+    let (_tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(16);
+    let sink = tokio::spawn(run(
+        target(uas.port(), free_port(), "not-the-password"),
+        options(0),
+        frames,
+        ev_tx,
+        CancellationToken::new(),
+    ));
+    match next_event(&mut events, Duration::from_secs(10)).await {
+        SinkEvent::Failed { reason } => {
+            assert!(reason.contains("403"), "{reason}");
+            assert!(!reason.contains("not-the-password"));
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    assert!(
+        uas.wait_log("AUTH_BAD", Duration::from_secs(5)),
+        "{}",
+        uas.log()
+    );
+}
+
+/// Registers, then plays over TCP with the device connecting (offer `a=setup:passive`) and with
+/// the media server connecting (offer `a=setup:active`), each INVITE with its own SSRC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_tcp_active_and_passive() {
+    let _serial = SERIAL.lock().await;
+    let platform_port = free_port();
+    let device_port = free_port();
+    let media_port = free_port();
+    let uas = blocking(move || PlatformUas::start(platform_port)).await;
+    let clip = blocking(encode_clip).await;
+    let (tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let sink = tokio::spawn(run(
+        target(uas.port(), device_port, PASSWORD),
+        options(media_port),
+        frames,
+        ev_tx,
+        cancel.clone(),
+    ));
+    let tally = Arc::new(Tally::default());
+    let feeder = feed(clip, tx, tally.clone());
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
+    play_once(
+        false,
+        device,
+        media_port,
+        Mode::TcpListen,
+        &mut events,
+        &tally,
+        "0100000011",
+    )
+    .await;
+    play_once(
+        false,
+        device,
+        media_port,
+        Mode::TcpDial,
+        &mut events,
+        &tally,
+        "0100000012",
+    )
+    .await;
+    cancel.cancel();
+    loop {
+        match next_event(&mut events, Duration::from_secs(10)).await {
+            SinkEvent::Stopped => break,
+            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
+            other => panic!("unexpected {other:?} while stopping"),
+        }
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    feeder.abort();
+    assert!(
+        uas.wait_log("UNREGISTERED", Duration::from_secs(5)),
+        "{}",
+        uas.log()
+    );
+}
+
+/// A platform without `qop` in its challenge, then an outage: the sink reports Reconnecting
+/// after the keepalives go unanswered and registers again (with `qop` this time) once the
+/// platform is back on the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_registers_after_the_platform_restarts() {
+    let _serial = SERIAL.lock().await;
+    let platform_port = free_port();
+    let mut uas = blocking(move || PlatformUas::start_with(platform_port, false, false)).await;
+    let (_tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let sink = tokio::spawn(run(
+        target(platform_port, free_port(), PASSWORD),
+        options(0),
+        frames,
+        ev_tx,
+        cancel.clone(),
+    ));
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    assert!(uas.messages().contains("response="));
+    assert!(!uas.messages().contains("qop=auth"), "no qop was offered");
+    let uas_log = uas.log();
+    assert!(uas_log.contains("REGISTERED"), "{uas_log}");
+    uas.kill();
+    let outage = tokio::time::Instant::now();
+    match next_event(&mut events, Duration::from_secs(15)).await {
+        SinkEvent::Reconnecting {
+            reason, attempt, ..
+        } => {
+            assert_eq!(attempt, 1);
+            assert!(reason.contains("keepalives"), "{reason}");
+        }
+        other => panic!("expected Reconnecting, got {other:?}"),
+    }
+    eprintln!(
+        "registration lost {:?} after the platform died",
+        outage.elapsed()
+    );
+    let uas = blocking(move || PlatformUas::start_with(platform_port, true, false)).await;
+    loop {
+        match next_event(&mut events, Duration::from_secs(15)).await {
+            SinkEvent::Publishing => break,
+            SinkEvent::Reconnecting { .. } => continue,
+            other => panic!("expected Publishing again, got {other:?}"),
+        }
+    }
+    let uas = blocking(move || {
+        assert!(
+            uas.wait_log("REGISTERED", Duration::from_secs(5)),
+            "{}",
+            uas.log()
+        );
+        uas
+    })
+    .await;
+    assert!(uas.messages().contains("qop=auth"));
+    cancel.cancel();
+    loop {
+        match next_event(&mut events, Duration::from_secs(10)).await {
+            SinkEvent::Stopped => break,
+            SinkEvent::Publishing | SinkEvent::KeyframeWanted => continue,
+            other => panic!("unexpected {other:?} while stopping"),
+        }
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    assert!(
+        uas.wait_log("UNREGISTERED", Duration::from_secs(5)),
+        "{}",
+        uas.log()
+    );
+}
+
+/// A second INVITE for the channel replaces the first: the device BYEs the first dialog (SIPp
+/// expects that BYE), the first receiver stops getting data, and the second stream decodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_invite_replaces_the_first() {
+    let _serial = SERIAL.lock().await;
+    let platform_port = free_port();
+    let device_port = free_port();
+    let uas = blocking(move || PlatformUas::start(platform_port)).await;
+    let clip = blocking(encode_clip).await;
+    let (tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let sink = tokio::spawn(run(
+        target(uas.port(), device_port, PASSWORD),
+        options(0),
+        frames,
+        ev_tx,
+        cancel.clone(),
+    ));
+    let tally = Arc::new(Tally::default());
+    let feeder = feed(clip, tx, tally.clone());
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
+
+    let first_port = free_port();
+    let mut first_rx = blocking(move || PsReceiver::start(Mode::Udp, first_port)).await;
+    let first_port_s = first_port.to_string();
+    let first = start_uac(
+        "invite_replaced_uac.xml",
+        device,
+        free_port(),
+        &[
+            ("channel", CHANNEL),
+            ("ssrc", "0100000021"),
+            ("media_ip", "127.0.0.1"),
+            ("media_port", &first_port_s),
+            ("proto", "RTP/AVP"),
+            ("setup", ""),
+        ],
+    );
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)).await,
+        SinkEvent::KeyframeWanted
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(first_rx.output_len() > 0, "first INVITE got no media");
+
+    play_once(
+        false,
+        device,
+        0,
+        Mode::Udp,
+        &mut events,
+        &tally,
+        "0100000022",
+    )
+    .await;
+
+    let run1 = blocking(move || first.wait(Duration::from_secs(10))).await;
+    assert!(
+        run1.status.success(),
+        "first dialog was not ended by the device: {}\n{}",
+        run1.log,
+        run1.messages
+    );
+    assert!(run1.log.contains("REPLACED"), "{}", run1.log);
+    let len = first_rx.output_len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(first_rx.output_len(), len, "replaced stream still flowing");
+    let first_probe = blocking(move || {
+        first_rx.stop();
+        probe_file(&first_rx.output())
+    })
+    .await;
+    assert!(
+        first_probe.frames >= 30,
+        "{} frames before the replacement",
+        first_probe.frames
+    );
+
+    cancel.cancel();
+    loop {
+        match next_event(&mut events, Duration::from_secs(10)).await {
+            SinkEvent::Stopped => break,
+            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
+            other => panic!("unexpected {other:?} while stopping"),
+        }
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    feeder.abort();
+}
+
+/// The RTP packets themselves, read off a UDP socket standing in for the media server: SSRC =
+/// the offered `y=`, PT 96, no sequence gaps, one timestamp per frame with the marker on its
+/// last packet, packets within 1400 bytes, and the first frame a keyframe pack with system
+/// header and PSM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtp_on_the_wire_carries_the_offered_ssrc() {
+    let _serial = SERIAL.lock().await;
+    let platform_port = free_port();
+    let device_port = free_port();
+    let uas = blocking(move || PlatformUas::start(platform_port)).await;
+    let clip = blocking(encode_clip).await;
+    let (tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let sink = tokio::spawn(run(
+        target(uas.port(), device_port, PASSWORD),
+        options(0),
+        frames,
+        ev_tx,
+        cancel.clone(),
+    ));
+    let feeder = feed(clip, tx, Arc::new(Tally::default()));
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    let media = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let media_port = media.local_addr().expect("addr").port().to_string();
+    let mut uac = start_uac(
+        "invite_uac.xml",
+        ([127, 0, 0, 1], device_port).into(),
+        free_port(),
+        &[
+            ("channel", CHANNEL),
+            ("ssrc", "0100000001"),
+            ("media_ip", "127.0.0.1"),
+            ("media_port", &media_port),
+            ("proto", "RTP/AVP"),
+            ("setup", ""),
+        ],
+    );
+    let mut packets = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..2000 {
+        if uac.finished() {
+            break;
+        }
+        if let Ok(Ok((n, _))) = timeout(Duration::from_millis(50), media.recv_from(&mut buf)).await
+        {
+            packets.push(buf[..n].to_vec());
+        }
+    }
+    let run1 = blocking(move || uac.wait(Duration::from_secs(10))).await;
+    assert!(run1.status.success(), "{}", run1.messages);
+    assert!(packets.len() > 100, "only {} RTP packets", packets.len());
+    let mut frames_seen = 0;
+    for (i, p) in packets.iter().enumerate() {
+        assert!(p.len() <= 1400 && p.len() > 12);
+        assert_eq!(p[0], 0x80, "RTP v2, no padding/extension/CSRC");
+        assert_eq!(p[1] & 0x7F, 96);
+        assert_eq!(&p[8..12], &100_000_001u32.to_be_bytes(), "SSRC from y=");
+        let marker = p[1] & 0x80 != 0;
+        if let Some(next) = packets.get(i + 1) {
+            let seq = u16::from_be_bytes([p[2], p[3]]);
+            assert_eq!(u16::from_be_bytes([next[2], next[3]]), seq.wrapping_add(1));
+            let same_ts = p[4..8] == next[4..8];
+            assert_eq!(marker, !same_ts, "marker exactly on a frame's last packet");
+            if !same_ts {
+                let dt = u32::from_be_bytes([next[4], next[5], next[6], next[7]])
+                    .wrapping_sub(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+                assert!((2900..=3100).contains(&dt), "90 kHz step {dt}");
+            }
+        }
+        if marker {
+            frames_seen += 1;
+        }
+    }
+    let first = &packets[0][12..];
+    assert_eq!(&first[..4], &[0, 0, 1, 0xBA]);
+    assert_eq!(&first[14..18], &[0, 0, 1, 0xBB]);
+    assert_eq!(&first[29..33], &[0, 0, 1, 0xBC]);
+    eprintln!("{} RTP packets, {frames_seen} frames", packets.len());
+    assert!(
+        packets.len() > frames_seen + frames_seen / 2,
+        "frames should span several packets"
+    );
+    cancel.cancel();
+    loop {
+        match next_event(&mut events, Duration::from_secs(10)).await {
+            SinkEvent::Stopped => break,
+            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
+            other => panic!("unexpected {other:?} while stopping"),
+        }
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    feeder.abort();
+}
+
+/// SIP over TCP: REGISTER/keepalive/unregister on the device's connection to a SIPp platform
+/// listening on TCP, a Catalog query and an INVITE arriving on connections SIPp opens to the
+/// device (UDP media).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_over_tcp() {
+    let _serial = SERIAL.lock().await;
+    let platform_port = free_port();
+    let device_port = free_port();
+    let uas = blocking(move || PlatformUas::start_with(platform_port, true, true)).await;
+    let clip = blocking(encode_clip).await;
+    let (tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let opts = GbOptions {
+        sip_transport: SipTransport::Tcp,
+        ..options(0)
+    };
+    let sink = tokio::spawn(run(
+        target(platform_port, device_port, PASSWORD),
+        opts,
+        frames,
+        ev_tx,
+        cancel.clone(),
+    ));
+    let tally = Arc::new(Tally::default());
+    let feeder = feed(clip, tx, tally.clone());
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    let uas = blocking(move || {
+        assert!(
+            uas.wait_log("MESSAGE CmdType=Keepalive", Duration::from_secs(5)),
+            "{}",
+            uas.log()
+        );
+        uas
+    })
+    .await;
+    let messages = uas.messages();
+    assert!(messages.contains("Via: SIP/2.0/TCP"), "{messages}");
+    assert!(messages.contains(";transport=tcp>"), "{messages}");
+    let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
+    let uac = start_uac_over(
+        true,
+        "query_uac.xml",
+        device,
+        free_port(),
+        &[("device", DEVICE), ("cmd", "Catalog"), ("sn", "4711")],
+    );
+    let run1 = blocking(move || uac.wait(Duration::from_secs(10))).await;
+    assert!(run1.status.success(), "Catalog over TCP: {}", run1.messages);
+    let uas_ref = &uas;
+    assert!(
+        wait_until(Duration::from_secs(5), || uas_ref
+            .log()
+            .contains("MESSAGE CmdType=Catalog SN=4711")),
+        "{}",
+        uas.log()
+    );
+    play_once(
+        true,
+        device,
+        0,
+        Mode::Udp,
+        &mut events,
+        &tally,
+        "0100000031",
+    )
+    .await;
+    cancel.cancel();
+    loop {
+        match next_event(&mut events, Duration::from_secs(10)).await {
+            SinkEvent::Stopped => break,
+            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
+            other => panic!("unexpected {other:?} while stopping"),
+        }
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    feeder.abort();
+    assert!(
+        uas.wait_log("UNREGISTERED", Duration::from_secs(5)),
+        "{}",
+        uas.log()
+    );
+}
