@@ -783,6 +783,9 @@ impl Config {
             return Err(invalid("device", "at least one [[device]] is needed"));
         }
         let mut seen = std::collections::BTreeSet::new();
+        // Camera nodes and feed endpoints, with the video that reads them: one device cannot
+        // be opened by two sessions at once (a second bind or capture would fail at run time).
+        let mut claimed: BTreeMap<String, String> = BTreeMap::new();
         for (d, device) in self.devices.iter().enumerate() {
             let dkey = format!("device[{d}]");
             if let Some(sn) = &device.sn {
@@ -860,6 +863,30 @@ impl Config {
                             invalid(format!("{vkey}.positions.{name}"), e.to_string())
                         })?;
                     }
+                    for (kind, name, uri) in video
+                        .sources
+                        .iter()
+                        .map(|(n, u)| ("sources", n, u))
+                        .chain(video.positions.iter().map(|(n, u)| ("positions", n, u)))
+                    {
+                        let Some(key) = uri.parse::<SourceSpec>().ok().and_then(|s| s.device_key())
+                        else {
+                            continue;
+                        };
+                        match claimed.get(&key) {
+                            Some(owner) if *owner != vkey => {
+                                return Err(invalid(
+                                    format!("{vkey}.{kind}.{name}"),
+                                    format!(
+                                        "{key} is already the source of {owner}: a camera or feed endpoint feeds one video"
+                                    ),
+                                ));
+                            }
+                            _ => {
+                                claimed.insert(key, vkey.clone());
+                            }
+                        }
+                    }
                     if !video.sources.contains_key(video.start_lens()) {
                         return Err(invalid(
                             format!("{vkey}.lens"),
@@ -898,6 +925,49 @@ mod tests {
         );
         assert_eq!(v.start_lens(), "normal");
         assert_eq!(c.client_id(), "dockcast-DOCKCAST0000001");
+    }
+
+    #[test]
+    fn a_camera_or_feed_feeds_one_video_but_lenses_may_share_it() {
+        let two_videos = |a: &str, b: &str| {
+            format!(
+                "[[device]]\n[[device.camera]]\nindex = \"165-0-7\"\n\
+                 [[device.camera.video]]\nindex = \"normal-0\"\nsources = {{ normal = \"{a}\", zoom = \"{a}\" }}\n\
+                 [[device.camera.video]]\nindex = \"normal-1\"\nsources = {{ normal = \"{b}\" }}\n"
+            )
+        };
+        assert_eq!(
+            err_key(&two_videos(
+                "v4l2:/dev/video0",
+                "v4l2:/dev/video1?format=nv12"
+            )),
+            "accepted"
+        );
+        assert_eq!(
+            err_key(&two_videos(
+                "feed:unix:/run/a.sock",
+                "feed:unix:/run/b.sock"
+            )),
+            "accepted"
+        );
+        assert_eq!(
+            err_key(&two_videos(
+                "v4l2:/dev/video0",
+                "v4l2:/dev/video0?format=nv12"
+            )),
+            "device[0].camera[0].video[1].sources.normal"
+        );
+        assert_eq!(
+            err_key(&two_videos(
+                "feed:tcp:127.0.0.1:5600",
+                "feed:tcp:127.0.0.1:5600?sei=keep"
+            )),
+            "device[0].camera[0].video[1].sources.normal"
+        );
+        assert!(
+            err_key(&two_videos("v4l2:/dev/video0?fps=0", "pattern")).contains("sources.normal")
+        );
+        assert_eq!(err_key(&two_videos("pattern", "pattern")), "accepted");
     }
 
     #[test]

@@ -259,6 +259,12 @@ fn start(
             return Err(format!("cannot start the pipeline thread: {e}"));
         }
     };
+    if plan.adaptive {
+        pipeline.send(Control::Quality {
+            rung,
+            adaptive: true,
+        });
+    }
     let stats = std::sync::Arc::clone(&pipeline.stats);
     let (commands, commands_rx) = mpsc::channel(16);
     let task = tokio::spawn(
@@ -316,7 +322,8 @@ impl Supervisor {
                         self.rung = rung;
                         self.adaptive = adaptive;
                         self.current_kbps = rung.bitrate_kbps;
-                        self.pipeline.send(Control::Rung(rung));
+                        // Adaptive lets an encoded source pass through at its own size.
+                        self.pipeline.send(Control::Quality { rung, adaptive });
                     }
                 },
                 ev = sink_events.recv() => match ev {

@@ -193,8 +193,8 @@ struct Active {
     passthrough: bool,
     /// Set while transcoding, from a keyframe on.
     decoder: Option<H264Decoder>,
-    /// A keyframe was already asked of the source since the last one came.
-    asked_key: bool,
+    /// When a keyframe was last asked of the source, if since its last keyframe.
+    asked_key: Option<Instant>,
     /// The source delivers raw pictures (known from its first frame).
     raw: bool,
 }
@@ -210,14 +210,19 @@ impl Active {
             coded_size: None,
             passthrough: true,
             decoder: None,
-            asked_key: false,
+            asked_key: None,
             raw: false,
         }
     }
 
+    /// Asks the producer for a keyframe, again each second while none comes (a request can
+    /// be lost while the app restarts).
     fn ask_key(&mut self) {
-        if !self.asked_key {
-            self.asked_key = true;
+        if self
+            .asked_key
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.asked_key = Some(Instant::now());
             self.src.request_keyframe();
         }
     }
@@ -616,6 +621,9 @@ impl Worker {
                 keyframe: false, ..
             } => {
                 self.stats.skipped_to_key.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = self.pending.as_mut() {
+                    p.ask_key();
+                }
                 None
             }
             Pulled::Encoded {
@@ -791,7 +799,7 @@ impl Worker {
         pts: Duration,
     ) -> Result<Option<EncodedFrame>, String> {
         if keyframe {
-            a.asked_key = false;
+            a.asked_key = None;
             if let Some(size) = sps_size(&data) {
                 a.coded_size = Some(size);
             }

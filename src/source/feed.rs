@@ -1040,6 +1040,63 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn silent_app_is_reported_asked_for_an_intra_frame_and_can_come_back() {
+        use std::io::Read;
+        let dir = std::env::temp_dir().join(format!("dockcast-feed-wd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wd.sock");
+        let spec: FeedSpec = format!("unix:{}?watchdog=0.3", path.display())
+            .parse()
+            .unwrap();
+        let mut src = FeedSource::open(&spec).unwrap();
+        let rung = Rung {
+            width: 16,
+            height: 16,
+            fps: 30,
+            bitrate_kbps: 100,
+        };
+        let mut app = UnixStream::connect(&path).unwrap();
+        app.write_all(&stream(6, true)).unwrap();
+        let mut units = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while units < 5 && Instant::now() < deadline {
+            if let Ok(Some(SourceFrame::Encoded { .. })) = src.wait_frame(&rung, LIVE_WAIT) {
+                units += 1;
+            }
+        }
+        assert_eq!(
+            units, 5,
+            "the sixth unit completes only when a seventh begins"
+        );
+        // Silence: a notice for the session and a request line for the app.
+        app.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut line = [0u8; 4];
+        app.read_exact(&mut line).unwrap();
+        assert_eq!(&line, KEYFRAME_REQUEST);
+        let notice = src.take_notice().expect("a stall notice");
+        assert!(notice.contains("no data"), "{notice}");
+        assert_eq!(src.stats().stalls.load(Ordering::Relaxed), 1);
+        // The app restarts: a new connection resumes at its first keyframe.
+        drop(app);
+        let mut app = UnixStream::connect(&path).unwrap();
+        app.write_all(&stream(3, false)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let first = loop {
+            if let Ok(Some(SourceFrame::Encoded { keyframe, .. })) =
+                src.wait_frame(&rung, LIVE_WAIT)
+            {
+                break keyframe;
+            }
+            assert!(Instant::now() < deadline, "nothing after the restart");
+        };
+        assert!(first);
+        assert_eq!(src.stats().connections.load(Ordering::Relaxed), 2);
+        drop(src);
+        assert!(!path.exists(), "the socket file is removed on close");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     proptest! {
         #[test]
         fn any_chunking_gives_the_same_units(cuts in proptest::collection::vec(1usize..200, 1..40)) {

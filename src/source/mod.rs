@@ -227,6 +227,17 @@ impl SourceSpec {
         }
     }
 
+    /// The resource a device source holds while open (`v4l2:/dev/video0`, `feed:unix:/path`),
+    /// so the config can refuse one camera or endpoint read by two videos; `None` for sources
+    /// any number of sessions can open.
+    pub fn device_key(&self) -> Option<String> {
+        match self {
+            SourceSpec::V4l2(v) => Some(format!("v4l2:{}", v.path)),
+            SourceSpec::Feed(f) => Some(format!("feed:{}", f.endpoint)),
+            _ => None,
+        }
+    }
+
     /// True for sources that come and go while the daemon runs (cameras, payload apps): when
     /// one fails the pipeline keeps retrying it instead of ending the session.
     pub fn is_device(&self) -> bool {

@@ -175,6 +175,12 @@ pub trait CaptureDevice: Send {
     fn negotiated(&self) -> Negotiated;
     /// Waits for the next filled buffer; an error means the device is gone or broken.
     fn capture(&mut self) -> std::io::Result<Captured<'_>>;
+
+    /// Waits at most `timeout` until a buffer can be taken without blocking, so the pipeline
+    /// can apply controls while a camera is slow or silent. `true` when it may be ready.
+    fn wait_ready(&mut self, _timeout: Duration) -> std::io::Result<bool> {
+        Ok(true)
+    }
 }
 
 /// A V4L2 source over any [`CaptureDevice`].
@@ -183,6 +189,8 @@ pub struct V4l2Source<D: CaptureDevice> {
     device: D,
     frame: RawFrame,
     last_ts: Option<Duration>,
+    /// When the last buffer came, to tell a silent device from a slow one.
+    last_frame: Instant,
 }
 
 /// Longest wait for one buffer before the device is treated as gone.
@@ -203,6 +211,7 @@ impl<D: CaptureDevice> V4l2Source<D> {
             frame: RawFrame::black(n.width & !1, n.height & !1),
             device,
             last_ts: None,
+            last_frame: Instant::now(),
         }
     }
 }
@@ -219,6 +228,7 @@ impl<D: CaptureDevice> VideoSource for V4l2Source<D> {
                 source,
             })?;
         self.last_ts = Some(got.timestamp);
+        self.last_frame = Instant::now();
         let invalid = |why: String| SourceError::Invalid {
             path: path.clone(),
             why,
@@ -256,11 +266,22 @@ impl<D: CaptureDevice> VideoSource for V4l2Source<D> {
     fn wait_frame(
         &mut self,
         rung: &Rung,
-        _wait: Duration,
+        wait: Duration,
     ) -> Result<Option<SourceFrame<'_>>, SourceError> {
-        // A camera paces itself: blocking for one buffer is at most a frame interval, and a
-        // silent device fails after CAPTURE_TIMEOUT.
-        self.next_frame(rung).map(Some)
+        let device = |source| SourceError::Device {
+            device: self.path.clone(),
+            source,
+        };
+        match self.device.wait_ready(wait) {
+            Ok(true) => self.next_frame(rung).map(Some),
+            Ok(false) if self.last_frame.elapsed() < CAPTURE_TIMEOUT => Ok(None),
+            // Streaming but silent: treat as gone, so the device is reopened.
+            Ok(false) => Err(device(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no frame for {CAPTURE_TIMEOUT:?}"),
+            ))),
+            Err(e) => Err(device(e)),
+        }
     }
 
     fn timestamp(&self) -> Option<Duration> {
@@ -409,6 +430,8 @@ pub struct V4lDevice {
     _dev: v4l::Device,
     negotiated: Negotiated,
     epoch: Instant,
+    /// Buffers are queued and the stream runs (after the first capture).
+    started: bool,
 }
 
 impl V4lDevice {
@@ -519,6 +542,7 @@ impl V4lDevice {
                 stride,
             },
             epoch: Instant::now(),
+            started: false,
         })
     }
 }
@@ -528,9 +552,21 @@ impl CaptureDevice for V4lDevice {
         self.negotiated
     }
 
+    fn wait_ready(&mut self, timeout: Duration) -> std::io::Result<bool> {
+        if !self.started {
+            // Nothing is queued before the first capture, which starts the stream itself.
+            return Ok(true);
+        }
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // Three of the four buffers are queued here (the last one is re-queued by the next
+        // capture), so readability means a filled buffer, or an error such as an unplug.
+        Ok(self._dev.handle().poll(libc::POLLIN, ms)? > 0)
+    }
+
     fn capture(&mut self) -> std::io::Result<Captured<'_>> {
         use v4l::io::traits::CaptureStream;
         let (buf, meta) = self.stream.next()?;
+        self.started = true;
         let used = meta.bytesused as usize;
         let data = if used == 0 || used > buf.len() {
             buf

@@ -1,0 +1,727 @@
+//! Media benchmarks, side by side with the reference tools in one run:
+//!
+//! 1. Encode throughput at 720p and 1080p: dockcast's encoder against GStreamer's
+//!    `openh264enc` (same codec library, same settings) and ffmpeg's libx264
+//!    ultrafast/zerolatency, all single-threaded, on the same raw frames read from a file.
+//! 2. CPU per passthrough stream (file source → RTMP, in process) against
+//!    `ffmpeg -re -i feed.h264 -c copy -f flv`, both pushing to an `ffmpeg -listen 1` server.
+//! 3. Pipeline latency on passthrough: access unit written by the payload app (unix socket)
+//!    → frame handed to the sink's queue, p50/p99.
+//! 4. Peak RSS of the process at 1080p passthrough and at 720p encode.
+//!
+//! `cargo bench --bench encode` (needs ffmpeg, gst-launch-1.0 with openh264enc; prints what it
+//! skips when a tool is missing). Results and the commands are in BENCHMARKS.md.
+
+use dockcast::media::encoder::H264Encoder;
+use dockcast::media::frame::RawFrame;
+use dockcast::media::pipeline::{Pipeline, PipelineSpec};
+use dockcast::media::quality::Rung;
+use dockcast::sink::rtmp::{self, RtmpOptions, RtmpTarget};
+use dockcast::source::SourceSpec;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn work_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dockcast-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("bench dir");
+    d
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Raw I420 frames of ffmpeg's `testsrc2` (moving, detailed content) in a file.
+fn raw_frames(dir: &Path, w: u32, h: u32, n: u32) -> PathBuf {
+    let path = dir.join(format!("frames-{w}x{h}.yuv"));
+    let ok = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size={w}x{h}:rate=30"))
+        .args([
+            "-frames:v",
+            &n.to_string(),
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "rawvideo",
+        ])
+        .arg(&path)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "ffmpeg could not make raw frames");
+    path
+}
+
+fn timed(cmd: &mut Command) -> Option<f64> {
+    let t = Instant::now();
+    let ok = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?
+        .success();
+    ok.then(|| t.elapsed().as_secs_f64())
+}
+
+fn encode_throughput(dir: &Path) {
+    println!("== encode throughput (1 thread each, same raw frames, IDR every 30, CBR)");
+    for (w, h, kbps, n) in [(1280u32, 720u32, 1500u32, 150u32), (1920, 1080, 3000, 90)] {
+        let file = raw_frames(dir, w, h, n);
+        let bytes = std::fs::read(&file).expect("raw frames");
+        let size = (w * h * 3 / 2) as usize;
+        let frames: Vec<RawFrame> = bytes
+            .chunks_exact(size)
+            .map(|c| RawFrame {
+                width: w as usize,
+                height: h as usize,
+                data: c.to_vec(),
+            })
+            .collect();
+        drop(bytes);
+        let rung = Rung {
+            width: w,
+            height: h,
+            fps: 30,
+            bitrate_kbps: kbps,
+        };
+        let mut enc = H264Encoder::new(rung, 30).expect("encoder");
+        let t = Instant::now();
+        let mut out = 0usize;
+        for (i, f) in frames.iter().enumerate() {
+            if let Some(e) = enc
+                .encode(f, Duration::from_millis(33 * i as u64))
+                .expect("encode")
+            {
+                out += e.data.len();
+            }
+        }
+        let ours = frames.len() as f64 / t.elapsed().as_secs_f64();
+        let kbit = out as f64 * 8.0 / 1000.0 / (frames.len() as f64 / 30.0);
+        println!("{w}x{h}: dockcast (openh264) {ours:.1} fps, {kbit:.0} kbit/s");
+        let gst = have("gst-launch-1.0")
+            .then(|| {
+                timed(
+                    Command::new("gst-launch-1.0")
+                        .arg("-q")
+                        .arg("filesrc")
+                        .arg(format!("location={}", file.display()))
+                        .arg("!")
+                        .arg("rawvideoparse")
+                        .arg(format!("width={w}"))
+                        .arg(format!("height={h}"))
+                        .args(["format=i420", "framerate=30/1", "!", "openh264enc"])
+                        .arg(format!("bitrate={}", kbps * 1000))
+                        .args(["gop-size=30", "complexity=low", "rate-control=bitrate"])
+                        .args(["scene-change-detection=false", "usage-type=camera"])
+                        .args(["multi-thread=1", "!", "fakesink"]),
+                )
+            })
+            .flatten();
+        match gst {
+            Some(s) => {
+                let fps = n as f64 / s;
+                println!(
+                    "{w}x{h}: gst openh264enc {fps:.1} fps (process start included) → dockcast/gst = {:.2}",
+                    ours / fps
+                );
+            }
+            None => println!("{w}x{h}: gst openh264enc not available, skipped"),
+        }
+        let x264 = timed(
+            Command::new("ffmpeg")
+                .args(["-v", "error", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s"])
+                .arg(format!("{w}x{h}"))
+                .args(["-r", "30", "-i"])
+                .arg(&file)
+                .args([
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                    "-tune",
+                    "zerolatency",
+                ])
+                .args(["-b:v", &format!("{kbps}k"), "-g", "30", "-threads", "1"])
+                .args(["-f", "null", "-"]),
+        );
+        match x264 {
+            Some(s) => {
+                let fps = n as f64 / s;
+                println!(
+                    "{w}x{h}: ffmpeg libx264 ultrafast/zerolatency {fps:.1} fps (process start included) → dockcast/x264 = {:.2}",
+                    ours / fps
+                );
+            }
+            None => println!("{w}x{h}: ffmpeg libx264 failed, skipped"),
+        }
+        let _ = std::fs::remove_file(&file);
+    }
+}
+
+/// An RTMP server that accepts one publish and discards it.
+fn rtmp_server(port: u16) -> std::process::Child {
+    Command::new("ffmpeg")
+        .args(["-v", "error", "-listen", "1", "-i"])
+        .arg(format!("rtmp://127.0.0.1:{port}/live/bench"))
+        .args(["-c", "copy", "-f", "null", "-"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg server")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Waits until something listens on `port`, without connecting: `ffmpeg -listen 1` serves
+/// exactly one connection, which a probe would use up.
+fn wait_port(port: u16) {
+    let needle = format!(":{port:04X} ");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listening = std::fs::read_to_string("/proc/net/tcp")
+            .map(|t| {
+                t.lines().any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() > 3 && format!("{} ", f[1]).ends_with(&needle) && f[3] == "0A"
+                })
+            })
+            .unwrap_or(false);
+        if listening {
+            return;
+        }
+        assert!(Instant::now() < deadline, "server on {port} never came up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// utime + stime of a process, in seconds (from /proc, clock ticks of 100 Hz).
+fn cpu_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn make_clip(dir: &Path, w: u32, h: u32, secs: u32) -> PathBuf {
+    let path = dir.join(format!("feed-{w}x{h}.h264"));
+    let ok = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size={w}x{h}:rate=30"))
+        .args([
+            "-t",
+            &secs.to_string(),
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+        ])
+        .args(["-preset", "ultrafast", "-b:v", "4M", "-g", "30", "-bsf:v"])
+        .args(["h264_mp4toannexb", "-f", "h264"])
+        .arg(&path)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "ffmpeg could not make the clip");
+    path
+}
+
+/// Streams `clip` through dockcast's pipeline (file source, passthrough) and RTMP sink for
+/// `secs`; returns the CPU seconds this process used meanwhile.
+fn dockcast_passthrough(clip: &Path, w: u32, h: u32, secs: u64) -> f64 {
+    let port = free_port();
+    let mut server = rtmp_server(port);
+    wait_port(port);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut inputs = BTreeMap::new();
+    inputs.insert(
+        "normal".to_string(),
+        SourceSpec::File(clip.display().to_string()),
+    );
+    let spec = PipelineSpec {
+        inputs,
+        input: "normal".into(),
+        rung: Rung {
+            width: w,
+            height: h,
+            fps: 30,
+            bitrate_kbps: 4000,
+        },
+        gop_frames: 30,
+        backend: Default::default(),
+    };
+    let cpu0 = cpu_of(std::process::id()).unwrap_or(0.0);
+    let (ftx, frx) = tokio::sync::mpsc::channel(60);
+    let (etx, mut erx) = tokio::sync::mpsc::channel(16);
+    let (stx, mut srx) = tokio::sync::mpsc::channel(16);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let target = RtmpTarget {
+        tls: false,
+        host: "127.0.0.1".into(),
+        port,
+        app: "live".into(),
+        stream_key: "bench".into(),
+        tc_url: format!("rtmp://127.0.0.1:{port}/live"),
+    };
+    let sink = rt.spawn(rtmp::run(
+        target,
+        RtmpOptions::default(),
+        frx,
+        stx,
+        cancel.clone(),
+    ));
+    let pipeline = Pipeline::spawn(spec, ftx, etx).expect("pipeline");
+    // Keyframe requests from the sink, as the session would forward them.
+    let ctl = pipeline.controller();
+    rt.spawn(async move {
+        while let Some(ev) = srx.recv().await {
+            if matches!(ev, dockcast::sink::SinkEvent::KeyframeWanted) {
+                let _ = ctl.send(dockcast::media::pipeline::Control::Keyframe);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(secs));
+    let cpu = cpu_of(std::process::id()).unwrap_or(0.0) - cpu0;
+    let sent = pipeline
+        .stats
+        .frames_sent
+        .load(std::sync::atomic::Ordering::Relaxed);
+    drop(pipeline);
+    cancel.cancel();
+    let _ = rt.block_on(sink);
+    let _ = server.kill();
+    let _ = server.wait();
+    while let Ok(ev) = erx.try_recv() {
+        println!("  pipeline event: {ev:?}");
+    }
+    println!("  dockcast sent {sent} frames");
+    cpu
+}
+
+fn ffmpeg_passthrough(clip: &Path, secs: u64) -> Option<f64> {
+    let port = free_port();
+    let mut server = rtmp_server(port);
+    wait_port(port);
+    let child = Command::new("ffmpeg")
+        .args(["-v", "error", "-re", "-stream_loop", "-1", "-i"])
+        .arg(clip)
+        .args(["-c", "copy", "-f", "flv"])
+        .arg(format!("rtmp://127.0.0.1:{port}/live/bench"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(_) => {
+            let _ = server.kill();
+            let _ = server.wait();
+            return None;
+        }
+    };
+    std::thread::sleep(Duration::from_secs(secs));
+    let cpu = cpu_of(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+    cpu
+}
+
+/// Access unit written by the "app" → frame in the sink queue, over a unix feed at 30 fps.
+fn feed_latency(dir: &Path, clip: &Path) {
+    let sock = dir.join("lat.sock");
+    let mut inputs = BTreeMap::new();
+    inputs.insert(
+        "normal".to_string(),
+        format!("feed:unix:{}", sock.display())
+            .parse::<SourceSpec>()
+            .expect("feed uri"),
+    );
+    let spec = PipelineSpec {
+        inputs,
+        input: "normal".into(),
+        rung: Rung {
+            width: 1920,
+            height: 1080,
+            fps: 30,
+            bitrate_kbps: 4000,
+        },
+        gop_frames: 30,
+        backend: Default::default(),
+    };
+    let (ftx, mut frx) = tokio::sync::mpsc::channel(60);
+    let (etx, _erx) = tokio::sync::mpsc::channel(16);
+    let pipeline = Pipeline::spawn(spec, ftx, etx).expect("pipeline");
+    let data = std::fs::read(clip).expect("clip");
+    // Picture starts (4-byte start code of an SPS or of a slice after a slice).
+    let mut starts = Vec::new();
+    let mut seen_slice = false;
+    for i in 0..data.len().saturating_sub(4) {
+        if data[i..i + 4] == [0, 0, 0, 1] {
+            let ty = data[i + 4] & 0x1f;
+            if (ty == 7 || ty == 1 || ty == 5) && (seen_slice || i == 0) {
+                starts.push(i);
+                seen_slice = false;
+            }
+            if ty == 1 || ty == 5 {
+                seen_slice = true;
+            }
+        }
+    }
+    starts.push(data.len());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut s = loop {
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(&sock) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "feed socket never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Picture k is complete once the first bytes of k+1 are written with it (as callback
+    // buffers end anywhere); the write time is what the latency is measured from.
+    let n = starts.len() - 2;
+    let writer = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let mut written = Vec::with_capacity(n);
+        for k in 0..n {
+            let due = t0 + Duration::from_nanos(33_333_333 * k as u64);
+            if let Some(d) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+            let end = (starts[k + 1] + 6).min(data.len());
+            let from = if k == 0 { 0 } else { starts[k] + 6 };
+            let _ = s.write_all(&data[from..end]);
+            written.push(Instant::now());
+        }
+        written
+    });
+    let mut got = Vec::new();
+    let end = Instant::now() + Duration::from_secs(60);
+    while got.len() < n && Instant::now() < end {
+        match frx.try_recv() {
+            Ok(_) => got.push(Instant::now()),
+            Err(_) => std::thread::sleep(Duration::from_micros(200)),
+        }
+        if writer.is_finished() && frx.is_empty() && got.len() + 2 >= n {
+            break;
+        }
+    }
+    let written = writer.join().expect("writer");
+    drop(pipeline);
+    let mut lat: Vec<f64> = got
+        .iter()
+        .zip(&written)
+        .map(|(g, w)| g.saturating_duration_since(*w).as_secs_f64() * 1000.0)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    if lat.is_empty() {
+        println!("feed latency: no frames");
+        return;
+    }
+    let q = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+    println!(
+        "passthrough latency, app write → sink queue ({} frames, 1080p, 0.2 ms poll granularity): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.len(),
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+}
+
+/// A minimal RTMP server (rml_rtmp's server session) that accepts one publish and reports when
+/// each video frame's last byte has arrived, by its RTMP timestamp.
+fn mini_rtmp_server(listener: std::net::TcpListener, out: std::sync::mpsc::Sender<(u32, Instant)>) {
+    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+    use rml_rtmp::sessions::{
+        ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
+    };
+    use std::io::Read;
+    let Ok((mut s, _)) = listener.accept() else {
+        return;
+    };
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut hs = Handshake::new(PeerType::Server);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut input = loop {
+        let n = match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        match hs.process_bytes(&buf[..n]) {
+            Ok(HandshakeProcessResult::InProgress { response_bytes }) => {
+                if s.write_all(&response_bytes).is_err() {
+                    return;
+                }
+            }
+            Ok(HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            }) => {
+                if s.write_all(&response_bytes).is_err() {
+                    return;
+                }
+                break remaining_bytes;
+            }
+            Err(_) => return,
+        }
+    };
+    let Ok((mut session, initial)) = ServerSession::new(ServerSessionConfig::new()) else {
+        return;
+    };
+    let mut pending: std::collections::VecDeque<ServerSessionResult> = initial.into();
+    loop {
+        if !input.is_empty() {
+            match session.handle_input(&input) {
+                Ok(r) => pending.extend(r),
+                Err(_) => return,
+            }
+        }
+        let arrived = Instant::now();
+        while let Some(r) = pending.pop_front() {
+            match r {
+                ServerSessionResult::OutboundResponse(p) if s.write_all(&p.bytes).is_err() => {
+                    return;
+                }
+                ServerSessionResult::RaisedEvent(
+                    ServerSessionEvent::ConnectionRequested { request_id, .. }
+                    | ServerSessionEvent::PublishStreamRequested { request_id, .. },
+                ) => {
+                    if let Ok(r) = session.accept_request(request_id) {
+                        pending.extend(r);
+                    }
+                }
+                // AVC packet type 1: a picture (0 is the sequence header).
+                ServerSessionResult::RaisedEvent(ServerSessionEvent::VideoDataReceived {
+                    data,
+                    timestamp,
+                    ..
+                }) if data.get(1) == Some(&1) => {
+                    let _ = out.send((timestamp.value, arrived));
+                }
+                _ => {}
+            }
+        }
+        input = match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf[..n].to_vec(),
+        };
+    }
+}
+
+/// Frame ready (the pipeline hands it over) → its last byte received by an RTMP server on
+/// loopback, through dockcast's own RTMP sink, for a passthrough 1080p file source.
+fn wire_latency(clip: &Path, secs: u64) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || mini_rtmp_server(listener, tx));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut inputs = BTreeMap::new();
+    inputs.insert(
+        "normal".to_string(),
+        SourceSpec::File(clip.display().to_string()),
+    );
+    let spec = PipelineSpec {
+        inputs,
+        input: "normal".into(),
+        rung: Rung {
+            width: 1920,
+            height: 1080,
+            fps: 30,
+            bitrate_kbps: 4000,
+        },
+        gop_frames: 30,
+        backend: Default::default(),
+    };
+    let (ftx, mut frx) = tokio::sync::mpsc::channel::<dockcast::media::frame::EncodedFrame>(60);
+    let (sink_tx, sink_rx) = tokio::sync::mpsc::channel(60);
+    let (etx, _erx) = tokio::sync::mpsc::channel(16);
+    let (stx, mut srx) = tokio::sync::mpsc::channel(16);
+    let ready = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let r2 = std::sync::Arc::clone(&ready);
+    // Stamps each frame as the pipeline hands it over, then passes it on to the sink.
+    rt.spawn(async move {
+        while let Some(f) = frx.recv().await {
+            if let Ok(mut m) = r2.lock() {
+                m.insert(f.pts.as_millis() as u32, Instant::now());
+            }
+            if sink_tx.send(f).await.is_err() {
+                break;
+            }
+        }
+    });
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let target = RtmpTarget {
+        tls: false,
+        host: "127.0.0.1".into(),
+        port,
+        app: "live".into(),
+        stream_key: "bench".into(),
+        tc_url: format!("rtmp://127.0.0.1:{port}/live"),
+    };
+    let sink = rt.spawn(rtmp::run(
+        target,
+        RtmpOptions::default(),
+        sink_rx,
+        stx,
+        cancel.clone(),
+    ));
+    let pipeline = Pipeline::spawn(spec, ftx, etx).expect("pipeline");
+    let ctl = pipeline.controller();
+    rt.spawn(async move {
+        while let Some(ev) = srx.recv().await {
+            if matches!(ev, dockcast::sink::SinkEvent::KeyframeWanted) {
+                let _ = ctl.send(dockcast::media::pipeline::Control::Keyframe);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(secs));
+    drop(pipeline);
+    cancel.cancel();
+    let _ = rt.block_on(sink);
+    let _ = server.join();
+    let ready = ready.lock().map(|m| m.clone()).unwrap_or_default();
+    let mut lat: Vec<f64> = rx
+        .try_iter()
+        .filter_map(|(ts, at)| {
+            let t0 = ready.get(&ts)?;
+            Some(at.saturating_duration_since(*t0).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    if lat.is_empty() {
+        println!("frame-to-wire latency: no frames matched");
+        return;
+    }
+    let q = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+    println!(
+        "passthrough frame-to-wire latency, pipeline hand-over → last byte at an RTMP server on loopback ({} frames, 1080p 4 Mbit/s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.len(),
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+}
+
+/// Peak RSS of a fresh process doing one job (`--rss-encode-720p`, `--rss-passthrough-1080p`),
+/// so one job's allocations do not show in the other's figure.
+fn rss_child(flag: &str) -> Option<u64> {
+    let exe = std::env::current_exe().ok()?;
+    let out = Command::new(exe).arg(flag).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("RSS ")?.trim().parse().ok())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it,
+    // where a minute of encoding would only slow the test suite down.
+    let is_child = args.iter().any(|a| a.starts_with("--rss-"));
+    if !is_child && !args.iter().any(|a| a == "--bench") {
+        println!("encode benchmark: run with `cargo bench --bench encode`");
+        return;
+    }
+    if args.iter().any(|a| a == "--rss-encode-720p") {
+        let dir = work_dir();
+        let file = raw_frames(&dir, 1280, 720, 60);
+        let rung = Rung {
+            width: 1280,
+            height: 720,
+            fps: 30,
+            bitrate_kbps: 1500,
+        };
+        let mut enc = H264Encoder::new(rung, 30).expect("encoder");
+        // One reused frame read from disk, as a capture source reuses its buffer.
+        let mut frame = RawFrame::black(1280, 720);
+        let mut raw = std::fs::File::open(&file).expect("raw");
+        let mut i = 0u64;
+        while std::io::Read::read_exact(&mut raw, &mut frame.data).is_ok() {
+            let _ = enc.encode(&frame, Duration::from_millis(33 * i));
+            i += 1;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("RSS {}", peak_rss_kib());
+        return;
+    }
+    if args.iter().any(|a| a == "--rss-passthrough-1080p") {
+        let dir = work_dir();
+        let clip = make_clip(&dir, 1920, 1080, 10);
+        dockcast_passthrough(&clip, 1920, 1080, 5);
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("RSS {}", peak_rss_kib());
+        return;
+    }
+    if !have("ffmpeg") {
+        println!("ffmpeg not found: run scripts/setup-deps.sh");
+        return;
+    }
+    let dir = work_dir();
+    encode_throughput(&dir);
+
+    println!("== passthrough, 1080p 4 Mbit/s clip → RTMP (ffmpeg -listen 1 as server)");
+    let clip = make_clip(&dir, 1920, 1080, 10);
+    let secs = 10;
+    let ours = dockcast_passthrough(&clip, 1920, 1080, secs);
+    println!(
+        "  dockcast file → pipeline → RTMP sink: {:.3} CPU s in {secs} s = {:.1} % of a core (whole process)",
+        ours,
+        ours / secs as f64 * 100.0
+    );
+    match ffmpeg_passthrough(&clip, secs) {
+        Some(ff) => println!(
+            "  ffmpeg -re -i feed.h264 -c copy -f flv: {ff:.3} CPU s in {secs} s = {:.1} % → dockcast/ffmpeg = {:.2}",
+            ff / secs as f64 * 100.0,
+            ours / ff
+        ),
+        None => println!("  ffmpeg passthrough failed, skipped"),
+    }
+    feed_latency(&dir, &clip);
+    wire_latency(&clip, 10);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("== peak RSS, one fresh process per job");
+    match rss_child("--rss-passthrough-1080p") {
+        Some(k) => println!("  1080p passthrough (file → pipeline → RTMP): {k} KiB"),
+        None => println!("  1080p passthrough: not measured"),
+    }
+    match rss_child("--rss-encode-720p") {
+        Some(k) => {
+            println!("  720p encode (60 frames read from disk into one reused frame): {k} KiB")
+        }
+        None => println!("  720p encode: not measured"),
+    }
+}
