@@ -52,6 +52,10 @@ fn main() -> anyhow::Result<()> {
                 PipelineEvent::InputFailed { input, reason } => {
                     println!("EVENT input-failed {input}: {reason}")
                 }
+                PipelineEvent::InputDown { input, reason } => {
+                    println!("EVENT input-down {input}: {reason}")
+                }
+                PipelineEvent::InputUp { input } => println!("EVENT input-up {input}"),
                 PipelineEvent::Fatal { reason } => println!("EVENT fatal: {reason}"),
             }
         }

@@ -131,8 +131,10 @@ for name in yuyv nv12 unplug; do
     fi
 done
 tr -d '\r' <"$WORK/console.log" | grep -q '^UNPLUGGED' || { say "the device was not unplugged"; fail=1; }
-tr -d '\r' <"$WORK/console.log" | grep -q '^EVENT input-failed normal: /dev/video0' \
-    || { say "no input-failed event for the unplugged device"; fail=1; }
+tr -d '\r' <"$WORK/console.log" | grep -q '^EVENT input-down normal: /dev/video0' \
+    || { say "no input-down event for the unplugged device"; fail=1; }
+tr -d '\r' <"$WORK/console.log" | grep -q '^EVENT input-up normal' \
+    || { say "no input-up event after the replug"; fail=1; }
 tr -d '\r' <"$WORK/console.log" | grep -Eq '^DONE frames=90 .*input_failures=[1-9].*down=false' \
     || { say "the capture did not resume after the replug"; fail=1; }
 [ "$fail" = 0 ] || die "see above"

@@ -86,7 +86,7 @@ pub fn render(snapshot: &Snapshot, mqtt_connected: bool) -> String {
         snapshot.sessions_started
     );
     type Field = fn(&SessionSummary, &SessionCounters) -> u64;
-    let per_session: [(&str, &str, &str, Field); 6] = [
+    let per_session: [(&str, &str, &str, Field); 7] = [
         (
             "frames_sent_total",
             "Frames handed to the sink.",
@@ -116,6 +116,12 @@ pub fn render(snapshot: &Snapshot, mqtt_connected: bool) -> String {
             "Times the sink lost its server after publishing.",
             "counter",
             |s, _| s.reconnects,
+        ),
+        (
+            "input_down",
+            "1 while the session's input is failed and being retried (no video).",
+            "gauge",
+            |s, _| u64::from(s.input_down),
         ),
         (
             "bitrate_kbps",
@@ -278,6 +284,7 @@ mod tests {
             lens: "zoom",
             quality: 2,
             reconnects: 3,
+            input_down: true,
         };
         let c = SessionCounters {
             frames_sent: 90,
@@ -300,6 +307,7 @@ mod tests {
             "dockcast_sessions_started_total 4",
             "dockcast_frames_sent_total{video_id=\"DOCK/165-0-7/normal-0\",url_type=\"1\",lens=\"zoom\"} 90",
             "dockcast_reconnects_total{video_id=\"DOCK/165-0-7/normal-0\",url_type=\"1\",lens=\"zoom\"} 3",
+            "dockcast_input_down{video_id=\"DOCK/165-0-7/normal-0\",url_type=\"1\",lens=\"zoom\"} 1",
             "dockcast_encode_seconds_total{video_id=\"DOCK/165-0-7/normal-0\",url_type=\"1\",lens=\"zoom\"} 1.500000",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");

@@ -405,7 +405,8 @@ fn feed_over_unix_passes_through_strips_private_sei_and_survives_an_app_restart(
     assert!(contains(&input, &DJI_UUID));
     let sock = dir.path().join("feed.sock");
     let mut cfg = DaemonConfig::new(&broker.url());
-    cfg.source = Some(format!("feed:unix:{}", sock.display()));
+    // A short watchdog so the app's one-second silence is reported to the cloud.
+    cfg.source = Some(format!("feed:unix:{}?watchdog=0.4", sock.display()));
     let mut rig = Rig::start(serial, broker, cfg);
     let stream = "e2e-feed-unix";
     let started = rig.start_push(stream, 1);
@@ -416,12 +417,31 @@ fn feed_over_unix_passes_through_strips_private_sei_and_survives_an_app_restart(
     let mut s = connect_unix(&sock);
     play(&mut s, &input, Framing::Raw, &stop, 75, &sent).expect("feed write");
     drop(s);
+    let gone = Instant::now();
     rig.wait_live();
-    // The app restarts after a second of silence.
-    std::thread::sleep(Duration::from_secs(1));
+    // The silence puts the stream in error (513008: no video data) while it stays published…
+    let vid = rig.cfg.video_id();
+    let entry = |s: &Value, error: u32| {
+        s.as_array().is_some_and(|a| {
+            a.iter().any(|e| {
+                e["video_id"] == vid.as_str() && e["status"] == 1 && e["error_status"] == error
+            })
+        })
+    };
+    rig.cloud
+        .wait_state("live_status", |s| entry(s, 513008), STATE_TIMEOUT);
+    // …and the app restarts after a second of silence.
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(gone.elapsed()));
     let first_run = sent.swap(0, Ordering::Relaxed);
     let mut s = connect_unix(&sock);
-    play(&mut s, &input, Framing::Raw, &stop, 75, &sent).expect("feed write");
+    let restarted = std::thread::scope(|scope| {
+        let app = scope.spawn(|| play(&mut s, &input, Framing::Raw, &stop, 75, &sent));
+        // Video flowing again clears the error by itself.
+        rig.cloud
+            .wait_state("live_status", |s| entry(s, 0), STATE_TIMEOUT);
+        app.join().expect("app thread")
+    });
+    restarted.expect("feed write");
     drop(s);
     let second_run = sent.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(300));

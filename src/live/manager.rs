@@ -31,6 +31,14 @@ pub enum SessionEvent {
         /// Why (secrets redacted).
         reason: String,
     },
+    /// The session's input stopped delivering (camera unplugged, feed silent); the pipeline
+    /// retries it and the sink stays connected.
+    InputDown {
+        /// Why.
+        reason: String,
+    },
+    /// The input delivers again.
+    InputUp,
     /// The session cannot go on.
     Failed {
         /// Why (secrets redacted).
@@ -135,6 +143,8 @@ struct Session {
     waiting: Vec<RequestHeader>,
     /// Times the sink lost its server after publishing.
     reconnects: u64,
+    /// The input is failed and being retried: the stream has no video.
+    input_down: bool,
 }
 
 /// What the health endpoint shows of one session.
@@ -154,6 +164,8 @@ pub struct SessionSummary {
     pub quality: u8,
     /// Reconnections so far.
     pub reconnects: u64,
+    /// The input is failed and being retried.
+    pub input_down: bool,
 }
 
 /// The session table and the rules around it.
@@ -312,6 +324,7 @@ impl Manager {
                 lens: s.lens.as_str(),
                 quality: s.quality.as_u8(),
                 reconnects: s.reconnects,
+                input_down: s.input_down,
             })
             .collect()
     }
@@ -331,9 +344,13 @@ impl Manager {
                 video_type: s.lens,
                 video_quality: s.quality,
                 status: 1,
-                error_status: match s.phase {
-                    Phase::Reconnecting => LiveErrorCode::NetworkCongestion.code(),
-                    _ => 0,
+                // No video at all is the worse news, so it wins over a reconnecting sink.
+                error_status: if s.input_down {
+                    LiveErrorCode::NoStreamData.code()
+                } else if s.phase == Phase::Reconnecting {
+                    LiveErrorCode::NetworkCongestion.code()
+                } else {
+                    0
                 },
             })
             .collect()
@@ -545,6 +562,7 @@ impl Manager {
                 phase: Phase::Starting,
                 waiting: vec![h.clone()],
                 reconnects: 0,
+                input_down: false,
             },
         );
         vec![Action::Start {
@@ -632,6 +650,20 @@ impl Manager {
                 }
                 s.phase = Phase::Reconnecting;
                 s.reconnects += 1;
+                vec![Action::PublishStatus]
+            }
+            SessionEvent::InputDown { reason } => {
+                warn!(session = id, video_id = %s.video_id, "no video: {reason}");
+                if std::mem::replace(&mut s.input_down, true) {
+                    return Vec::new();
+                }
+                vec![Action::PublishStatus]
+            }
+            SessionEvent::InputUp => {
+                if !std::mem::replace(&mut s.input_down, false) {
+                    return Vec::new();
+                }
+                info!(session = id, video_id = %s.video_id, "video is back");
                 vec![Action::PublishStatus]
             }
             SessionEvent::Failed { reason } => {
@@ -1069,5 +1101,36 @@ mod tests {
         assert!(gone.iter().any(|a| matches!(a, Action::PublishStatus)));
         assert!(m.status().is_empty());
         let _ = GW;
+    }
+
+    #[test]
+    fn a_failed_input_is_reported_in_live_status_until_video_is_back() {
+        let mut m = manager();
+        let id = live(&mut m);
+        let ev = |m: &mut Manager, event| m.handle(Input::Session { id, event });
+        let down = || SessionEvent::InputDown {
+            reason: "normal: /dev/video0: No such device".into(),
+        };
+        assert!(matches!(ev(&mut m, down())[..], [Action::PublishStatus]));
+        assert_eq!(m.status()[0].error_status, 513008);
+        assert_eq!(m.status()[0].status, 1, "the session itself goes on");
+        assert!(m.summaries()[0].input_down);
+        assert!(ev(&mut m, down()).is_empty(), "no repeat while still down");
+        // A sink reconnect meanwhile does not hide the missing video.
+        let _ = ev(
+            &mut m,
+            SessionEvent::Reconnecting {
+                reason: "reset".into(),
+            },
+        );
+        assert_eq!(m.status()[0].error_status, 513008);
+        let _ = ev(&mut m, SessionEvent::Publishing);
+        assert!(matches!(
+            ev(&mut m, SessionEvent::InputUp)[..],
+            [Action::PublishStatus]
+        ));
+        assert_eq!(m.status()[0].error_status, 0);
+        assert!(!m.summaries()[0].input_down);
+        assert!(ev(&mut m, SessionEvent::InputUp).is_empty());
     }
 }

@@ -344,7 +344,9 @@ impl Supervisor {
                         // pipeline's report says why, so prefer it.
                         let why = pipe_events.try_recv().ok().and_then(|e| match e {
                             PipelineEvent::Fatal { reason } => Some(reason),
-                            PipelineEvent::InputFailed { .. } => None,
+                            PipelineEvent::InputFailed { .. }
+                            | PipelineEvent::InputDown { .. }
+                            | PipelineEvent::InputUp { .. } => None,
                         });
                         match why {
                             Some(reason) => {
@@ -359,6 +361,10 @@ impl Supervisor {
                     Some(PipelineEvent::InputFailed { input, reason }) => {
                         warn!(session = id, input = %input, "input failed: {reason}");
                     }
+                    Some(PipelineEvent::InputDown { input, reason }) => {
+                        self.report(SessionEvent::InputDown { reason: format!("{input}: {reason}") }).await
+                    }
+                    Some(PipelineEvent::InputUp { .. }) => self.report(SessionEvent::InputUp).await,
                     Some(PipelineEvent::Fatal { reason }) => {
                         self.report(SessionEvent::Failed { reason: format!("pipeline: {reason}") }).await;
                         break;

@@ -75,14 +75,27 @@ pub enum Control {
 /// What the pipeline reports to its session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PipelineEvent {
-    /// An input could not be opened, failed while reading (the pipeline retries devices with
-    /// backoff and resumes by itself; [`PipelineStats::input_down`] tells whether it is still
-    /// down) or reported a stall.
+    /// An input the session switched to could not be opened; the previous one keeps feeding
+    /// the session, so nothing is in error.
     InputFailed {
         /// The input's name.
         input: String,
         /// Why.
         reason: String,
+    },
+    /// The input feeding the session stopped delivering: a device failed and is being reopened
+    /// with backoff, or a feed went silent. The session has no video until [`Self::InputUp`],
+    /// which the cloud must see in `live_status`.
+    InputDown {
+        /// The input's name.
+        input: String,
+        /// Why.
+        reason: String,
+    },
+    /// Frames flow again after [`Self::InputDown`].
+    InputUp {
+        /// The input's name.
+        input: String,
     },
     /// The pipeline stopped by itself because it cannot go on (no input at all, encoder error).
     Fatal {
@@ -499,7 +512,15 @@ impl Worker {
         self.active = Some(next);
         self.want_key = true;
         self.stats.switches.fetch_add(1, Ordering::Relaxed);
-        self.stats.input_down.store(false, Ordering::Relaxed);
+    }
+
+    /// The input is in error: record it once and tell the session.
+    fn input_down(&mut self, input: &str, reason: String) {
+        self.stats.input_down.store(true, Ordering::Relaxed);
+        self.report(PipelineEvent::InputDown {
+            input: input.to_string(),
+            reason,
+        });
     }
 
     /// The input failed: report it and schedule a reopen (devices) or give it up (files).
@@ -507,16 +528,12 @@ impl Worker {
         self.stats.input_failures.fetch_add(1, Ordering::Relaxed);
         self.want_key = true;
         if spec.is_device() {
-            self.stats.input_down.store(true, Ordering::Relaxed);
             let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
             let delay = backoff
                 .next_delay(&mut rand::rng())
                 .max(Duration::from_millis(50));
             tracing::warn!(input = name, "input failed, reopening: {reason}");
-            self.report(PipelineEvent::InputFailed {
-                input: name.to_string(),
-                reason: format!("{reason}; reopening with backoff"),
-            });
+            self.input_down(name, format!("{reason}; reopening with backoff"));
             self.retry = Some(Retry {
                 name: name.to_string(),
                 spec,
@@ -668,10 +685,7 @@ impl Worker {
             }
         };
         if let Some(notice) = a.src.take_notice() {
-            self.report(PipelineEvent::InputFailed {
-                input: a.name.clone(),
-                reason: notice,
-            });
+            self.input_down(&a.name, notice);
         }
         let (pulled, ts) = match pulled {
             Ok(p) => p,
@@ -686,6 +700,12 @@ impl Worker {
         if let Pulled::Nothing = pulled {
             self.active = Some(a);
             return Step::Continue;
+        }
+        if self.stats.input_down.swap(false, Ordering::Relaxed) {
+            tracing::info!(input = %a.name, "input delivers again");
+            self.report(PipelineEvent::InputUp {
+                input: a.name.clone(),
+            });
         }
         let mut anchor = a.anchor.take();
         let pts = self.stamp(if a.live { ts } else { None }, &mut anchor);
@@ -1040,7 +1060,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         };
         assert!(
-            matches!(&ev, PipelineEvent::InputFailed { input, reason } if input == "normal" && reason.contains("/dev/video7")),
+            matches!(&ev, PipelineEvent::InputDown { input, reason } if input == "normal" && reason.contains("/dev/video7")),
             "{ev:?}"
         );
         // Back by itself: the first frame after the gap is an IDR with a later pts, scaled to
@@ -1050,6 +1070,13 @@ mod tests {
         assert!(f.pts > last.unwrap_or_default());
         assert!(opens.load(Ordering::SeqCst) >= 4);
         assert!(!p.stats.input_down.load(Ordering::Relaxed));
+        // The session hears that it has video again.
+        assert_eq!(
+            erx.try_recv().ok(),
+            Some(PipelineEvent::InputUp {
+                input: "normal".into()
+            })
+        );
         assert_eq!(p.stats.input_failures.load(Ordering::Relaxed), 1);
     }
 
