@@ -5,7 +5,11 @@ pub mod gb28181;
 pub mod rtmp;
 pub mod whip;
 
+use crate::media::frame::EncodedFrame;
+use std::future::Future;
 use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// What a sink reports to the session that owns it.
 ///
@@ -41,4 +45,53 @@ pub enum SinkEvent {
         /// Estimated sustainable send rate in bit/s, all overhead included.
         bps: u64,
     },
+}
+
+/// Drives `fut` while discarding incoming frames, so that the pipeline never blocks on a sink
+/// that is connecting or waiting to reconnect; `None` if the frame sender went away.
+pub(crate) async fn discard_while<F: Future>(
+    frames: &mut mpsc::Receiver<EncodedFrame>,
+    fut: F,
+) -> Option<F::Output> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return Some(out),
+            frame = frames.recv() => {
+                frame.as_ref()?;
+            }
+        }
+    }
+}
+
+/// The one way every reconnecting sink waits between attempts: report
+/// [`SinkEvent::Reconnecting`], then sit out `retry_in` while discarding frames. Returns false
+/// when the session ended meanwhile (stop requested or the pipeline gone), after reporting
+/// [`SinkEvent::Stopped`]; the sink must then return.
+pub(crate) async fn wait_to_retry(
+    events: &mpsc::Sender<SinkEvent>,
+    frames: &mut mpsc::Receiver<EncodedFrame>,
+    cancel: &CancellationToken,
+    attempt: u32,
+    reason: String,
+    retry_in: Duration,
+) -> bool {
+    let _ = events
+        .send(SinkEvent::Reconnecting {
+            attempt,
+            reason,
+            retry_in,
+        })
+        .await;
+    let slept = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        r = discard_while(frames, tokio::time::sleep(retry_in)) => r,
+    };
+    if slept.is_none() {
+        let _ = events.send(SinkEvent::Stopped).await;
+        return false;
+    }
+    true
 }

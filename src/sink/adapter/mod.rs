@@ -382,38 +382,17 @@ pub async fn run(
         }
         let retry_in = backoff.next_delay(&mut rng);
         tracing::warn!(adapter = %spec.name, %reason, ?retry_in, "adapter lost; restarting");
-        let _ = events
-            .send(SinkEvent::Reconnecting {
-                attempt: backoff.attempt(),
-                reason,
-                retry_in,
-            })
-            .await;
-        let slept = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => None,
-            r = discard_while(&mut frames, tokio::time::sleep(retry_in)) => r,
-        };
-        if slept.is_none() {
-            let _ = events.send(SinkEvent::Stopped).await;
+        if !super::wait_to_retry(
+            &events,
+            &mut frames,
+            &cancel,
+            backoff.attempt(),
+            reason,
+            retry_in,
+        )
+        .await
+        {
             return;
-        }
-    }
-}
-
-/// Drives `fut` while discarding incoming frames; `None` if the frame sender went away.
-async fn discard_while<F: std::future::Future>(
-    frames: &mut mpsc::Receiver<EncodedFrame>,
-    fut: F,
-) -> Option<F::Output> {
-    tokio::pin!(fut);
-    loop {
-        tokio::select! {
-            biased;
-            out = &mut fut => return Some(out),
-            frame = frames.recv() => {
-                frame.as_ref()?;
-            }
         }
     }
 }

@@ -157,7 +157,7 @@ pub async fn run_with_stats(
         let result = tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
-            r = discard_while(&mut frames, attempt) => r,
+            r = super::discard_while(&mut frames, attempt) => r,
         };
         let Some(result) = result else {
             // Cancelled, or the producer went away while connecting.
@@ -207,38 +207,17 @@ pub async fn run_with_stats(
         }
         let retry_in = backoff.next_delay(&mut rng);
         tracing::warn!(url = %target_label, %reason, ?retry_in, "rtmp connection lost");
-        let _ = events
-            .send(SinkEvent::Reconnecting {
-                attempt: backoff.attempt(),
-                reason,
-                retry_in,
-            })
-            .await;
-        let slept = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => None,
-            r = discard_while(&mut frames, tokio::time::sleep(retry_in)) => r,
-        };
-        if slept.is_none() {
-            let _ = events.send(SinkEvent::Stopped).await;
+        if !super::wait_to_retry(
+            &events,
+            &mut frames,
+            &cancel,
+            backoff.attempt(),
+            reason,
+            retry_in,
+        )
+        .await
+        {
             return;
-        }
-    }
-}
-
-/// Drives `fut` while discarding incoming frames; `None` if the frame sender went away.
-async fn discard_while<F: std::future::Future>(
-    frames: &mut mpsc::Receiver<EncodedFrame>,
-    fut: F,
-) -> Option<F::Output> {
-    tokio::pin!(fut);
-    loop {
-        tokio::select! {
-            biased;
-            out = &mut fut => return Some(out),
-            frame = frames.recv() => {
-                frame.as_ref()?;
-            }
         }
     }
 }

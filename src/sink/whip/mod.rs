@@ -231,7 +231,7 @@ pub async fn run(
         let result = tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
-            r = discard_while(&mut frames, attempt) => r,
+            r = super::discard_while(&mut frames, attempt) => r,
         };
         let Some(result) = result else {
             let _ = events.send(SinkEvent::Stopped).await;
@@ -272,7 +272,7 @@ pub async fn run(
                         let del = tokio::select! {
                             biased;
                             _ = cancel.cancelled() => None,
-                            r = discard_while(&mut frames, tokio::time::timeout(
+                            r = super::discard_while(&mut frames, tokio::time::timeout(
                                 opts.delete_timeout,
                                 client.delete_session(&session.session_url, target.token.as_deref()),
                             )) => r,
@@ -302,20 +302,16 @@ pub async fn run(
         }
         let retry_in = backoff.next_delay(&mut rng);
         tracing::warn!(target = %target.redacted(), %reason, ?retry_in, "whip session lost");
-        let _ = events
-            .send(SinkEvent::Reconnecting {
-                attempt: backoff.attempt(),
-                reason,
-                retry_in,
-            })
-            .await;
-        let slept = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => None,
-            r = discard_while(&mut frames, tokio::time::sleep(retry_in)) => r,
-        };
-        if slept.is_none() {
-            let _ = events.send(SinkEvent::Stopped).await;
+        if !super::wait_to_retry(
+            &events,
+            &mut frames,
+            &cancel,
+            backoff.attempt(),
+            reason,
+            retry_in,
+        )
+        .await
+        {
             return;
         }
     }
@@ -327,23 +323,6 @@ fn log_delete(url: &Url, result: Result<Result<(), WhipError>, tokio::time::erro
         Ok(Ok(())) => tracing::info!(session = %url, "whip: session deleted"),
         Ok(Err(e)) => tracing::info!(session = %url, error = %e, "whip: DELETE failed"),
         Err(_) => tracing::info!(session = %url, "whip: DELETE timed out"),
-    }
-}
-
-/// Drives `fut` while discarding incoming frames; `None` if the frame sender went away.
-async fn discard_while<F: std::future::Future>(
-    frames: &mut mpsc::Receiver<EncodedFrame>,
-    fut: F,
-) -> Option<F::Output> {
-    tokio::pin!(fut);
-    loop {
-        tokio::select! {
-            biased;
-            out = &mut fut => return Some(out),
-            frame = frames.recv() => {
-                frame.as_ref()?;
-            }
-        }
     }
 }
 
