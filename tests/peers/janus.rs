@@ -35,7 +35,7 @@ const SETUP_HINT: &str =
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The names of one run's namespaces and veth ends, derived from a tag (the pid of the test
-/// process that made them), so that concurrent or leftover runs never share a name.
+/// process that made them), so that concurrent runs never share a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetnsNames {
     /// Namespace of the publisher: broker, daemon, cloud client.
