@@ -2,8 +2,8 @@
 # Installs everything dockcast's build and tests need on a fresh Debian 12 machine.
 #
 # Idempotent and fast on re-runs: apt is skipped when every package is already installed.
-# The Debian mosquitto/nginx system services are kept off the default ports (tests and the demo
-# start their own instances on ports they choose).
+# The Debian mosquitto/nginx/janus system services are kept off the default ports (tests and the
+# demo start their own instances on ports they choose).
 set -euo pipefail
 
 BUILD_PKGS=(build-essential pkg-config nasm libclang-dev)
@@ -21,12 +21,15 @@ GB28181_PKGS=(sip-tester gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1
 # V4L2 for real (scripts/vivid-test.sh): qemu-system boots Debian's kernel with the vivid driver
 # from a busybox initramfs; the kernel package itself is fetched by the script (apt-get download).
 VIVID_PKGS=(qemu-system-x86 busybox-static cpio)
+# Janus as a second WHIP peer (tests/e2e_janus.rs): the SFU and janus-pp-rec, which turns its
+# .mjr recordings into MP4 for ffprobe; ip (iproute2) makes the test's network namespaces.
+JANUS_PKGS=(janus janus-tools iproute2)
 # Benchmarks (benches/encode.rs): GStreamer's openh264enc (plugins-bad) and gst-launch.
 BENCH_PKGS=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-bad)
 ALL_PKGS=("${BUILD_PKGS[@]}" "${PEER_PKGS[@]}" "${MISC_PKGS[@]}" "${CROSS_PKGS[@]}"
-          "${GB28181_PKGS[@]}" "${VIVID_PKGS[@]}" "${BENCH_PKGS[@]}")
-# System services the packages above ship; we never want them holding 1883/80/1935.
-SERVICES=(mosquitto nginx)
+          "${GB28181_PKGS[@]}" "${VIVID_PKGS[@]}" "${BENCH_PKGS[@]}" "${JANUS_PKGS[@]}")
+# System services the packages above ship; we never want them holding 1883/80/1935/8088.
+SERVICES=(mosquitto nginx janus)
 
 say() { printf 'setup-deps: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -45,7 +48,7 @@ missing_pkgs() {
     done
 }
 
-# Stops a Debian system service instance of mosquitto/nginx if one runs, and keeps it from
+# Stops a Debian system service instance of mosquitto/nginx/janus if one runs, and keeps it from
 # starting at boot. Only the distribution-managed instance is touched (systemd unit or the
 # init script's pid file), never processes started by anyone else.
 stop_system_service() {
@@ -61,6 +64,7 @@ stop_system_service() {
     case $svc in
         mosquitto) pidfile=/run/mosquitto/mosquitto.pid ;;
         nginx) pidfile=/run/nginx.pid ;;
+        janus) pidfile=/run/janus.pid ;;
         *) return 0 ;;
     esac
     if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
@@ -145,9 +149,10 @@ if ! cargo deb --version >/dev/null 2>&1; then
     quiet cargo install --locked --quiet cargo-deb@3.8.0 || die "cargo install cargo-deb failed"
 fi
 
-# --- WHIP test peer (tests/peers/whip_server.py) --------------------------------------------
-# A Python venv at .work/venv (or $DOCKCAST_VENV) with aiortc + aiohttp; the pip step is
-# skipped when the venv already has the pinned versions, so re-runs stay fast.
+# --- WHIP test peers (tests/peers/whip_server.py, tests/peers/janus_whip_bridge.py) ---------
+# A Python venv at .work/venv (or $DOCKCAST_VENV) with aiortc + aiohttp (the Janus bridge needs
+# only aiohttp); the pip step is skipped when the venv already has the pinned versions, so
+# re-runs stay fast.
 WHIP_AIORTC=1.16.0
 WHIP_AIOHTTP=3.14.5
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -167,7 +172,7 @@ sys.exit(0 if (aiortc.__version__, aiohttp.__version__) == ('$WHIP_AIORTC', '$WH
     quiet "$WHIP_VENV/bin/pip" install -q --disable-pip-version-check \
         "aiortc==$WHIP_AIORTC" "aiohttp==$WHIP_AIOHTTP" || die "pip install aiortc aiohttp failed"
 fi
-# --- end WHIP test peer ---------------------------------------------------------------------
+# --- end WHIP test peers --------------------------------------------------------------------
 
 # --- node-media-server test peer (tests/peers/nms.rs) ---------------------------------------
 # node-media-server is the RTMP peer that ingests Enhanced RTMP (H.265 over `hvc1`), which

@@ -4,11 +4,14 @@
 //!
 //! Every peer listens on 127.0.0.1 only, on a port chosen here, keeps its files in its own
 //! temporary directory and is killed when dropped, so a failing test leaves nothing running.
+//! The one exception is Janus, whose ICE library will not use loopback: it runs in network
+//! namespaces the test makes and deletes (`janus.rs`).
 //! Each test binary uses only some of these helpers, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
 pub mod daemon;
 pub mod gst;
+pub mod janus;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod nginx;
