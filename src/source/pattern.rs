@@ -626,6 +626,41 @@ mod tests {
     }
 
     #[test]
+    fn the_stamp_survives_encoding_at_the_lowest_default_bitrate() {
+        use crate::media::encoder::H264Encoder;
+        use openh264::formats::YUVSource;
+        // The "smooth" rung: the smallest picture and bitrate a stamp is drawn at by default.
+        let rung = Rung {
+            width: 960,
+            height: 540,
+            fps: 30,
+            bitrate_kbps: 512,
+        };
+        let mut src = PatternSource::with_options(Style::Zoom, PatternOptions { clock: true });
+        let mut enc = H264Encoder::new(rung, 30).unwrap();
+        let mut dec = openh264::decoder::Decoder::new().unwrap();
+        for n in 0..4u32 {
+            let before = unix_millis() % (1 << STAMP_TIME_BITS);
+            let SourceFrame::Raw(picture) = src.next_frame(&rung).unwrap() else {
+                unreachable!("patterns are raw")
+            };
+            let pts = std::time::Duration::from_millis(33 * u64::from(n));
+            let Some(encoded) = enc.encode(picture, pts).unwrap() else {
+                continue;
+            };
+            let yuv = dec
+                .decode(&encoded.data)
+                .unwrap()
+                .expect("a picture per frame");
+            let t = read_stamp(yuv.y(), yuv.dimensions().0, yuv.strides().0).unwrap();
+            assert!(
+                (0..1000).contains(&stamp_age_ms(t, before + 999)),
+                "frame {n}"
+            );
+        }
+    }
+
+    #[test]
     fn ages_wrap_with_the_time_value() {
         assert_eq!(stamp_age_ms(1000, 1042), 42);
         assert_eq!(
