@@ -114,11 +114,15 @@ pub trait VideoSource: Send {
 pub const LIVE_WAIT: Duration = Duration::from_millis(40);
 
 /// Where a lens takes its video from, as written in the config (`pattern`, `pattern:zoom`,
-/// `file:/path/clip.h264`).
+/// `pattern:zoom?clock=1`, `file:/path/clip.h264`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
     /// The synthetic test pattern; `None` picks the style named after the lens.
     Pattern(Option<pattern::Style>),
+    /// The test pattern with options (`pattern?clock=1`, `pattern:STYLE?clock=1`); a variant
+    /// of its own so that the plain pattern stays the one-field variant it always was.
+    /// Parsing yields it only when an option is on.
+    PatternWith(Option<pattern::Style>, pattern::PatternOptions),
     /// An H.264 Annex-B file, looped.
     File(String),
     /// A V4L2 capture device (`v4l2:/dev/videoN?format=..&width=..&height=..&fps=..`).
@@ -170,14 +174,24 @@ impl FromStr for SourceSpec {
             uri: uri.to_string(),
             why: why.to_string(),
         };
-        if uri == "pattern" {
-            return Ok(SourceSpec::Pattern(None));
-        }
-        if let Some(style) = uri.strip_prefix("pattern:") {
-            return style
+        let (base, query) = uri.split_once('?').unwrap_or((uri, ""));
+        if base == "pattern" || base.starts_with("pattern:") {
+            let style = match base.strip_prefix("pattern:") {
+                None => None,
+                Some(style) => Some(
+                    style
+                        .parse()
+                        .map_err(|_| err("pattern styles are normal, wide, zoom and ir"))?,
+                ),
+            };
+            let options: pattern::PatternOptions = query
                 .parse()
-                .map(|s| SourceSpec::Pattern(Some(s)))
-                .map_err(|_| err("pattern styles are normal, wide, zoom and ir"));
+                .map_err(|e: pattern::PatternOptionError| err(&e.to_string()))?;
+            return Ok(if options == pattern::PatternOptions::default() {
+                SourceSpec::Pattern(style)
+            } else {
+                SourceSpec::PatternWith(style, options)
+            });
         }
         if let Some(path) = uri.strip_prefix("file:") {
             if path.is_empty() {
@@ -192,7 +206,7 @@ impl FromStr for SourceSpec {
             return rest.parse().map(SourceSpec::Feed).map_err(|why| err(&why));
         }
         Err(err(
-            "expected pattern, pattern:STYLE, file:PATH, v4l2:/dev/videoN[?..] or feed:unix:PATH|tcp:HOST:PORT|fifo:PATH",
+            "expected pattern[:STYLE][?clock=1], file:PATH, v4l2:/dev/videoN[?..] or feed:unix:PATH|tcp:HOST:PORT|fifo:PATH",
         ))
     }
 }
@@ -202,6 +216,13 @@ impl fmt::Display for SourceSpec {
         match self {
             SourceSpec::Pattern(None) => f.write_str("pattern"),
             SourceSpec::Pattern(Some(s)) => write!(f, "pattern:{s}"),
+            SourceSpec::PatternWith(style, opts) => {
+                f.write_str("pattern")?;
+                if let Some(s) = style {
+                    write!(f, ":{s}")?;
+                }
+                write!(f, "?{opts}")
+            }
             SourceSpec::File(p) => write!(f, "file:{p}"),
             SourceSpec::V4l2(v) => write!(f, "v4l2:{v}"),
             SourceSpec::Feed(v) => write!(f, "feed:{v}"),
@@ -218,6 +239,10 @@ impl SourceSpec {
             SourceSpec::Pattern(style) => {
                 let style = style.unwrap_or_else(|| lens_name.parse().unwrap_or_default());
                 Ok(Box::new(pattern::PatternSource::new(style)))
+            }
+            SourceSpec::PatternWith(style, opts) => {
+                let style = style.unwrap_or_else(|| lens_name.parse().unwrap_or_default());
+                Ok(Box::new(pattern::PatternSource::with_options(style, *opts)))
             }
             SourceSpec::File(path) => Ok(Box::new(file::FileSource::open(path)?)),
             SourceSpec::V4l2(spec) => Ok(Box::new(v4l2::open(spec)?)),
@@ -242,7 +267,7 @@ impl SourceSpec {
     /// one fails the pipeline keeps retrying it instead of ending the session.
     pub fn is_device(&self) -> bool {
         match self {
-            SourceSpec::Pattern(_) | SourceSpec::File(_) => false,
+            SourceSpec::Pattern(_) | SourceSpec::PatternWith(..) | SourceSpec::File(_) => false,
             SourceSpec::V4l2(_) | SourceSpec::Feed(_) => true,
             #[cfg(test)]
             SourceSpec::Fake(_) => true,
@@ -269,7 +294,19 @@ mod tests {
             "v4l2:/dev/video0?format=nv12&width=640&height=480&fps=30".parse(),
             Ok(SourceSpec::V4l2(_))
         ));
+        assert_eq!(
+            "pattern:ir?clock=1".parse(),
+            Ok(SourceSpec::PatternWith(
+                Some(pattern::Style::Ir),
+                pattern::PatternOptions { clock: true }
+            ))
+        );
+        assert_eq!("pattern?clock=0".parse(), Ok(SourceSpec::Pattern(None)));
+        let err = "pattern:zoom?clock=2".parse::<SourceSpec>().unwrap_err();
+        assert!(err.to_string().contains("clock=2"), "{err}");
         for good in [
+            "pattern?clock=1",
+            "pattern:wide?clock=1",
             "feed:unix:/run/feed.sock",
             "feed:tcp:127.0.0.1:5000",
             "feed:fifo:/tmp/f",
@@ -280,6 +317,10 @@ mod tests {
         for bad in [
             "",
             "pattern:nope",
+            "pattern:nope?clock=1",
+            "pattern?clock",
+            "pattern?fps=5",
+            "patterns",
             "file:",
             "rtsp://x",
             "v4l2:",

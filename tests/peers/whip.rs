@@ -24,6 +24,9 @@ pub struct WhipServerOptions {
     pub busy_once: Option<u32>,
     /// Also serve HTTPS on a second port, with a self-signed certificate no client trusts.
     pub tls: bool,
+    /// Read the capture-time stamp (`pattern?clock=1`) of every decoded frame and keep its age
+    /// per session (`stamp_ages_ms`, `stamp_misses` in the stats), for latency benchmarks.
+    pub stamp: bool,
 }
 
 /// The venv's python: `$DOCKCAST_VENV/bin/python`, else `<repo>/.work/venv/bin/python`.
@@ -147,6 +150,9 @@ impl WhipServer {
         }
         if self.opts.redirect_first {
             cmd.arg("--redirect-first");
+        }
+        if self.opts.stamp {
+            cmd.arg("--stamp");
         }
         if let Some(tls_port) = self.tls_port {
             let (cert, key) = (

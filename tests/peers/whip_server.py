@@ -6,6 +6,9 @@ POST /whip-moved/{stream}      -> same; the target of --redirect-first
 PATCH /whip/session/{sid}      -> 405 (no trickle, no ICE restart)
 DELETE /whip/session/{sid}     -> 200 (401 without the token when --token)
 GET /stats                     -> JSON: counters and, per session, decoded frames and state
+With --stamp, every decoded frame's capture-time stamp (dockcast's `pattern?clock=1`) is read
+and `now - stamp` in ms is kept per session as "stamp_ages_ms" (plus "stamp_misses", frames
+without a readable stamp); without it the stats are as before.
 With --tls-port the same routes are served over HTTPS too (self-signed cert from the test).
 
 Listens on 127.0.0.1 only; ICE candidates are 127.0.0.1 only.
@@ -38,6 +41,50 @@ STATS = {
 }
 ARGS = None
 
+# The capture-time stamp of dockcast's test pattern. The layout is written down once, in the doc
+# comment of draw_stamp in src/source/pattern.rs: 48 blocks of 16x16 luma pixels in one row at
+# the top-left corner, white (1) or black (0), read as the mean of each block's central 8x8
+# pixels against 128; blocks 0-1 = 1 0, blocks 2-41 = ms since the UNIX epoch mod 2^40 (MSB
+# first), blocks 42-45 = XOR of the ten nibbles of that value (MSB first), blocks 46-47 = 0 1.
+STAMP_BLOCKS, STAMP_BLOCK, STAMP_TIME_BITS = 48, 16, 40
+STAMP_MOD = 1 << STAMP_TIME_BITS
+MAX_STAMP_SAMPLES = 100000
+
+
+def read_stamp(frame):
+    """The stamp of a decoded av.VideoFrame in ms (mod 2^40), or None when there is none."""
+    if frame.format.name not in ("yuv420p", "yuvj420p", "nv12"):
+        frame = frame.reformat(format="yuv420p")
+    if frame.width < STAMP_BLOCKS * STAMP_BLOCK or frame.height < STAMP_BLOCK:
+        return None
+    plane = frame.planes[0]
+    stride, luma = plane.line_size, memoryview(plane)
+    rows = [luma[r * stride : r * stride + STAMP_BLOCKS * STAMP_BLOCK] for r in range(4, 12)]
+    bits = []
+    for i in range(STAMP_BLOCKS):
+        x0 = i * STAMP_BLOCK + 4
+        total = sum(sum(row[x0 : x0 + 8]) for row in rows)
+        bits.append(1 if total > 128 * 64 else 0)
+    if bits[:2] != [1, 0] or bits[46:] != [0, 1]:
+        return None
+    t = 0
+    for b in bits[2:42]:
+        t = (t << 1) | b
+    check = 0
+    for b in bits[42:46]:
+        check = (check << 1) | b
+    nibbles = 0
+    for n in range(10):
+        nibbles ^= (t >> (4 * n)) & 0xF
+    return t if check == nibbles else None
+
+
+def stamp_age_ms(stamp, now_ms):
+    """now - stamp in ms, modulo 2^40, negative when the stamp is ahead (as stamp_age_ms in
+    pattern.rs)."""
+    d = (now_ms - stamp) % STAMP_MOD
+    return d - STAMP_MOD if d >= STAMP_MOD // 2 else d
+
 
 def authorized(req):
     if not ARGS.token:
@@ -53,6 +100,14 @@ async def consume(sid, track):
         except MediaStreamError:
             break
         st["frames"] += 1
+        if ARGS.stamp:
+            # Read before anything else so the age includes as little of this loop as possible.
+            now_ms = time.time_ns() // 1_000_000
+            stamp = read_stamp(frame)
+            if stamp is None:
+                st["stamp_misses"] += 1
+            elif len(st["stamp_ages_ms"]) < MAX_STAMP_SAMPLES:
+                st["stamp_ages_ms"].append(stamp_age_ms(stamp, now_ms))
         if len(st["pts"]) < 10000:
             st["pts"].append(frame.pts)  # RTP timestamp (90 kHz) of the decoded frame
         st["width"], st["height"] = frame.width, frame.height
@@ -99,6 +154,8 @@ async def post_offer(req):
         "last_frame_at": None,
         "delete_auth": None,
     }
+    if ARGS.stamp:
+        STATS["sessions"][sid].update({"stamp_ages_ms": [], "stamp_misses": 0})
 
     @pc.on("track")
     def on_track(track):
@@ -160,6 +217,9 @@ def main():
     p.add_argument("--tls-port", type=int, help="also serve HTTPS here (needs --cert/--key)")
     p.add_argument("--cert")
     p.add_argument("--key")
+    p.add_argument(
+        "--stamp", action="store_true", help="read the capture-time stamp of every decoded frame"
+    )
     ARGS = p.parse_args()
     app = web.Application()
     for prefix in ("/whip", "/whip-moved"):
