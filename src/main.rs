@@ -45,8 +45,8 @@ enum Cmd {
         /// Gateway serial, overriding the config.
         #[arg(long)]
         gateway_sn: Option<String>,
-        /// Feed every lens of the first video from this source (pattern, pattern:STYLE,
-        /// file:PATH).
+        /// Feed every lens of the first video from this source (pattern[:STYLE][?clock=1],
+        /// file:PATH, v4l2:/dev/videoN[?...], feed:unix:PATH|tcp:HOST:PORT|fifo:PATH).
         #[arg(long)]
         source: Option<String>,
     },

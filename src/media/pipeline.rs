@@ -893,8 +893,14 @@ mod tests {
 
     fn spec() -> PipelineSpec {
         let mut inputs = BTreeMap::new();
-        inputs.insert("normal".to_string(), SourceSpec::Pattern(None));
-        inputs.insert("zoom".to_string(), SourceSpec::Pattern(None));
+        inputs.insert(
+            "normal".to_string(),
+            SourceSpec::Pattern(None, Default::default()),
+        );
+        inputs.insert(
+            "zoom".to_string(),
+            SourceSpec::Pattern(None, Default::default()),
+        );
         PipelineSpec {
             inputs,
             input: "normal".into(),

@@ -117,12 +117,8 @@ pub const LIVE_WAIT: Duration = Duration::from_millis(40);
 /// `pattern:zoom?clock=1`, `file:/path/clip.h264`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
-    /// The synthetic test pattern; `None` picks the style named after the lens.
-    Pattern(Option<pattern::Style>),
-    /// The test pattern with options (`pattern?clock=1`, `pattern:STYLE?clock=1`); a variant
-    /// of its own so that the plain pattern stays the one-field variant it always was.
-    /// Parsing yields it only when an option is on.
-    PatternWith(Option<pattern::Style>, pattern::PatternOptions),
+    /// The synthetic test pattern; a `None` style picks the style named after the lens.
+    Pattern(Option<pattern::Style>, pattern::PatternOptions),
     /// An H.264 Annex-B file, looped.
     File(String),
     /// A V4L2 capture device (`v4l2:/dev/videoN?format=..&width=..&height=..&fps=..`).
@@ -187,11 +183,7 @@ impl FromStr for SourceSpec {
             let options: pattern::PatternOptions = query
                 .parse()
                 .map_err(|e: pattern::PatternOptionError| err(&e.to_string()))?;
-            return Ok(if options == pattern::PatternOptions::default() {
-                SourceSpec::Pattern(style)
-            } else {
-                SourceSpec::PatternWith(style, options)
-            });
+            return Ok(SourceSpec::Pattern(style, options));
         }
         if let Some(path) = uri.strip_prefix("file:") {
             if path.is_empty() {
@@ -214,14 +206,15 @@ impl FromStr for SourceSpec {
 impl fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SourceSpec::Pattern(None) => f.write_str("pattern"),
-            SourceSpec::Pattern(Some(s)) => write!(f, "pattern:{s}"),
-            SourceSpec::PatternWith(style, opts) => {
+            SourceSpec::Pattern(style, opts) => {
                 f.write_str("pattern")?;
                 if let Some(s) = style {
                     write!(f, ":{s}")?;
                 }
-                write!(f, "?{opts}")
+                if *opts != pattern::PatternOptions::default() {
+                    write!(f, "?{opts}")?;
+                }
+                Ok(())
             }
             SourceSpec::File(p) => write!(f, "file:{p}"),
             SourceSpec::V4l2(v) => write!(f, "v4l2:{v}"),
@@ -236,11 +229,7 @@ impl SourceSpec {
     /// Opens the source for a lens (`lens_name` picks the pattern style when none is given).
     pub fn open(&self, lens_name: &str) -> Result<Box<dyn VideoSource>, SourceError> {
         match self {
-            SourceSpec::Pattern(style) => {
-                let style = style.unwrap_or_else(|| lens_name.parse().unwrap_or_default());
-                Ok(Box::new(pattern::PatternSource::new(style)))
-            }
-            SourceSpec::PatternWith(style, opts) => {
+            SourceSpec::Pattern(style, opts) => {
                 let style = style.unwrap_or_else(|| lens_name.parse().unwrap_or_default());
                 Ok(Box::new(pattern::PatternSource::with_options(style, *opts)))
             }
@@ -267,7 +256,7 @@ impl SourceSpec {
     /// one fails the pipeline keeps retrying it instead of ending the session.
     pub fn is_device(&self) -> bool {
         match self {
-            SourceSpec::Pattern(_) | SourceSpec::PatternWith(..) | SourceSpec::File(_) => false,
+            SourceSpec::Pattern(..) | SourceSpec::File(_) => false,
             SourceSpec::V4l2(_) | SourceSpec::Feed(_) => true,
             #[cfg(test)]
             SourceSpec::Fake(_) => true,
@@ -281,10 +270,16 @@ mod tests {
 
     #[test]
     fn parses_source_uris() {
-        assert_eq!("pattern".parse(), Ok(SourceSpec::Pattern(None)));
+        assert_eq!(
+            "pattern".parse(),
+            Ok(SourceSpec::Pattern(None, Default::default()))
+        );
         assert_eq!(
             "pattern:zoom".parse(),
-            Ok(SourceSpec::Pattern(Some(pattern::Style::Zoom)))
+            Ok(SourceSpec::Pattern(
+                Some(pattern::Style::Zoom),
+                Default::default()
+            ))
         );
         assert_eq!(
             "file:/tmp/a.h264".parse(),
@@ -296,12 +291,15 @@ mod tests {
         ));
         assert_eq!(
             "pattern:ir?clock=1".parse(),
-            Ok(SourceSpec::PatternWith(
+            Ok(SourceSpec::Pattern(
                 Some(pattern::Style::Ir),
                 pattern::PatternOptions { clock: true }
             ))
         );
-        assert_eq!("pattern?clock=0".parse(), Ok(SourceSpec::Pattern(None)));
+        assert_eq!(
+            "pattern?clock=0".parse(),
+            Ok(SourceSpec::Pattern(None, Default::default()))
+        );
         let err = "pattern:zoom?clock=2".parse::<SourceSpec>().unwrap_err();
         assert!(err.to_string().contains("clock=2"), "{err}");
         for good in [
