@@ -230,7 +230,7 @@ fn cpu_round(
 ) -> (f64, f64, Vec<String>) {
     // live_capacity is retained: only one published after this daemon started says it is up.
     cloud.skip_received_states();
-    let mut d = daemon(broker, clip, dir, adapter);
+    let mut d = Running(daemon(broker, clip, dir, adapter));
     cloud.wait_state("live_capacity", |_| true, Duration::from_secs(20));
     let key = format!("{}-{round}", if adapter { "adapter" } else { "native" });
     let url = format!("rtmp://127.0.0.1:{}/live/{key}", nginx.port());
@@ -246,20 +246,27 @@ fn cpu_round(
         "no keyframe at nginx for {key}"
     );
     std::thread::sleep(WARM_UP);
-    let cpu = tree_cpu(d.id());
+    let cpu = tree_cpu(d.0.id());
     let (tid, _) = cloud.send_service("live_stop_push", json!({ "video_id": VID }));
     let _ = cloud.wait_reply(&tid, Duration::from_secs(20));
+    // SIGTERM lets the daemon close its adapter; the guard kills whatever is left.
     let _ = Command::new("kill")
-        .args(["-TERM", &d.id().to_string()])
+        .args(["-TERM", &d.0.id().to_string()])
         .status();
-    let exited = peers::wait_until(Duration::from_secs(5), || {
-        matches!(d.try_wait(), Ok(Some(_)))
+    let _ = peers::wait_until(Duration::from_secs(5), || {
+        matches!(d.0.try_wait(), Ok(Some(_)))
     });
-    if !exited {
-        let _ = d.kill();
-        let _ = d.wait();
-    }
     cpu
+}
+
+/// A daemon that must not outlive a failing round (std's `Child` is not killed on drop).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -320,14 +327,29 @@ fn rtmp_receiver(listener: std::net::TcpListener, out: std_mpsc::Sender<(u32, In
     use rml_rtmp::sessions::{
         ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
     };
-    let Ok((mut s, _)) = listener.accept() else {
-        return;
+    // Bounded wait for the sink's connection: a sink that never connects must not hang the run.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let _ = listener.set_nonblocking(true);
+    let mut s = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return,
+        }
     };
+    let _ = s.set_nonblocking(false);
+    // A latency run lasts 10 s; one minute bounds the session whatever the sink does.
+    let end = Instant::now() + Duration::from_secs(60);
     let _ = s.set_nodelay(true);
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let mut hs = Handshake::new(PeerType::Server);
     let mut buf = vec![0u8; 1 << 16];
     let mut input = loop {
+        if Instant::now() > end {
+            return;
+        }
         let n = match s.read(&mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
@@ -355,7 +377,7 @@ fn rtmp_receiver(listener: std::net::TcpListener, out: std_mpsc::Sender<(u32, In
     };
     let mut pending: std::collections::VecDeque<ServerSessionResult> = initial.into();
     let mut arrived = Instant::now();
-    loop {
+    while arrived < end {
         if !input.is_empty() {
             match session.handle_input(&input) {
                 Ok(r) => pending.extend(r),
