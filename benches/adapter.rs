@@ -421,11 +421,9 @@ fn rtmp_receiver(listener: std::net::TcpListener, out: std_mpsc::Sender<(u32, In
 enum Hop {
     /// `sink::rtmp::run`.
     Native,
-    /// `sink::adapter::run` with ffmpeg-publish.sh, frames as the pipeline makes them.
+    /// `sink::adapter::run` with ffmpeg-publish.sh, frames as the pipeline makes them (the sink
+    /// closes each with an access unit delimiter on the bare Annex-B stream).
     Adapter,
-    /// The same, each frame followed by an access unit delimiter: what ffmpeg's H.264 parser
-    /// needs to see to know a frame has ended without waiting for the next one.
-    AdapterAudAfter,
 }
 
 impl Hop {
@@ -434,7 +432,6 @@ impl Hop {
         match self {
             Hop::Native => "native RTMP sink",
             Hop::Adapter => "adapter (ffmpeg-publish.sh)",
-            Hop::AdapterAudAfter => "adapter, AUD after each frame",
         }
     }
 }
@@ -479,7 +476,7 @@ fn latency(rt: &tokio::runtime::Runtime, clip: &Path, hop: Hop) -> Latency {
             ev_tx,
             cancel.clone(),
         )),
-        Hop::Adapter | Hop::AdapterAudAfter => {
+        Hop::Adapter => {
             let spec = AdapterSpec::new(
                 "ffmpeg",
                 vec![script().display().to_string(), "{url}".into()],
@@ -516,10 +513,7 @@ fn latency(rt: &tokio::runtime::Runtime, clip: &Path, hop: Hop) -> Latency {
         let Ok(SourceFrame::Encoded { data, keyframe }) = source.next_frame(&rung) else {
             panic!("the clip is H.264");
         };
-        let mut au = tag_frame(&data, i);
-        if hop == Hop::AdapterAudAfter {
-            au.extend_from_slice(&[0, 0, 0, 1, 9, 0xf0]);
-        }
+        let au = tag_frame(&data, i);
         let frame = EncodedFrame {
             data: au.into(),
             pts: FRAME * i,
@@ -587,7 +581,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let lat: Vec<(Hop, Latency)> = [Hop::Native, Hop::Adapter, Hop::AdapterAudAfter]
+    let lat: Vec<(Hop, Latency)> = [Hop::Native, Hop::Adapter]
         .into_iter()
         .map(|hop| (hop, latency(&rt, &clip, hop)))
         .collect();

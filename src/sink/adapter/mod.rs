@@ -27,7 +27,7 @@ pub mod redact;
 pub mod status;
 
 use crate::backoff::Backoff;
-use crate::media::frame::EncodedFrame;
+use crate::media::frame::{Codec, EncodedFrame};
 use crate::sink::SinkEvent;
 use framing::RecordHeader;
 use rand::rngs::StdRng;
@@ -727,9 +727,62 @@ async fn write_frames(
             };
             stdin.write_all(&header.to_bytes()).await?;
         }
-        stdin.write_all(&frame.data).await?;
+        match framing {
+            Framing::Framed => stdin.write_all(&frame.data).await?,
+            Framing::RawAnnexB => {
+                stdin
+                    .write_all(without_leading_aud(&frame.data, frame.codec))
+                    .await?;
+                stdin.write_all(access_unit_delimiter(frame.codec)).await?;
+            }
+        }
     }
     stdin.shutdown().await
+}
+
+/// The access unit delimiter written after every unit on a bare Annex-B stream. A parser of a
+/// byte stream (ffmpeg's `-f h264`) only knows an access unit is complete when the next one
+/// begins; without this it holds every frame back one frame interval (33 ms at 30 fps). The
+/// delimiter is the first NAL unit of the next access unit, which is where H.264 and H.265 want
+/// it, and says nothing about that unit's slice types (H.264 `primary_pic_type` 7, H.265
+/// `pic_type` 2: any).
+fn access_unit_delimiter(codec: Codec) -> &'static [u8] {
+    match codec {
+        Codec::H264 => &[0, 0, 0, 1, 0x09, 0xf0],
+        Codec::H265 => &[0, 0, 0, 1, 0x46, 0x01, 0x50],
+    }
+}
+
+/// `unit` without the delimiter it may begin with (a passed-through camera stream often has
+/// one), since the previous unit's trailing delimiter already opened it.
+fn without_leading_aud(unit: &[u8], codec: Codec) -> &[u8] {
+    let after_start = match unit {
+        [0, 0, 0, 1, rest @ ..] => rest,
+        [0, 0, 1, rest @ ..] => rest,
+        _ => return unit,
+    };
+    let is_aud = match codec {
+        Codec::H264 => after_start.first().is_some_and(|b| b & 0x1f == 9),
+        Codec::H265 => after_start.first().is_some_and(|b| (b >> 1) & 0x3f == 35),
+    };
+    if !is_aud {
+        return unit;
+    }
+    // The next start code ends the delimiter (its 3-byte form is inside the 4-byte one).
+    let body = &unit[unit.len() - after_start.len()..];
+    match body.windows(3).position(|w| w == [0, 0, 1]) {
+        Some(i) => {
+            let next = unit.len() - body.len() + i;
+            // Keep a 4-byte start code's leading zero with the next unit.
+            let next = if next > 0 && unit[next - 1] == 0 {
+                next - 1
+            } else {
+                next
+            };
+            &unit[next..]
+        }
+        None => &[],
+    }
 }
 
 /// Reads up to one chunk and feeds `splitter`; `None` at EOF or on a read error.
@@ -986,7 +1039,11 @@ mod tests {
         for f in &sent {
             s.tx.send(f.clone()).await.expect("sink alive");
         }
-        let want: Vec<u8> = sent[1..].iter().flat_map(|f| f.data.to_vec()).collect();
+        // Each unit is closed by a delimiter so that a stream parser need not wait for the next.
+        let want: Vec<u8> = sent[1..]
+            .iter()
+            .flat_map(|f| [&f.data[..], &[0, 0, 0, 1, 0x09, 0xf0]].concat())
+            .collect();
         assert_eq!(wait_file(&out, want.len()).await, want);
         s.stop().await;
         assert_eq!(
@@ -998,6 +1055,26 @@ mod tests {
             "c1"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_leading_delimiter_is_dropped_and_everything_else_kept() {
+        let h264 = [0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x65, 7];
+        assert_eq!(without_leading_aud(&h264, Codec::H264), &h264[6..]);
+        let short = [0, 0, 1, 0x09, 0x10, 0, 0, 1, 0x41, 7];
+        assert_eq!(without_leading_aud(&short, Codec::H264), &short[5..]);
+        let hevc = [0, 0, 0, 1, 0x46, 0x01, 0x50, 0, 0, 0, 1, 0x26, 0x01, 9];
+        assert_eq!(without_leading_aud(&hevc, Codec::H265), &hevc[7..]);
+        for kept in [
+            &[0, 0, 0, 1, 0x65, 1, 2][..],
+            &[0, 0, 0, 1, 0x46, 0x01][..],
+            &[1, 2, 3][..],
+            &[][..],
+        ] {
+            assert_eq!(without_leading_aud(kept, Codec::H264), kept);
+        }
+        // A delimiter alone (nothing after it) leaves nothing.
+        assert!(without_leading_aud(&[0, 0, 0, 1, 0x09, 0xf0], Codec::H264).is_empty());
     }
 
     #[tokio::test]
