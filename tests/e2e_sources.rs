@@ -765,3 +765,79 @@ fn fake_app_output_parses_back_into_the_clips_pictures() {
     // tail), without waiting for that NAL to end: no frame of added latency.
     assert_eq!(units.len(), 50);
 }
+
+#[test]
+fn an_h265_file_passes_through_over_enhanced_rtmp_and_whip_refuses_it() {
+    let serial = peers::exclusive();
+    let broker = Mosquitto::start();
+    let nms = peers::nms::Nms::start();
+    let dir = peers::TestDir::new("file-h265");
+    let clip = dir.path().join("clip.h265");
+    let ok = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc=size=320x240:rate=30")
+        .args(["-frames:v", "60", "-pix_fmt", "yuv420p", "-c:v", "libx265"])
+        .args([
+            "-x265-params",
+            "log-level=error:keyint=15:min-keyint=15:bframes=0",
+        ])
+        .args(["-f", "hevc"])
+        .arg(&clip)
+        .status()
+        .expect("run ffmpeg");
+    assert!(ok.success(), "ffmpeg could not make the H.265 clip");
+    let mut cfg = DaemonConfig::new(&broker.url());
+    cfg.source = Some(format!("file:{}", clip.display()));
+    let mut rig = Rig::start(serial, broker, cfg);
+
+    // Quality 1 does not match the clip's 320x240: H.265 still passes through (nothing here
+    // can decode it to transcode), and the RTMP sink sends it as Enhanced RTMP.
+    let url = format!("rtmp://127.0.0.1:{}/live/hevc", nms.port());
+    let vid = rig.cfg.video_id();
+    rig.call_ok(
+        "live_start_push",
+        json!({ "url_type": 1, "url": url, "video_id": vid, "video_quality": 1 }),
+    );
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    rig.stop_push();
+    let secs = started.elapsed().as_secs_f64();
+    peers::wait_until(Duration::from_secs(10), || {
+        !nms.recordings("hevc").is_empty()
+    });
+    let rec = nms
+        .recordings("hevc")
+        .pop()
+        .unwrap_or_else(|| panic!("no recording:\n{}", nms.log()));
+    let mut decoded = None;
+    peers::wait_until(Duration::from_secs(10), || {
+        decoded = peers::nms::pyav_decode(&rec).ok();
+        decoded.as_ref().is_some_and(|d| d.frames > 0)
+    });
+    let d = decoded.unwrap_or_else(|| panic!("PyAV could not read {}", rec.display()));
+    eprintln!("h265 file: {d:?} after {secs:.2} s");
+    assert_eq!((d.codec.as_str(), d.width, d.height), ("hevc", 320, 240));
+    // At most a GOP (0.5 s) before the first IRAP and a little at the end are lost.
+    assert!(
+        f64::from(d.frames) >= 30.0 * (secs - 1.0),
+        "decoded {} frames over {secs:.2} s",
+        d.frames
+    );
+    assert!(d.pts_ms.windows(2).all(|w| w[0] <= w[1]), "pts go back");
+
+    // WHIP carries H.264 only: the start is refused with a reply, not a mislabelled stream.
+    let whip = peers::whip::WhipServer::start(peers::whip::WhipServerOptions::default());
+    let (tid, _) = rig.cloud.send_service(
+        "live_start_push",
+        json!({ "url_type": 4, "url": whip.url("cam"), "video_id": vid, "video_quality": 0 }),
+    );
+    let reply = rig.cloud.wait_reply(&tid, REPLY_TIMEOUT);
+    assert_ne!(reply["data"]["result"], 0, "{reply}");
+    assert!(
+        rig.daemon
+            .log_tail(80)
+            .contains("WHIP here carries H.264 only"),
+        "no log line says why:\n{}",
+        rig.daemon.log_tail(80)
+    );
+}

@@ -13,6 +13,16 @@ pub enum Codec {
     H265,
 }
 
+impl Codec {
+    /// The name operators know it by, for log lines and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::H264 => "H.264",
+            Codec::H265 => "H.265",
+        }
+    }
+}
+
 /// One encoded access unit on its way to a sink.
 ///
 /// `data` is the whole access unit in Annex-B form (start codes included, parameter sets inline

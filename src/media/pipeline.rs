@@ -818,15 +818,20 @@ impl Worker {
         keyframe: bool,
         pts: Duration,
     ) -> Result<Option<EncodedFrame>, String> {
+        let codec = a.src.codec();
         if keyframe {
             a.asked_key = None;
-            if let Some(size) = sps_size(&data) {
-                a.coded_size = Some(size);
+            if codec == Codec::H264 {
+                if let Some(size) = sps_size(&data) {
+                    a.coded_size = Some(size);
+                }
             }
             let fits = a
                 .coded_size
                 .is_none_or(|s| s == (self.rung.width, self.rung.height));
-            let pass = self.adaptive || fits;
+            // H.265 has no decoder here to transcode with: it always goes out as it came, and
+            // the quality ladder changes nothing for it.
+            let pass = self.adaptive || fits || codec == Codec::H265;
             if pass != a.passthrough {
                 tracing::info!(input = %a.name, passthrough = pass, size = ?a.coded_size, "encoded input path");
             }
@@ -853,7 +858,7 @@ impl Worker {
                 data,
                 pts,
                 keyframe,
-                codec: Codec::H264,
+                codec,
             }));
         }
         let Some(decoder) = a.decoder.as_mut() else {

@@ -1,11 +1,15 @@
-//! `file:PATH`: an H.264 Annex-B file played in a loop, for tests and demos without a camera.
+//! `file:PATH`: an H.264 or H.265 Annex-B file played in a loop, for tests and demos without a
+//! camera. The codec is recognised from the stream itself (an H.265 stream opens with a VPS,
+//! SPS, PPS, delimiter or SEI whose two-byte NAL header no H.264 stream starts with).
 //!
 //! The file is read and cut into access units once when the source opens; playing it is then
 //! only handing out `Bytes` handles. Timestamps come from the pipeline's clock at the quality's
 //! frame rate, so they stay continuous across loops. The units pass through without
 //! re-encoding: the quality ladder does not change a file's size or bitrate.
 
+use crate::media::frame::Codec;
 use crate::media::h264::AccessUnitSplitter;
+use crate::media::hevc;
 use crate::media::quality::Rung;
 use crate::source::{SourceError, SourceFrame, VideoSource};
 use bytes::Bytes;
@@ -13,10 +17,11 @@ use bytes::Bytes;
 /// Files larger than this are refused: the source keeps the whole clip in memory.
 pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
-/// A looping H.264 clip.
+/// A looping H.264 or H.265 clip.
 pub struct FileSource {
     units: Vec<(Bytes, bool)>,
     next: usize,
+    codec: Codec,
 }
 
 impl FileSource {
@@ -40,24 +45,36 @@ impl FileSource {
         })
     }
 
-    /// Splits an Annex-B buffer into the loop, starting at its first IDR.
+    /// Splits an Annex-B buffer into the loop, starting at its first IDR (H.265: IRAP).
     pub fn from_annexb(data: &[u8]) -> Result<FileSource, String> {
-        let mut splitter = AccessUnitSplitter::default();
-        splitter.push(data);
-        splitter.flush();
-        let mut units = Vec::new();
-        while let Some(au) = splitter.pull() {
-            units.push((au.data, au.idr));
-        }
+        let codec = sniff_codec(data);
+        let mut units = match codec {
+            Codec::H264 => {
+                let mut splitter = AccessUnitSplitter::default();
+                splitter.push(data);
+                splitter.flush();
+                let mut units = Vec::new();
+                while let Some(au) = splitter.pull() {
+                    units.push((au.data, au.idr));
+                }
+                units
+            }
+            Codec::H265 => hevc::split_access_units(data),
+        };
         // A loop must start where a decoder can: drop what comes before the first IDR.
         let first = units.iter().position(|(_, idr)| *idr).ok_or_else(|| {
             format!(
-                "no IDR among {} access units: not a playable H.264 Annex-B stream",
-                units.len()
+                "no IDR among {} access units: not a playable {} Annex-B stream",
+                units.len(),
+                codec.name()
             )
         })?;
         units.drain(..first);
-        Ok(FileSource { units, next: 0 })
+        Ok(FileSource {
+            units,
+            next: 0,
+            codec,
+        })
     }
 
     /// Access units in one loop.
@@ -71,11 +88,30 @@ impl FileSource {
     }
 }
 
+/// H.265 when the stream's first NAL unit has an H.265 parameter-set, delimiter or prefix-SEI
+/// header (`40 01` VPS, `42 01` SPS, `44 01` PPS, `46 01` AUD, `4e 01` SEI); H.264 otherwise.
+/// In H.264 those first bytes would be NAL types 0, 2, 4, 6 and 14, which no encoder starts a
+/// stream with.
+fn sniff_codec(data: &[u8]) -> Codec {
+    let nal = match data {
+        [0, 0, 0, 1, rest @ ..] | [0, 0, 1, rest @ ..] => rest,
+        _ => return Codec::H264,
+    };
+    match nal {
+        [0x40 | 0x42 | 0x44 | 0x46 | 0x4e, 0x01, ..] => Codec::H265,
+        _ => Codec::H264,
+    }
+}
+
 impl VideoSource for FileSource {
     fn next_frame(&mut self, _rung: &Rung) -> Result<SourceFrame<'_>, SourceError> {
         let (data, keyframe) = self.units[self.next].clone();
         self.next = (self.next + 1) % self.units.len();
         Ok(SourceFrame::Encoded { data, keyframe })
+    }
+
+    fn codec(&self) -> Codec {
+        self.codec
     }
 }
 
@@ -104,6 +140,30 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn an_h265_stream_is_recognised_and_loops_from_its_first_irap() {
+        // VPS/SPS/PPS + IDR_W_RADL, then two TRAIL_R pictures; slices carry
+        // first_slice_segment_in_pic_flag (0x80).
+        let mut hevc = Vec::new();
+        for nal in [
+            &[0x40, 0x01, 0x0c][..],
+            &[0x42, 0x01, 0x01][..],
+            &[0x44, 0x01, 0xc1][..],
+            &[0x26, 0x01, 0x80, 0x22][..],
+            &[0x02, 0x01, 0x80, 0x33][..],
+            &[0x02, 0x01, 0x80, 0x44][..],
+        ] {
+            hevc.extend_from_slice(&[0, 0, 0, 1]);
+            hevc.extend_from_slice(nal);
+        }
+        let src = FileSource::from_annexb(&hevc).unwrap();
+        assert_eq!(src.codec(), Codec::H265);
+        assert_eq!(src.len(), 3);
+        assert!(src.units[0].1 && !src.units[1].1);
+        assert_eq!(sniff_codec(&clip(1)), Codec::H264);
+        assert_eq!(sniff_codec(b"garbage"), Codec::H264);
     }
 
     #[test]

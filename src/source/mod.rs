@@ -11,7 +11,7 @@ pub mod file;
 pub mod pattern;
 pub mod v4l2;
 
-use crate::media::frame::RawFrame;
+use crate::media::frame::{Codec, RawFrame};
 use crate::media::quality::Rung;
 use bytes::Bytes;
 use std::fmt;
@@ -22,7 +22,8 @@ use std::time::Duration;
 pub enum SourceFrame<'a> {
     /// A picture to encode; the pipeline scales it when it is not at the rung's size.
     Raw(&'a RawFrame),
-    /// An H.264 access unit (Annex-B) to pass through or transcode.
+    /// An encoded access unit (Annex-B, in the source's [`VideoSource::codec`]) to pass
+    /// through or transcode.
     Encoded {
         /// The access unit.
         data: Bytes,
@@ -67,6 +68,12 @@ pub trait VideoSource: Send {
     /// its size, others ignore it. A live source blocks until its next frame, for at most
     /// [`LIVE_WAIT`], and reports a timeout as [`SourceError::Device`].
     fn next_frame(&mut self, rung: &Rung) -> Result<SourceFrame<'_>, SourceError>;
+
+    /// Codec of the [`SourceFrame::Encoded`] units it yields. H.265 always passes through (there
+    /// is no H.265 decoder to transcode with) and only sinks that carry it accept it.
+    fn codec(&self) -> Codec {
+        Codec::H264
+    }
 
     /// True for sources that deliver at their own pace (capture devices, feeds): the pipeline
     /// then waits on [`wait_frame`](Self::wait_frame) instead of its own clock.

@@ -22,7 +22,7 @@ pub mod transport;
 pub mod ua;
 
 use crate::cloud::url::Gb28181Url;
-use crate::media::frame::EncodedFrame;
+use crate::media::frame::{Codec, EncodedFrame};
 use crate::sink::SinkEvent;
 use bytes::Bytes;
 use dialog::MediaPlan;
@@ -210,6 +210,7 @@ pub async fn run(
     shell.ua.start(Instant::now().into_std());
     let mut stop_deadline: Option<Instant> = None;
     let mut frames_open = true;
+    let mut codec_refused = false;
     let (media_err_tx, mut media_err_rx) = mpsc::channel::<(String, String)>(4);
     loop {
         if let Err(reason) = shell.flush().await {
@@ -257,6 +258,19 @@ pub async fn run(
             }
             // Frames keep being taken (and dropped) while stopping so the producer never blocks.
             frame = frames.recv(), if frames_open => match frame {
+                Some(frame) if frame.codec != Codec::H264 => {
+                    // PS here carries H.264 only; the session ends and this sink unregisters
+                    // when it is cancelled.
+                    if !codec_refused {
+                        codec_refused = true;
+                        let reason = format!(
+                            "the source is {}; GB/T 28181 here carries H.264 only",
+                            frame.codec.name()
+                        );
+                        tracing::warn!(target = %label, %reason, "gb28181 cannot send this video");
+                        let _ = events.send(SinkEvent::Failed { reason }).await;
+                    }
+                }
                 Some(frame) => {
                     if stop_deadline.is_none() && shell.send_frame(&frame).await {
                         let _ = events.send(SinkEvent::KeyframeWanted).await;

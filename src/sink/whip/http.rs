@@ -106,6 +106,13 @@ pub enum WhipError {
         /// The parser's or the WebRTC stack's reason.
         why: String,
     },
+    /// The session's video is in a codec this sink does not carry (H.265): refused rather than
+    /// sent under an H.264 payload type no receiver could decode.
+    #[error("the source is {codec}; WHIP here carries H.264 only (use an H.264 source, or RTMP for H.265)")]
+    UnsupportedCodec {
+        /// The codec received.
+        codec: &'static str,
+    },
     /// More redirects than [`MAX_REDIRECTS`].
     #[error("offer: more than {limit} redirects")]
     TooManyRedirects {

@@ -22,7 +22,7 @@ pub use http::{Phase, WhipError};
 
 use crate::backoff::Backoff;
 use crate::cloud::{redact_url_str, WhipUrl};
-use crate::media::frame::EncodedFrame;
+use crate::media::frame::{Codec, EncodedFrame};
 use crate::sink::SinkEvent;
 use http::IceServerKind;
 use rand::rngs::StdRng;
@@ -721,6 +721,11 @@ fn write_frame(
     st: &mut StreamState,
     frame: &EncodedFrame,
 ) -> Result<(), WhipError> {
+    if frame.codec != Codec::H264 {
+        return Err(WhipError::UnsupportedCodec {
+            codec: frame.codec.name(),
+        });
+    }
     if !st.connected {
         return Ok(());
     }
