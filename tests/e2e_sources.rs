@@ -815,7 +815,10 @@ fn an_h265_file_passes_through_over_enhanced_rtmp_and_whip_refuses_it() {
         decoded.as_ref().is_some_and(|d| d.frames > 0)
     });
     let d = decoded.unwrap_or_else(|| panic!("PyAV could not read {}", rec.display()));
-    eprintln!("h265 file: {d:?} after {secs:.2} s");
+    eprintln!(
+        "h265 file: {} frames decoded, {}x{} {}, after {secs:.2} s",
+        d.frames, d.width, d.height, d.codec
+    );
     assert_eq!((d.codec.as_str(), d.width, d.height), ("hevc", 320, 240));
     // At most a GOP (0.5 s) before the first IRAP and a little at the end are lost.
     assert!(
@@ -840,4 +843,107 @@ fn an_h265_file_passes_through_over_enhanced_rtmp_and_whip_refuses_it() {
         "no log line says why:\n{}",
         rig.daemon.log_tail(80)
     );
+}
+
+/// Where each picture of an H.265 Annex-B stream ends (before the next picture's first NAL),
+/// parsed here independently of the daemon's splitter.
+fn hevc_frame_ends(annexb: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut seen_slice = false;
+    let mut i = 0;
+    while i + 5 < annexb.len() {
+        if annexb[i..i + 3] == [0, 0, 1] {
+            let ty = (annexb[i + 3] >> 1) & 0x3f;
+            let first_slice = ty < 32 && annexb[i + 5] & 0x80 != 0;
+            let at = if i > 0 && annexb[i - 1] == 0 {
+                i - 1
+            } else {
+                i
+            };
+            if seen_slice && (first_slice || matches!(ty, 32..=35 | 39)) {
+                ends.push(at);
+                seen_slice = false;
+            }
+            seen_slice |= ty < 32;
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    ends.push(annexb.len());
+    ends
+}
+
+#[test]
+fn an_h265_feed_passes_through_over_enhanced_rtmp() {
+    let serial = peers::exclusive();
+    let broker = Mosquitto::start();
+    let nms = peers::nms::Nms::start();
+    let dir = peers::TestDir::new("feed-h265");
+    let clip_path = dir.path().join("clip.h265");
+    let ok = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc=size=320x240:rate=30")
+        .args(["-frames:v", "30", "-pix_fmt", "yuv420p", "-c:v", "libx265"])
+        .args([
+            "-x265-params",
+            "log-level=error:keyint=15:min-keyint=15:bframes=0",
+        ])
+        .args(["-f", "hevc"])
+        .arg(&clip_path)
+        .status()
+        .expect("run ffmpeg");
+    assert!(ok.success(), "ffmpeg could not make the H.265 clip");
+    let clip = std::fs::read(&clip_path).expect("clip");
+    let ends = hevc_frame_ends(&clip);
+    assert_eq!(ends.len(), 30, "the test's own picture split");
+    let sock = dir.path().join("feed.sock");
+    let mut cfg = DaemonConfig::new(&broker.url());
+    cfg.source = Some(format!("feed:unix:{}?codec=h265", sock.display()));
+    let mut rig = Rig::start(serial, broker, cfg);
+    let url = format!("rtmp://127.0.0.1:{}/live/hevcfeed", nms.port());
+    let vid = rig.cfg.video_id();
+    let (tid, _) = rig.cloud.send_service(
+        "live_start_push",
+        json!({ "url_type": 1, "url": url, "video_id": vid, "video_quality": 0 }),
+    );
+
+    // The app: each picture in one write at 30 fps, the clip looped 3 times.
+    let mut s = connect_unix(&sock);
+    let start = Instant::now();
+    let mut from = 0;
+    for n in 0..90usize {
+        if let Some(d) = (start + FRAME * n as u32).checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let end = ends[n % ends.len()];
+        s.write_all(&clip[from..end]).expect("feed write");
+        from = if end == clip.len() { 0 } else { end };
+    }
+    drop(s);
+    let reply = rig.cloud.wait_reply(&tid, REPLY_TIMEOUT);
+    assert_eq!(reply["data"]["result"], 0, "{reply}");
+    std::thread::sleep(Duration::from_millis(300));
+    rig.stop_push();
+    peers::wait_until(Duration::from_secs(10), || {
+        !nms.recordings("hevcfeed").is_empty()
+    });
+    let rec = nms
+        .recordings("hevcfeed")
+        .pop()
+        .unwrap_or_else(|| panic!("no recording:\n{}", nms.log()));
+    let mut decoded = None;
+    peers::wait_until(Duration::from_secs(10), || {
+        decoded = peers::nms::pyav_decode(&rec).ok();
+        decoded.as_ref().is_some_and(|d| d.frames > 0)
+    });
+    let d = decoded.unwrap_or_else(|| panic!("PyAV could not read {}", rec.display()));
+    eprintln!(
+        "h265 feed: {} frames decoded, {}x{} {}",
+        d.frames, d.width, d.height, d.codec
+    );
+    assert_eq!((d.codec.as_str(), d.width, d.height), ("hevc", 320, 240));
+    // The publish starts once the sink is up; then at most a GOP (15) waits for an IRAP, and
+    // the last picture may stay in the splitter when the app disconnects.
+    assert!(d.frames >= 90 - 15 - 15 - 2, "decoded {} of 90", d.frames);
 }

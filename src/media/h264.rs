@@ -197,7 +197,9 @@ struct PartialAu {
 /// Sources such as a payload app's FIFO deliver a byte stream, not frames; sinks need whole
 /// pictures with a keyframe flag. A new unit starts on an AUD, on SPS/PPS/SEI after slice data,
 /// or on a slice with `first_mb_in_slice == 0` after slice data. Units larger than the bound are
-/// dropped whole (and counted) rather than buffered forever.
+/// dropped whole (and counted) rather than buffered forever. [`for_hevc`](Self::for_hevc) makes
+/// one for H.265 byte streams, with H.265's rules (AUD; VPS/SPS/PPS/prefix SEI after slice data;
+/// a slice with `first_slice_segment_in_pic_flag`) and IRAP pictures as keyframes.
 ///
 /// Contract: after each [`push`](Self::push), call [`pull`](Self::pull) until it returns `None`.
 #[derive(Debug)]
@@ -219,6 +221,16 @@ pub struct AccessUnitSplitter {
     builder: AuBuilder,
 }
 
+/// How many first bytes of a NAL unit decide whether it begins a new access unit: the header
+/// and the first byte of a slice header (H.264 has a one-byte header, H.265 two).
+fn head_len(hevc: bool) -> usize {
+    if hevc {
+        3
+    } else {
+        2
+    }
+}
+
 /// The access-unit side of the splitter, apart from `buf` so NALs can be borrowed from `buf`
 /// while the unit grows (no per-NAL copy).
 #[derive(Debug)]
@@ -229,6 +241,8 @@ struct AuBuilder {
     dropped: u64,
     /// Tag of the NAL being added, handed to a unit that starts with it.
     nal_tag: Option<u64>,
+    /// H.265 rules instead of H.264's.
+    hevc: bool,
 }
 
 impl Default for AccessUnitSplitter {
@@ -254,8 +268,17 @@ impl AccessUnitSplitter {
                 max_au_size: max_au_size.max(16),
                 dropped: 0,
                 nal_tag: None,
+                hevc: false,
             },
         }
+    }
+
+    /// A splitter for an H.265 byte stream, with the default size bound; the `idr` flag of its
+    /// units marks IRAP pictures.
+    pub fn for_hevc() -> Self {
+        let mut s = Self::default();
+        s.builder.hevc = true;
+        s
     }
 
     /// Feeds the next chunk of the byte stream.
@@ -284,10 +307,11 @@ impl AccessUnitSplitter {
         // new unit: complete the previous unit now instead of when this NAL ends, which in a
         // stream without AUDs would add a whole frame interval of latency.
         if let Some(start) = self.nal_start {
-            if !self.begun && self.buf.len() >= start + 2 {
-                let head = &self.buf[start..start + 2];
+            let n = head_len(self.builder.hevc);
+            if !self.begun && self.buf.len() >= start + n {
+                let head = &self.buf[start..start + n];
                 // Not while the head could still be the zeros of the next start code.
-                if head != [0, 0] {
+                if head[..2] != [0, 0] {
                     self.builder.nal_tag = self.nal_tag;
                     self.builder.begin_nal(head);
                     self.begun = true;
@@ -367,7 +391,7 @@ impl AccessUnitSplitter {
         let Some(start) = self.nal_start else { return };
         if self.buf.len() - start > self.builder.max_au_size {
             // Let the NAL's header still mark unit boundaries, as it would if it had completed.
-            let head_end = (start + 2).min(self.buf.len());
+            let head_end = (start + head_len(self.builder.hevc)).min(self.buf.len());
             if !self.begun {
                 self.builder.begin_nal(&self.buf[start..head_end]);
             }
@@ -420,6 +444,9 @@ impl AuBuilder {
 
     /// Applies the unit-boundary rules for a NAL given its first bytes.
     fn begin_nal(&mut self, nal: &[u8]) {
+        if self.hevc {
+            return self.begin_hevc_nal(nal);
+        }
         let Some(&header) = nal.first() else { return };
         let ty = NalType::from_header(header);
         let starts_new = match ty {
@@ -443,6 +470,32 @@ impl AuBuilder {
         }
         if ty == NalType::Idr {
             self.cur.idr = true;
+        }
+    }
+
+    /// [`begin_nal`](Self::begin_nal) with H.265's rules (ITU-T H.265 7.4.2.4.4).
+    fn begin_hevc_nal(&mut self, nal: &[u8]) {
+        let Some(ty) = crate::media::hevc::nal_type(nal) else {
+            return;
+        };
+        let vcl = ty < 32;
+        let starts_new = match ty {
+            35 => true, // AUD
+            // VPS, SPS, PPS, prefix SEI and the reserved types that may precede a picture.
+            32..=34 | 39 | 41..=44 | 48..=55 => self.cur.has_vcl,
+            // first_slice_segment_in_pic_flag is the slice header's first bit.
+            _ if vcl => self.cur.has_vcl && nal.get(2).is_some_and(|b| b & 0x80 != 0),
+            _ => false,
+        };
+        if starts_new {
+            self.finish_au();
+        }
+        if self.cur.tag.is_none() {
+            self.cur.tag = self.nal_tag;
+        }
+        if vcl {
+            self.cur.has_vcl = true;
+            self.cur.idr |= crate::media::hevc::is_irap(ty);
         }
     }
 
@@ -814,9 +867,6 @@ pub struct SeiMessage {
 /// Payload feeds carry SEI that other decoders choke on precisely because it is malformed, so a
 /// message whose declared size runs past the NAL is an error, not a guess.
 pub fn sei_messages(nal: &[u8]) -> Result<Vec<SeiMessage>, H264Error> {
-    let truncated = H264Error::Truncated {
-        field: "sei_message",
-    };
     let header = *nal.first().ok_or(H264Error::Truncated {
         field: "nal_unit_header",
     })?;
@@ -826,7 +876,16 @@ pub fn sei_messages(nal: &[u8]) -> Result<Vec<SeiMessage>, H264Error> {
             found: header & 0x1f,
         });
     }
-    let rbsp = nal_to_rbsp(&nal[1..]);
+    sei_body_messages(&nal[1..])
+}
+
+/// The messages of an SEI NAL unit's body (after its header). H.265 codes SEI messages the same
+/// way after its two-byte header, so the H.265 paths use this too.
+pub fn sei_body_messages(body: &[u8]) -> Result<Vec<SeiMessage>, H264Error> {
+    let truncated = H264Error::Truncated {
+        field: "sei_message",
+    };
+    let rbsp = nal_to_rbsp(body);
     let mut pos = 0;
     let mut out = Vec::new();
     // more_rbsp_data(): what is left is not only the stop bit and its padding.
@@ -860,6 +919,11 @@ pub fn sei_messages(nal: &[u8]) -> Result<Vec<SeiMessage>, H264Error> {
 
 /// Builds an SEI NAL unit (header byte `header`) from messages, with emulation prevention.
 pub fn build_sei(header: u8, messages: &[SeiMessage]) -> Vec<u8> {
+    build_sei_with_header(&[header], messages)
+}
+
+/// [`build_sei`] with a header of any length (two bytes for H.265).
+pub fn build_sei_with_header(header: &[u8], messages: &[SeiMessage]) -> Vec<u8> {
     let mut rbsp = Vec::new();
     for m in messages {
         for mut v in [m.payload_type as usize, m.payload.len()] {
@@ -872,8 +936,8 @@ pub fn build_sei(header: u8, messages: &[SeiMessage]) -> Vec<u8> {
         rbsp.extend_from_slice(&m.payload);
     }
     rbsp.push(0x80);
-    let mut nal = Vec::with_capacity(rbsp.len() + rbsp.len() / 64 + 1);
-    nal.push(header);
+    let mut nal = Vec::with_capacity(header.len() + rbsp.len() + rbsp.len() / 64);
+    nal.extend_from_slice(header);
     let mut zeros = 0;
     for b in rbsp {
         if zeros >= 2 && b <= 3 {
@@ -900,7 +964,20 @@ pub enum SeiFilter {
 /// Removes the messages `strip` selects from an SEI NAL unit. A NAL that does not parse is
 /// dropped: it is what makes downstream decoders log errors, and nothing can use it.
 pub fn filter_sei(nal: &[u8], strip: impl Fn(&SeiMessage) -> bool) -> SeiFilter {
-    let Ok(messages) = sei_messages(nal) else {
+    if nal.first().is_none_or(|h| h & 0x1f != nal_type::SEI) {
+        return SeiFilter::Drop;
+    }
+    filter_sei_body(&nal[..1], &nal[1..], strip)
+}
+
+/// [`filter_sei`] for an SEI NAL unit given as its header (one byte for H.264, two for H.265)
+/// and its body.
+pub fn filter_sei_body(
+    header: &[u8],
+    body: &[u8],
+    strip: impl Fn(&SeiMessage) -> bool,
+) -> SeiFilter {
+    let Ok(messages) = sei_body_messages(body) else {
         return SeiFilter::Drop;
     };
     let total = messages.len();
@@ -908,7 +985,7 @@ pub fn filter_sei(nal: &[u8], strip: impl Fn(&SeiMessage) -> bool) -> SeiFilter 
     match kept.len() {
         n if n == total => SeiFilter::Keep,
         0 => SeiFilter::Drop,
-        _ => SeiFilter::Rewrite(build_sei(nal[0], &kept)),
+        _ => SeiFilter::Rewrite(build_sei_with_header(header, &kept)),
     }
 }
 
@@ -1178,6 +1255,51 @@ mod tests {
             let _ = avc_decoder_configuration_record(&with_header, &data);
             let mut out = Vec::new();
             annexb_to_avcc(&data, &mut out);
+        }
+
+        #[test]
+        fn hevc_units_match_the_whole_stream_splitter_however_chunked(
+            nals in proptest::collection::vec(
+                // VPS, SPS, PPS, prefix SEI, suffix SEI, IDR_W_RADL, CRA, TRAIL_R.
+                (prop_oneof![Just(0x40u8), Just(0x42), Just(0x44), Just(0x4e), Just(0x50),
+                             Just(0x26), Just(0x2a), Just(0x02)],
+                 // Bodies without zero bytes hold no start code; the first byte carries
+                 // first_slice_segment_in_pic_flag for slices.
+                 proptest::collection::vec(1u8..=255, 1..40)),
+                1..40),
+            chunks in proptest::collection::vec(1usize..64, 0..200),
+        ) {
+            let mut stream = Vec::new();
+            for (header, body) in &nals {
+                stream.extend_from_slice(&[0, 0, 0, 1, *header, 0x01]);
+                stream.extend_from_slice(body);
+            }
+            let mut s = AccessUnitSplitter::for_hevc();
+            let mut got = Vec::new();
+            let mut rest = &stream[..];
+            for n in chunks.iter().chain(std::iter::repeat(&64)) {
+                if rest.is_empty() {
+                    break;
+                }
+                let n = (*n).clamp(1, rest.len());
+                s.push(&rest[..n]);
+                rest = &rest[n..];
+                while let Some(au) = s.pull() {
+                    got.push((au.data, au.idr));
+                }
+            }
+            s.flush();
+            while let Some(au) = s.pull() {
+                got.push((au.data, au.idr));
+            }
+            // The whole-stream splitter leaves out a last unit that holds no picture.
+            let picture = |au: &Bytes| {
+                nal_units(au).any(|n| crate::media::hevc::nal_type(n).is_some_and(|t| t < 32))
+            };
+            if got.last().is_some_and(|(au, _)| !picture(au)) {
+                got.pop();
+            }
+            prop_assert_eq!(got, crate::media::hevc::split_access_units(&stream));
         }
 
         #[test]

@@ -18,6 +18,8 @@ pub const NAL_PPS: u8 = 34;
 pub const NAL_AUD: u8 = 35;
 /// HEVC NAL unit type of prefix SEI.
 pub const NAL_SEI_PREFIX: u8 = 39;
+/// HEVC NAL unit type of suffix SEI.
+pub const NAL_SEI_SUFFIX: u8 = 40;
 
 /// The NAL unit type of an HEVC NAL (first header byte, bits 1..7).
 pub fn nal_type(nal: &[u8]) -> Option<u8> {

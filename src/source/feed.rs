@@ -1,5 +1,6 @@
-//! `feed:`: H.264 from a payload app (Payload-SDK liveview callback, MSDK app) over a unix
-//! socket, a TCP socket or a FIFO. dockcast listens; the app connects and writes.
+//! `feed:`: H.264 (or, with `?codec=h265`, H.265) from a payload app (Payload-SDK liveview
+//! callback, MSDK app) over a unix socket, a TCP socket or a FIFO. dockcast listens; the app
+//! connects and writes.
 //!
 //! The app's callback hands over buffers of any size (about 60 KB on DJI aircraft) that are not
 //! aligned to access units, so the byte stream is re-cut with [`AccessUnitSplitter`]. Each chunk
@@ -10,10 +11,12 @@
 //! ([`FeedParser`]); one thread per source moves bytes from the socket into it and hands whole
 //! units to the pipeline through a bounded queue.
 
+use crate::media::frame::Codec;
 use crate::media::h264::{
-    filter_sei, is_recovery_point, nal_type, nal_units, sei_type, AccessUnitSplitter, SeiFilter,
-    SeiMessage,
+    filter_sei, filter_sei_body, is_recovery_point, nal_type, nal_units, sei_type,
+    AccessUnitSplitter, SeiFilter, SeiMessage,
 };
+use crate::media::hevc;
 use crate::media::quality::Rung;
 use crate::source::{SourceError, SourceFrame, VideoSource, LIVE_WAIT};
 use bytes::Bytes;
@@ -79,12 +82,15 @@ pub struct FeedSpec {
     pub watchdog: Duration,
     /// SEI handling.
     pub sei: SeiPolicy,
+    /// What the app writes: H.264 unless `codec=h265`.
+    pub codec: Codec,
 }
 
 impl FromStr for FeedSpec {
     type Err = String;
 
-    /// `unix:PATH`, `tcp:HOST:PORT` or `fifo:PATH`, optionally `?watchdog=SECS&sei=strip|keep`.
+    /// `unix:PATH`, `tcp:HOST:PORT` or `fifo:PATH`, optionally
+    /// `?watchdog=SECS&sei=strip|keep&codec=h264|h265`.
     fn from_str(s: &str) -> Result<Self, String> {
         let (main, query) = s.split_once('?').unwrap_or((s, ""));
         let endpoint = if let Some(path) = main.strip_prefix("unix:") {
@@ -111,6 +117,7 @@ impl FromStr for FeedSpec {
             endpoint,
             watchdog: Duration::from_secs(3),
             sei: SeiPolicy::StripPrivate,
+            codec: Codec::H264,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
@@ -124,10 +131,12 @@ impl FromStr for FeedSpec {
                 }
                 Some(("sei", "strip")) => spec.sei = SeiPolicy::StripPrivate,
                 Some(("sei", "keep")) => spec.sei = SeiPolicy::Keep,
+                Some(("codec", "h264")) => spec.codec = Codec::H264,
+                Some(("codec", "h265")) => spec.codec = Codec::H265,
                 _ => {
                     return Err(format!(
-                        "unknown feed option {pair:?} (watchdog=SECS, sei=strip|keep)"
-                    ))
+                    "unknown feed option {pair:?} (watchdog=SECS, sei=strip|keep, codec=h264|h265)"
+                ))
                 }
             }
         }
@@ -165,6 +174,9 @@ impl fmt::Display for FeedSpec {
         }
         if self.sei == SeiPolicy::Keep {
             opts.push("sei=keep".to_string());
+        }
+        if self.codec == Codec::H265 {
+            opts.push("codec=h265".to_string());
         }
         if !opts.is_empty() {
             write!(f, "?{}", opts.join("&"))?;
@@ -238,6 +250,7 @@ pub struct FeedParser {
     chunk_ts: Option<u64>,
     splitter: AccessUnitSplitter,
     sei: SeiPolicy,
+    codec: Codec,
     need_key: bool,
     /// SEI NAL units removed or rewritten so far.
     pub sei_stripped: u64,
@@ -246,15 +259,24 @@ pub struct FeedParser {
 }
 
 impl FeedParser {
-    /// A parser for one connection; it skips everything before the first keyframe.
+    /// A parser for one H.264 connection; it skips everything before the first keyframe.
     pub fn new(sei: SeiPolicy) -> Self {
+        Self::with_codec(sei, Codec::H264)
+    }
+
+    /// A parser for one connection carrying `codec`.
+    pub fn with_codec(sei: SeiPolicy, codec: Codec) -> Self {
         FeedParser {
             framing: Framing::Unknown,
             header: Vec::with_capacity(HEADER_LEN),
             payload_left: 0,
             chunk_ts: None,
-            splitter: AccessUnitSplitter::default(),
+            splitter: match codec {
+                Codec::H264 => AccessUnitSplitter::default(),
+                Codec::H265 => AccessUnitSplitter::for_hevc(),
+            },
             sei,
+            codec,
             need_key: true,
             sei_stripped: 0,
             skipped: 0,
@@ -330,7 +352,10 @@ impl FeedParser {
     /// The next cleaned access unit, if one is complete.
     pub fn pull(&mut self) -> Option<FeedUnit> {
         while let Some((au, tag)) = self.splitter.pull_tagged() {
-            let cleaned = clean_access_unit(&au.data, self.sei);
+            let cleaned = match self.codec {
+                Codec::H264 => clean_access_unit(&au.data, self.sei),
+                Codec::H265 => clean_hevc_access_unit(&au.data, self.sei),
+            };
             self.sei_stripped += cleaned.stripped;
             let data = cleaned.replaced.unwrap_or(au.data);
             if data.is_empty() {
@@ -417,6 +442,42 @@ pub fn clean_access_unit(au: &[u8], policy: SeiPolicy) -> Cleaned {
     }
 }
 
+/// [`clean_access_unit`] for H.265: private SEI messages removed from prefix and suffix SEI
+/// NAL units; a decoder can start on an IRAP picture.
+pub fn clean_hevc_access_unit(au: &[u8], policy: SeiPolicy) -> Cleaned {
+    let mut keyframe = false;
+    let mut stripped = 0;
+    let mut out: Vec<u8> = Vec::new();
+    for nal in nal_units(au) {
+        let Some(ty) = hevc::nal_type(nal) else {
+            continue;
+        };
+        keyframe |= hevc::is_irap(ty);
+        out.extend_from_slice(&[0, 0, 0, 1]);
+        let sei = ty == hevc::NAL_SEI_PREFIX || ty == hevc::NAL_SEI_SUFFIX;
+        if !(sei && policy == SeiPolicy::StripPrivate && nal.len() > 2) {
+            out.extend_from_slice(nal);
+            continue;
+        }
+        match filter_sei_body(&nal[..2], &nal[2..], is_private_sei) {
+            SeiFilter::Keep => out.extend_from_slice(nal),
+            SeiFilter::Drop => {
+                stripped += 1;
+                out.truncate(out.len() - 4);
+            }
+            SeiFilter::Rewrite(n) => {
+                stripped += 1;
+                out.extend_from_slice(&n);
+            }
+        }
+    }
+    Cleaned {
+        replaced: (stripped > 0).then(|| Bytes::from(out)),
+        keyframe,
+        stripped,
+    }
+}
+
 /// The state the reader thread shares with the source.
 struct Shared {
     stop: AtomicBool,
@@ -435,6 +496,7 @@ pub struct FeedSource {
     last_ts: Option<Duration>,
     /// Unix socket file to remove when the source closes.
     socket_path: Option<String>,
+    codec: Codec,
 }
 
 enum Listener {
@@ -526,6 +588,7 @@ impl FeedSource {
             thread: Some(thread),
             last_ts: None,
             socket_path,
+            codec: spec.codec,
         })
     }
 
@@ -584,6 +647,10 @@ impl VideoSource for FeedSource {
 
     fn is_live(&self) -> bool {
         true
+    }
+
+    fn codec(&self) -> Codec {
+        self.codec
     }
 
     fn wait_frame(
@@ -700,7 +767,7 @@ struct Watch {
 impl Reader {
     fn run(self, listener: Listener) {
         let mut conn: Option<(Conn, FeedParser)> = None;
-        let mut fifo_parser = FeedParser::new(self.spec.sei);
+        let mut fifo_parser = FeedParser::with_codec(self.spec.sei, self.spec.codec);
         let mut buf = vec![0u8; 64 * 1024];
         let mut watch = Watch {
             last_data: Instant::now(),
@@ -736,7 +803,8 @@ impl Reader {
                                 if watch.stalled || watch.last_data.elapsed() > self.spec.watchdog {
                                     // The writer was gone long enough to have restarted: what
                                     // was buffered belongs to a stream that ended.
-                                    fifo_parser = FeedParser::new(self.spec.sei);
+                                    fifo_parser =
+                                        FeedParser::with_codec(self.spec.sei, self.spec.codec);
                                 }
                                 self.on_data(&mut fifo_parser, &buf[..n], &mut watch);
                             }
@@ -803,7 +871,7 @@ impl Reader {
         if let Ok(mut w) = self.shared.requests.lock() {
             *w = c.writer();
         }
-        (c, FeedParser::new(self.spec.sei))
+        (c, FeedParser::with_codec(self.spec.sei, self.spec.codec))
     }
 
     fn push(
@@ -827,7 +895,7 @@ impl Reader {
                 .protocol_errors
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(feed = %self.name, "protocol error, resynchronising: {e}");
-            *parser = FeedParser::new(self.spec.sei);
+            *parser = FeedParser::with_codec(self.spec.sei, self.spec.codec);
         }
     }
 
@@ -940,6 +1008,78 @@ mod tests {
     }
 
     #[test]
+    fn an_h265_feed_is_cut_on_its_own_rules_with_private_sei_removed() {
+        // Per picture: a prefix SEI with a private message (type 5) and a kept one (type 1,
+        // pic timing), then the slice; every 3rd picture is an IDR with VPS/SPS/PPS before it.
+        let private = SeiMessage {
+            payload_type: sei_type::USER_DATA_UNREGISTERED,
+            payload: vec![0x11; 20],
+        };
+        let kept = SeiMessage {
+            payload_type: 1,
+            payload: vec![0x22, 0x33],
+        };
+        let sei =
+            crate::media::h264::build_sei_with_header(&[0x4e, 0x01], &[private, kept.clone()]);
+        let mut stream = Vec::new();
+        let mut nal = |n: &[u8]| {
+            stream.extend_from_slice(&[0, 0, 0, 1]);
+            stream.extend_from_slice(n);
+        };
+        for i in 0..9u8 {
+            if i % 3 == 0 {
+                nal(&[0x40, 0x01, 0x0c]);
+                nal(&[0x42, 0x01, 0x01]);
+                nal(&[0x44, 0x01, 0xc1]);
+            }
+            nal(&sei);
+            let header = if i % 3 == 0 { 0x26 } else { 0x02 };
+            nal(&[header, 0x01, 0x80, 0x40 + i]);
+        }
+        // A trailing NAL ends the last picture, as the next one would.
+        nal(&[0x46, 0x01, 0x50]);
+        let mut p = FeedParser::with_codec(SeiPolicy::StripPrivate, Codec::H265);
+        for chunk in stream.chunks(7) {
+            p.push(chunk, 0).unwrap();
+        }
+        let units: Vec<FeedUnit> = std::iter::from_fn(|| p.pull()).collect();
+        assert_eq!(units.len(), 9);
+        assert_eq!(
+            units.iter().map(|u| u.keyframe).collect::<Vec<_>>(),
+            [true, false, false, true, false, false, true, false, false]
+        );
+        assert_eq!(p.sei_stripped, 9);
+        for u in &units {
+            let seis: Vec<&[u8]> = nal_units(&u.data)
+                .filter(|n| hevc::nal_type(n) == Some(hevc::NAL_SEI_PREFIX))
+                .collect();
+            assert_eq!(seis.len(), 1);
+            assert_eq!(
+                crate::media::h264::sei_body_messages(&seis[0][2..]).unwrap(),
+                std::slice::from_ref(&kept)
+            );
+            assert_eq!(&seis[0][..2], &[0x4e, 0x01]);
+        }
+        // A stream joined mid-GOP (at picture 1's SEI) starts at the next IRAP, picture 3.
+        let sei_at: Vec<usize> = stream
+            .windows(6)
+            .enumerate()
+            .filter(|(_, w)| *w == [0, 0, 0, 1, 0x4e, 0x01])
+            .map(|(i, _)| i)
+            .collect();
+        let mut late = FeedParser::with_codec(SeiPolicy::Keep, Codec::H265);
+        late.push(&stream[sei_at[1]..], 0).unwrap();
+        let first = late.pull().expect("a unit");
+        assert!(first.keyframe);
+        assert!(contains_slice(&first.data, &[0x26, 0x01, 0x80, 0x43]));
+        assert_eq!(late.skipped, 2);
+    }
+
+    fn contains_slice(au: &[u8], nal: &[u8]) -> bool {
+        nal_units(au).any(|n| n == nal)
+    }
+
+    #[test]
     fn parses_uris() {
         let s: FeedSpec = "unix:/run/f.sock?watchdog=1.5&sei=keep".parse().unwrap();
         assert_eq!(s.endpoint, FeedEndpoint::Unix("/run/f.sock".into()));
@@ -948,7 +1088,12 @@ mod tests {
         assert_eq!(s.to_string(), "unix:/run/f.sock?watchdog=1.5&sei=keep");
         let t: FeedSpec = "tcp:[::1]:7000".parse().unwrap();
         assert_eq!(t.to_string(), "tcp:[::1]:7000");
+        assert_eq!(t.codec, Codec::H264);
+        let h: FeedSpec = "fifo:/f?codec=h265".parse().unwrap();
+        assert_eq!(h.codec, Codec::H265);
+        assert_eq!(h.to_string(), "fifo:/f?codec=h265");
         for bad in [
+            "unix:/a?codec=vp8",
             "unix:",
             "tcp:1.2.3.4",
             "tcp::80",
