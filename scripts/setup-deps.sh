@@ -21,13 +21,17 @@ GB28181_PKGS=(sip-tester gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1
 # V4L2 for real (scripts/vivid-test.sh): qemu-system boots Debian's kernel with the vivid driver
 # from a busybox initramfs; the kernel package itself is fetched by the script (apt-get download).
 VIVID_PKGS=(qemu-system-x86 busybox-static cpio)
+# systemd's watchdog restart (scripts/watchdog-test.sh): systemd-nspawn boots a Debian tree that
+# debootstrap makes once (cached under /var/tmp) with systemd as PID 1.
+WATCHDOG_PKGS=(systemd-container debootstrap)
 # Janus as a second WHIP peer (tests/e2e_janus.rs): the SFU and janus-pp-rec, which turns its
 # .mjr recordings into MP4 for ffprobe; ip (iproute2) makes the test's network namespaces.
 JANUS_PKGS=(janus janus-tools iproute2)
 # Benchmarks (benches/encode.rs): GStreamer's openh264enc (plugins-bad) and gst-launch.
 BENCH_PKGS=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-bad)
 ALL_PKGS=("${BUILD_PKGS[@]}" "${PEER_PKGS[@]}" "${MISC_PKGS[@]}" "${CROSS_PKGS[@]}"
-          "${GB28181_PKGS[@]}" "${VIVID_PKGS[@]}" "${BENCH_PKGS[@]}" "${JANUS_PKGS[@]}")
+          "${GB28181_PKGS[@]}" "${VIVID_PKGS[@]}" "${WATCHDOG_PKGS[@]}" "${BENCH_PKGS[@]}"
+          "${JANUS_PKGS[@]}")
 # System services the packages above ship; we never want them holding 1883/80/1935/8088.
 SERVICES=(mosquitto nginx janus)
 

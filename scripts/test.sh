@@ -39,4 +39,5 @@ step "aarch64 end-to-end under qemu-user" env \
     sigterm_stops_sessions_and_exits_zero
 step "debian packages" bash scripts/package.sh
 step "systemd unit" bash scripts/check-unit.sh
+step "systemd watchdog restart" bash scripts/watchdog-test.sh
 step "vivid V4L2 in qemu" bash scripts/vivid-test.sh
