@@ -127,6 +127,10 @@ pub struct RtmpConnection<S> {
     filter: InputFilter,
     /// Bytes were written since the last flush (TLS may hold them in its record buffer).
     unflushed: bool,
+    /// Whether the stream may hold written bytes until flushed: true unless known otherwise
+    /// (plain TCP, whose flush is a no-op that would cost the sink a turn of its loop per
+    /// frame).
+    writes_buffered: bool,
     read_buf: Vec<u8>,
     send_timeout: Duration,
 }
@@ -292,7 +296,11 @@ pub async fn connect(
             RtmpStream::Tls(Box::new(tls))
         }
     };
-    RtmpConnection::establish(stream, target, peer.clone(), step_timeout, send_timeout).await
+    let plain = matches!(stream, RtmpStream::Plain(_));
+    let mut conn =
+        RtmpConnection::establish(stream, target, peer.clone(), step_timeout, send_timeout).await?;
+    conn.writes_buffered = !plain;
+    Ok(conn)
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
@@ -318,6 +326,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
             peer,
             stream_key: target.stream_key.clone(),
             unflushed: false,
+            writes_buffered: true,
             filter: InputFilter::default(),
             read_buf: vec![0; READ_BUF],
             send_timeout,
@@ -405,8 +414,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
                 false,
             ),
         };
-        let (out, _) = self.split(Phase::Send, result.map(|r| vec![r]))?;
-        Ok(Bytes::from(out))
+        match result {
+            // The packet's buffer becomes the bytes to send: a frame is copied once (into the
+            // chunks), not again into a collecting buffer.
+            Ok(ClientSessionResult::OutboundResponse(packet)) => Ok(Bytes::from(packet.bytes)),
+            Ok(_) => Ok(Bytes::new()),
+            Err(e) => Err(self.error(Phase::Send, RtmpErrorKind::Protocol(e.to_string()))),
+        }
     }
 
     /// Waits until the server sent something or the socket took some of `pending`, whichever
@@ -422,7 +436,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
             match pending {
                 Some(bytes) => {
                     if let Poll::Ready(r) = Pin::new(&mut self.stream).poll_write(cx, bytes) {
-                        self.unflushed = true;
+                        self.unflushed = self.writes_buffered;
                         return Poll::Ready(IoEvent::Wrote(r));
                     }
                 }

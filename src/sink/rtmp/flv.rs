@@ -9,7 +9,7 @@
 
 use crate::media::frame::{Codec, EncodedFrame};
 use crate::media::h264::{
-    annexb_to_avcc, avc_decoder_configuration_record, nal_units, H264Error, NalType, Sps,
+    annexb_to_avcc, avc_decoder_configuration_record, H264Error, NalType, Sps,
 };
 use crate::media::hevc::{self, HevcError, HevcSps};
 use bytes::Bytes;
@@ -101,6 +101,69 @@ pub fn avc_nalu(annexb_au: &[u8], keyframe: bool) -> Option<Bytes> {
     body.extend_from_slice(&[frame_type | CODEC_ID_AVC, AVC_NALU, 0, 0, 0]);
     annexb_to_avcc(annexb_au, &mut body);
     (body.len() > 5).then(|| Bytes::from(body))
+}
+
+/// The NAL units of an Annex-B access unit, without start codes: the same units, in the same
+/// order, as [`crate::media::h264::nal_units`] yields.
+///
+/// The sink cuts every frame it sends, and a byte-by-byte window search for `00 00 01` was its
+/// largest cost per frame (a 4 Mbit/s stream is 16 KB a frame); this one jumps between `01`
+/// bytes with SIMD (`memchr`) and checks the two bytes before each.
+fn nal_units(annexb: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = match find_start_code(annexb) {
+        Some(i) => &annexb[i + 3..],
+        None => &[][..],
+    };
+    std::iter::from_fn(move || {
+        // Each turn consumes at least the NAL unit and its start code, so this ends.
+        while !rest.is_empty() {
+            let (nal, next) = match find_start_code(rest) {
+                Some(i) => (&rest[..i], &rest[i + 3..]),
+                None => (rest, &[][..]),
+            };
+            rest = next;
+            // Zeros before a start code belong to it (4-byte start codes, trailing_zero_8bits).
+            let end = nal.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+            if end > 0 {
+                return Some(&nal[..end]);
+            }
+        }
+        None
+    })
+}
+
+/// Position of the first `00 00 01` in `buf`.
+fn find_start_code(buf: &[u8]) -> Option<usize> {
+    let mut from = 2;
+    // Every turn moves `from` forward past one `01` byte, so this ends.
+    while from < buf.len() {
+        let one = from + memchr::memchr(1, &buf[from..])?;
+        if buf[one - 1] == 0 && buf[one - 2] == 0 {
+            return Some(one - 2);
+        }
+        from = one + 1;
+    }
+    None
+}
+
+/// A coded-frame tag body: the 5-byte tag header, then each of `nals` behind its 4-byte
+/// big-endian length (AVCC/HVCC framing), in one allocation of the exact size; `None` when
+/// there are no NAL units (an empty frame to the server). Same output as [`avc_nalu`] and
+/// [`hevc_coded_frames`] for the NAL units they keep.
+fn length_prefixed(header: [u8; 5], nals: &[&[u8]]) -> Option<Bytes> {
+    // A NAL unit over 4 GiB cannot be length-prefixed; the converters skip it too.
+    let kept = || nals.iter().filter(|n| u32::try_from(n.len()).is_ok());
+    let size: usize = kept().map(|n| 4 + n.len()).sum();
+    if size == 0 {
+        return None;
+    }
+    let mut body = Vec::with_capacity(header.len() + size);
+    body.extend_from_slice(&header);
+    for nal in kept() {
+        body.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+        body.extend_from_slice(nal);
+    }
+    Some(Bytes::from(body))
 }
 
 /// The AVC end-of-sequence tag body, sent before unpublishing so recorders close the stream.
@@ -219,18 +282,30 @@ impl VideoTagger {
             self.pps = None;
             self.header_sent = false;
         }
+        // One pass over the access unit finds both the parameter sets and the NAL units that
+        // go into the coded-frame tag: scanning for start codes is the sink's largest cost
+        // per frame, so the body is built from these slices instead of a second scan.
+        let mut coded: Vec<&[u8]> = Vec::new();
         for nal in nal_units(&frame.data) {
             let slot = match frame.codec {
                 Codec::H264 => match NalType::from_header(nal[0]) {
                     NalType::Sps => &mut self.sps,
                     NalType::Pps => &mut self.pps,
-                    _ => continue,
+                    NalType::Aud => continue,
+                    _ => {
+                        coded.push(nal);
+                        continue;
+                    }
                 },
                 Codec::H265 => match hevc::nal_type(nal) {
                     Some(hevc::NAL_VPS) => &mut self.vps,
                     Some(hevc::NAL_SPS) => &mut self.sps,
                     Some(hevc::NAL_PPS) => &mut self.pps,
-                    _ => continue,
+                    Some(hevc::NAL_AUD) | None => continue,
+                    Some(_) => {
+                        coded.push(nal);
+                        continue;
+                    }
                 },
             };
             if slot.as_deref() != Some(nal) {
@@ -275,11 +350,19 @@ impl VideoTagger {
             });
             self.header_sent = true;
         }
-        let body = match frame.codec {
-            Codec::H264 => avc_nalu(&frame.data, frame.keyframe),
-            Codec::H265 => hevc_coded_frames(&frame.data, frame.keyframe),
+        let frame_type = if frame.keyframe {
+            FRAME_TYPE_KEY
+        } else {
+            FRAME_TYPE_INTER
         };
-        if let Some(body) = body {
+        let header = match frame.codec {
+            Codec::H264 => [frame_type | CODEC_ID_AVC, AVC_NALU, 0, 0, 0],
+            Codec::H265 => {
+                let [a, b, c, d] = FOURCC_HVC1;
+                [EX_HEADER | frame_type | EX_CODED_FRAMES_X, a, b, c, d]
+            }
+        };
+        if let Some(body) = length_prefixed(header, &coded) {
             out.push(Outgoing::Video { timestamp_ms, body });
         }
         Ok(out)
@@ -485,5 +568,88 @@ mod tests {
         assert_eq!(end_of_sequence(Codec::H265).as_ref(), b"\x92hvc1");
         assert_eq!(end_of_sequence(Codec::H264).as_ref(), &[0x17, 2, 0, 0, 0]);
         assert_eq!(CODEC_ID_HVC1, 0x6876_6331);
+    }
+
+    proptest::proptest! {
+        /// The single-pass body the tagger builds is byte for byte what the two-pass
+        /// converters make, for any mix of NAL units after the parameter sets.
+        #[test]
+        fn tagger_body_matches_the_converters(
+            nals in proptest::collection::vec(
+                (0u8..=0xff, proptest::collection::vec(1u8..=0xff, 0..40)),
+                0..8,
+            ),
+            keyframe: bool,
+            hevc: bool,
+        ) {
+            let nals: Vec<Vec<u8>> = nals
+                .into_iter()
+                .map(|(head, mut rest)| {
+                    // forbidden_zero_bit clear; no zero bytes, so no start code emulation.
+                    let mut nal = vec![(head & 0x7f).max(1)];
+                    nal.append(&mut rest);
+                    nal
+                })
+                .collect();
+            let refs: Vec<&[u8]> = nals.iter().map(Vec::as_slice).collect();
+            let mut t = VideoTagger::new(None, None);
+            // Parameter sets known from an earlier frame, so every frame yields a body tag.
+            let mut setup = frame(&[&SPS, &PPS, &[0x65, 0x88]], 0, true);
+            let mut f = frame(&refs, 40, keyframe);
+            if hevc {
+                const VPS: [u8; 24] = [
+                    0x40, 0x01, 0x0c, 0x01, 0xff, 0xff, 0x01, 0x60, 0x00, 0x00, 0x03, 0x00,
+                    0x90, 0x00, 0x00, 0x03, 0x00, 0x00, 0x03, 0x00, 0x3f, 0x95, 0x98, 0x09,
+                ];
+                const HSPS: [u8; 42] = [
+                    0x42, 0x01, 0x01, 0x01, 0x60, 0x00, 0x00, 0x03, 0x00, 0x90, 0x00, 0x00,
+                    0x03, 0x00, 0x00, 0x03, 0x00, 0x3f, 0xa0, 0x05, 0x02, 0x01, 0x69, 0x65,
+                    0x95, 0x9a, 0x49, 0x32, 0xbc, 0x05, 0xa0, 0x20, 0x00, 0x00, 0x03, 0x00,
+                    0x20, 0x00, 0x00, 0x03, 0x03, 0xc1,
+                ];
+                const HPPS: [u8; 7] = [0x44, 0x01, 0xc1, 0x72, 0xb4, 0x62, 0x40];
+                setup = frame(&[&VPS, &HSPS, &HPPS, &[0x26, 0x01, 0xaf, 0x80]], 0, true);
+                setup.codec = Codec::H265;
+                f.codec = Codec::H265;
+            }
+            t.tags_for(&setup).expect("parameter sets parse");
+            let expected = match f.codec {
+                Codec::H264 => avc_nalu(&f.data, keyframe),
+                Codec::H265 => hevc_coded_frames(&f.data, keyframe),
+            };
+            // A frame may itself carry (garbage) parameter sets, which then fail to parse:
+            // only frames the tagger accepts are compared.
+            if let Ok(tags) = t.tags_for(&f) {
+                let body = tags.iter().rev().find_map(|tag| match tag {
+                    Outgoing::Video { timestamp_ms: 40, body } if !is_sequence_header(body) => {
+                        Some(body.clone())
+                    }
+                    _ => None,
+                });
+                proptest::prop_assert_eq!(body, expected);
+            }
+        }
+    }
+
+    /// True for an AVC sequence header or an Enhanced RTMP SequenceStart tag body.
+    fn is_sequence_header(body: &[u8]) -> bool {
+        (body[0] & 0x0f == CODEC_ID_AVC && body[1] == AVC_SEQUENCE_HEADER)
+            || (body[0] & EX_HEADER != 0 && body[0] & 0x0f == EX_SEQUENCE_START)
+    }
+
+    proptest::proptest! {
+        /// The sink's start code search cuts exactly as the media module's does, on inputs
+        /// dense in zeros and ones (start codes, 4-byte start codes, trailing zeros).
+        #[test]
+        fn nal_units_match_the_media_module(
+            data in proptest::collection::vec(
+                proptest::sample::select(vec![0u8, 0, 0, 1, 1, 3, 0x65, 0xff]),
+                0..300,
+            ),
+        ) {
+            let ours: Vec<&[u8]> = nal_units(&data).collect();
+            let reference: Vec<&[u8]> = crate::media::h264::nal_units(&data).collect();
+            proptest::prop_assert_eq!(ours, reference);
+        }
     }
 }
