@@ -773,19 +773,7 @@ fn an_h265_file_passes_through_over_enhanced_rtmp_and_whip_refuses_it() {
     let nms = peers::nms::Nms::start();
     let dir = peers::TestDir::new("file-h265");
     let clip = dir.path().join("clip.h265");
-    let ok = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc=size=320x240:rate=30")
-        .args(["-frames:v", "60", "-pix_fmt", "yuv420p", "-c:v", "libx265"])
-        .args([
-            "-x265-params",
-            "log-level=error:keyint=15:min-keyint=15:bframes=0",
-        ])
-        .args(["-f", "hevc"])
-        .arg(&clip)
-        .status()
-        .expect("run ffmpeg");
-    assert!(ok.success(), "ffmpeg could not make the H.265 clip");
+    make_hevc_clip(&clip, 60);
     let mut cfg = DaemonConfig::new(&broker.url());
     cfg.source = Some(format!("file:{}", clip.display()));
     let mut rig = Rig::start(serial, broker, cfg);
@@ -881,19 +869,7 @@ fn an_h265_feed_passes_through_over_enhanced_rtmp() {
     let nms = peers::nms::Nms::start();
     let dir = peers::TestDir::new("feed-h265");
     let clip_path = dir.path().join("clip.h265");
-    let ok = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc=size=320x240:rate=30")
-        .args(["-frames:v", "30", "-pix_fmt", "yuv420p", "-c:v", "libx265"])
-        .args([
-            "-x265-params",
-            "log-level=error:keyint=15:min-keyint=15:bframes=0",
-        ])
-        .args(["-f", "hevc"])
-        .arg(&clip_path)
-        .status()
-        .expect("run ffmpeg");
-    assert!(ok.success(), "ffmpeg could not make the H.265 clip");
+    make_hevc_clip(&clip_path, 30);
     let clip = std::fs::read(&clip_path).expect("clip");
     let ends = hevc_frame_ends(&clip);
     assert_eq!(ends.len(), 30, "the test's own picture split");
@@ -946,4 +922,19 @@ fn an_h265_feed_passes_through_over_enhanced_rtmp() {
     // The publish starts once the sink is up; then at most a GOP (15) waits for an IRAP, and
     // the last picture may stay in the splitter when the app disconnects.
     assert!(d.frames >= 90 - 15 - 15 - 2, "decoded {} of 90", d.frames);
+}
+
+/// A 320x240 libx265 clip of `frames` pictures, an IRAP every 15, no B-frames.
+fn make_hevc_clip(path: &Path, frames: u32) {
+    let ok = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc=size=320x240:rate=30")
+        .args(["-frames:v", &frames.to_string(), "-pix_fmt", "yuv420p"])
+        .args(["-c:v", "libx265", "-x265-params"])
+        .arg("log-level=error:keyint=15:min-keyint=15:bframes=0")
+        .args(["-f", "hevc"])
+        .arg(path)
+        .status()
+        .expect("run ffmpeg");
+    assert!(ok.success(), "ffmpeg could not make the H.265 clip");
 }
