@@ -8,15 +8,16 @@
 //! [`RtmpConnection::on_read`] hand back serialized bytes and the sink's loop decides when they
 //! go out, so that a slow server fills a queue the sink bounds instead of blocking it.
 
+use super::chunk::ChunkReader;
 use super::commands;
 use super::flv::{end_of_sequence, Outgoing};
 use super::target::RtmpTarget;
 use super::tls::{self, TlsConfigError};
 use crate::media::frame::Codec;
 use bytes::Bytes;
-use rml_rtmp::chunk_io::{ChunkDeserializer, ChunkSerializer};
+use rml_rtmp::chunk_io::ChunkSerializer;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-use rml_rtmp::messages::RtmpMessage;
+use rml_rtmp::messages::{MessagePayload, RtmpMessage};
 use rml_rtmp::sessions::{
     ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
 };
@@ -632,13 +633,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
 /// Sits between the socket and rml_rtmp's session and passes on only messages rml_rtmp can
 /// parse.
 ///
-/// rml_rtmp 0.8 panics on some valid server messages (an AMF0 command with fewer than three
+/// The server's chunk stream is read by our own [`ChunkReader`], which checks every header (rml_rtmp's
+/// deserializer overflows on a continuation chunk that shrinks the message length). rml_rtmp
+/// 0.8 also panics on some valid server messages (an AMF0 command with fewer than three
 /// values, such as the bare `onFCPublish` that `ffmpeg -listen` answers FCPublish with) and
-/// would lose the rest of the input with it. Here every message is parsed first, inside
-/// `catch_unwind`; what fails is skipped, the rest is re-chunked with uncompressed headers
-/// (always valid for the session's deserializer) and handed on.
+/// would lose the rest of the input with it. So every whole message is parsed first, inside
+/// `catch_unwind`; what fails is skipped, the rest is re-chunked by rml_rtmp's serializer with
+/// uncompressed headers (always valid for the session's deserializer) and handed on.
 pub struct InputFilter {
-    de: ChunkDeserializer,
+    reader: ChunkReader,
     ser: ChunkSerializer,
     skipped: u64,
 }
@@ -646,7 +649,7 @@ pub struct InputFilter {
 impl Default for InputFilter {
     fn default() -> Self {
         Self {
-            de: ChunkDeserializer::new(),
+            reader: ChunkReader::default(),
             ser: ChunkSerializer::new(),
             skipped: 0,
         }
@@ -658,21 +661,18 @@ impl InputFilter {
     /// chunk stream itself is broken (the connection cannot go on).
     pub fn filter(&mut self, data: &[u8]) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
-        let mut input = data;
+        self.reader.push(data);
         loop {
-            let next = catch_unwind(AssertUnwindSafe(|| {
-                self.de
-                    .get_next_message(input)
-                    .map_err(|e| format!("invalid RTMP chunk from server: {e}"))
-            }))
-            .unwrap_or_else(|_| Err(PARSER_PANIC.to_string()))?;
-            input = &[];
-            let Some(payload) = next else {
+            let message = self
+                .reader
+                .next_message()
+                .map_err(|e| format!("invalid RTMP chunk from server: {e}"))?;
+            let Some(message) = message else {
                 return Ok(out);
             };
             // The known panic (a command of under three AMF0 values) is screened out here so it
             // never reaches the panic hook's log line; catch_unwind stays for the unknown ones.
-            if payload.type_id == AMF0_COMMAND_TYPE && !has_command_header(&payload.data) {
+            if message.type_id == AMF0_COMMAND_TYPE && !has_command_header(&message.payload) {
                 self.skipped += 1;
                 tracing::debug!(
                     skipped = self.skipped,
@@ -680,10 +680,16 @@ impl InputFilter {
                 );
                 continue;
             }
+            let payload = MessagePayload {
+                timestamp: RtmpTimestamp::new(message.timestamp),
+                type_id: message.type_id,
+                message_stream_id: message.stream_id,
+                data: message.payload,
+            };
             let parsed = catch_unwind(AssertUnwindSafe(|| payload.to_rtmp_message()));
-            let size = match parsed {
-                Ok(Ok(RtmpMessage::SetChunkSize { size })) => Some(size),
-                Ok(Ok(_)) => None,
+            let set_chunk_size = match parsed {
+                Ok(Ok(RtmpMessage::SetChunkSize { .. })) => true,
+                Ok(Ok(_)) => false,
                 Ok(Err(_)) | Err(_) => {
                     self.skipped += 1;
                     tracing::debug!(
@@ -699,11 +705,10 @@ impl InputFilter {
                 .serialize(&payload, true, false)
                 .map_err(|e| format!("cannot re-chunk server message: {e}"))?;
             out.extend_from_slice(&packet.bytes);
-            if let Some(size) = size {
-                // Both sides of the filter follow the server's chunk size from here on.
-                self.de
-                    .set_max_chunk_size(size as usize)
-                    .map_err(|e| format!("invalid chunk size from server: {e}"))?;
+            if set_chunk_size {
+                // The session's deserializer follows the server's chunk size from here on, so
+                // the re-chunking does too; the reader has checked the size.
+                let size = self.reader.chunk_size() as u32;
                 self.ser
                     .set_max_chunk_size(size, RtmpTimestamp::new(0))
                     .map_err(|e| format!("invalid chunk size from server: {e}"))?;

@@ -5,6 +5,7 @@
 //! over rml_rtmp (TLS from [`tls`]); [`run`] is the sink task with the reconnect and
 //! backpressure policy.
 
+pub mod chunk;
 pub mod client;
 pub mod commands;
 pub mod flv;
