@@ -15,8 +15,11 @@
 //! Run with `cargo bench --bench adapter`. Needs nginx with the RTMP module, mosquitto and
 //! ffmpeg (`scripts/setup-deps.sh`). Every wait is bounded.
 
+mod common;
 #[path = "../tests/peers/mod.rs"]
 mod peers;
+
+use common::cpu_secs;
 
 use dockcast::media::frame::{Codec, EncodedFrame};
 use dockcast::media::quality::Rung;
@@ -92,20 +95,6 @@ fn script() -> PathBuf {
 
 // ---------------------------------------------------------------------------------------------
 // CPU per stream, daemon processes
-
-/// CPU time of every thread of `pid` in seconds, from /proc/<pid>/task/*/schedstat: a
-/// passthrough push costs a few 10 ms clock ticks a second, too few for /proc/<pid>/stat.
-fn cpu_secs(pid: u32) -> f64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0.0;
-    };
-    tasks
-        .filter_map(|t| t.ok())
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .sum::<f64>()
-        / 1e9
-}
 
 /// Parent pid and command name of `pid`, from /proc/<pid>/stat.
 fn stat_of(pid: u32) -> Option<(u32, String)> {

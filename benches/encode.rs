@@ -4,7 +4,8 @@
 //!    `openh264enc` (same codec library, same settings) and ffmpeg's libx264
 //!    ultrafast/zerolatency, all single-threaded, on the same raw frames read from a file.
 //! 2. CPU per passthrough stream (file source → RTMP, in process) against
-//!    `ffmpeg -re -i feed.h264 -c copy -f flv`, both pushing to an `ffmpeg -listen 1` server.
+//!    `ffmpeg -re -framerate 30 -i feed.h264 -c copy -f flv`, both pushing to an
+//!    `ffmpeg -listen 1` server, each counted over 10 s after a 2 s warm-up.
 //! 3. Pipeline latency on passthrough: access unit written by the payload app (unix socket)
 //!    → frame handed to the sink's queue, p50/p99.
 //! 4. Peak RSS of the process at 1080p passthrough and at 720p encode.
@@ -14,6 +15,9 @@
 //! (for the aarch64 build under qemu-user); `DOCKCAST_BENCH_ROUNDS` sets the rounds (3).
 //! Results and the commands are in BENCHMARKS.md.
 
+mod common;
+
+use common::cpu_secs;
 use dockcast::media::encoder::H264Encoder;
 use dockcast::media::frame::RawFrame;
 use dockcast::media::pipeline::{Pipeline, PipelineSpec};
@@ -260,15 +264,6 @@ fn wait_port(port: u16) {
     }
 }
 
-/// utime + stime of a process, in seconds (from /proc, clock ticks of 100 Hz).
-fn cpu_of(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -303,8 +298,9 @@ fn make_clip(dir: &Path, w: u32, h: u32, secs: u32) -> PathBuf {
     path
 }
 
-/// Streams `clip` through dockcast's pipeline (file source, passthrough) and RTMP sink for
-/// `secs`; returns the CPU seconds this process used meanwhile.
+/// Streams `clip` through dockcast's pipeline (file source, passthrough) and RTMP sink; returns
+/// the CPU seconds this process used in `secs` after a 2 s warm-up (connect, publish, the
+/// first keyframe), as for ffmpeg.
 fn dockcast_passthrough(clip: &Path, w: u32, h: u32, secs: u64) -> f64 {
     let port = free_port();
     let mut server = rtmp_server(port);
@@ -331,7 +327,6 @@ fn dockcast_passthrough(clip: &Path, w: u32, h: u32, secs: u64) -> f64 {
         gop_frames: 30,
         backend: Default::default(),
     };
-    let cpu0 = cpu_of(std::process::id()).unwrap_or(0.0);
     let (ftx, frx) = tokio::sync::mpsc::channel(60);
     let (etx, mut erx) = tokio::sync::mpsc::channel(16);
     let (stx, mut srx) = tokio::sync::mpsc::channel(16);
@@ -361,8 +356,10 @@ fn dockcast_passthrough(clip: &Path, w: u32, h: u32, secs: u64) -> f64 {
             }
         }
     });
+    std::thread::sleep(WARM_UP);
+    let cpu0 = cpu_secs("self");
     std::thread::sleep(Duration::from_secs(secs));
-    let cpu = cpu_of(std::process::id()).unwrap_or(0.0) - cpu0;
+    let cpu = cpu_secs("self") - cpu0;
     let sent = pipeline
         .stats
         .frames_sent
@@ -379,12 +376,19 @@ fn dockcast_passthrough(clip: &Path, w: u32, h: u32, secs: u64) -> f64 {
     cpu
 }
 
+/// How long both pushes run before their CPU is counted: process start, probing, connect and
+/// publish are not per-stream cost.
+const WARM_UP: Duration = Duration::from_secs(2);
+
+/// `ffmpeg -re -framerate 30 -i clip -c copy -f flv`: the CPU seconds it used in `secs` after
+/// the warm-up; `None` if it could not run or ended early (the clip must outlast the window:
+/// Debian's ffmpeg cannot `-stream_loop` a raw H.264 file).
 fn ffmpeg_passthrough(clip: &Path, secs: u64) -> Option<f64> {
     let port = free_port();
     let mut server = rtmp_server(port);
     wait_port(port);
     let child = Command::new("ffmpeg")
-        .args(["-v", "error", "-re", "-stream_loop", "-1", "-i"])
+        .args(["-v", "error", "-re", "-framerate", "30", "-i"])
         .arg(clip)
         .args(["-c", "copy", "-f", "flv"])
         .arg(format!("rtmp://127.0.0.1:{port}/live/bench"))
@@ -399,13 +403,16 @@ fn ffmpeg_passthrough(clip: &Path, secs: u64) -> Option<f64> {
             return None;
         }
     };
+    std::thread::sleep(WARM_UP);
+    let cpu0 = cpu_secs(child.id());
     std::thread::sleep(Duration::from_secs(secs));
-    let cpu = cpu_of(child.id());
+    let cpu = cpu_secs(child.id()) - cpu0;
+    let alive = matches!(child.try_wait(), Ok(None));
     let _ = child.kill();
     let _ = child.wait();
     let _ = server.kill();
     let _ = server.wait();
-    cpu
+    alive.then_some(cpu)
 }
 
 /// Access unit written by the "app" → frame in the sink queue, over a unix feed at 30 fps.
@@ -751,7 +758,8 @@ fn main() {
     encode_throughput(&dir, false);
 
     println!("== passthrough, 1080p 4 Mbit/s clip → RTMP (ffmpeg -listen 1 as server)");
-    let clip = make_clip(&dir, 1920, 1080, 10);
+    // 14 s: the warm-up and the window without looping.
+    let clip = make_clip(&dir, 1920, 1080, 14);
     let secs = 10;
     let ours = dockcast_passthrough(&clip, 1920, 1080, secs);
     println!(
@@ -761,7 +769,7 @@ fn main() {
     );
     match ffmpeg_passthrough(&clip, secs) {
         Some(ff) => println!(
-            "  ffmpeg -re -i feed.h264 -c copy -f flv: {ff:.3} CPU s in {secs} s = {:.1} % → dockcast/ffmpeg = {:.2}",
+            "  ffmpeg -re -framerate 30 -i feed.h264 -c copy -f flv: {ff:.3} CPU s in {secs} s = {:.1} % → dockcast/ffmpeg = {:.2}",
             ff / secs as f64 * 100.0,
             ours / ff
         ),

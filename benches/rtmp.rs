@@ -12,8 +12,11 @@
 //!
 //! Run with `cargo bench --bench rtmp` (release build). Every loop is bounded.
 
+mod common;
 #[path = "../tests/peers/mod.rs"]
 mod peers;
+
+use common::cpu_share;
 
 use dockcast::media::frame::{Codec, EncodedFrame};
 use dockcast::media::quality::Rung;
@@ -54,30 +57,6 @@ fn cpu_rss(pid: &str) -> (f64, u64) {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     (cpu, rss)
-}
-
-/// CPU time of every thread of `pid` in seconds, from the nanosecond counters in
-/// /proc/<pid>/task/*/schedstat: a passthrough push costs a few clock ticks a second, below
-/// what the 10 ms tick counters of /proc/<pid>/stat resolve.
-fn cpu_ns(pid: &str) -> f64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0.0;
-    };
-    tasks
-        .filter_map(|t| t.ok())
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .sum::<f64>()
-        / 1e9
-}
-
-/// CPU share (of one core) of `pid` over `secs`.
-fn cpu_share(pid: &str, secs: u64) -> f64 {
-    let c0 = cpu_ns(pid);
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(secs));
-    let c1 = cpu_ns(pid);
-    (c1 - c0) / t0.elapsed().as_secs_f64()
 }
 
 fn make_input(dir: &Path) -> std::path::PathBuf {
@@ -271,7 +250,7 @@ fn main() {
         .spawn()
         .expect("ffmpeg");
     std::thread::sleep(Duration::from_secs(2));
-    let ff_cpu = cpu_share(&ff.id().to_string(), CPU_SECS);
+    let ff_cpu = cpu_share(ff.id(), CPU_SECS);
     let ff_alive = matches!(ff.try_wait(), Ok(None));
     assert!(
         ff_alive,
