@@ -130,20 +130,40 @@ enum CtlCmd {
 }
 
 fn init_logging() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // `Targets` takes RUST_LOG's `target=level,...` form without the regex engine EnvFilter
+    // carries (hundreds of kB in an ARM binary), which per-span and per-field filters would
+    // need and a daemon's operators do not use.
+    let default = Targets::new().with_default(LevelFilter::INFO);
+    let (filter, bad) = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => match spec.parse::<Targets>() {
+            Ok(filter) => (filter, None),
+            Err(e) => (
+                default,
+                Some(format!("RUST_LOG {spec:?} ignored ({e}); logging at info")),
+            ),
+        },
+        _ => (default, None),
+    };
     // Under systemd, stderr is connected to the journal: log natively there so fields and
-    // levels survive; on a terminal, log readable lines.
+    // levels survive; on a terminal, log readable lines, coloured only on a terminal so that
+    // files and pipes get plain text.
     let journald = std::env::var_os("JOURNAL_STREAM").and_then(|_| tracing_journald::layer().ok());
-    let fmt = journald
-        .is_none()
-        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let fmt = journald.is_none().then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+    });
     tracing_subscriber::registry()
         .with(filter)
         .with(journald)
         .with(fmt)
         .init();
+    if let Some(bad) = bad {
+        tracing::warn!("{bad}");
+    }
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config> {

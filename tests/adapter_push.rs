@@ -202,9 +202,15 @@ async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Adapter stderr and the sink's own lines in the test output, for reading a failure.
 fn logs() {
+    use tracing_subscriber::prelude::*;
     let _ = tracing_subscriber::fmt()
-        .with_env_filter("dockcast=debug")
         .with_test_writer()
+        .with_max_level(tracing::Level::DEBUG)
+        .finish()
+        .with(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("dockcast", tracing::Level::DEBUG),
+        )
         .try_init();
 }
 
