@@ -26,6 +26,10 @@ pub const MAX_MESSAGE_LEN: usize = 1 << 20;
 /// cannot make us buffer by opening many chunk streams.
 pub const MAX_PENDING: usize = 4 << 20;
 
+/// The most chunk streams a server may use; servers use a handful (2 for control, 3–8 for
+/// commands and media), and each one costs memory here.
+pub const MAX_CHUNK_STREAMS: usize = 256;
+
 /// The largest chunk size a peer may set: a message length has 24 bits, so larger chunks could
 /// never be filled (RTMP 1.0 §5.4.1).
 const MAX_CHUNK_SIZE: u32 = 0xFF_FFFF;
@@ -87,10 +91,17 @@ pub enum ChunkError {
         /// Announced length.
         len: usize,
     },
+    /// A chunk stream beyond the first [`MAX_CHUNK_STREAMS`].
+    #[error("chunk stream {csid} is one more than the {limit} a server may use", limit = MAX_CHUNK_STREAMS)]
+    TooManyChunkStreams {
+        /// Chunk stream id.
+        csid: u32,
+    },
     /// More than [`MAX_PENDING`] bytes of unfinished messages.
     #[error("more than {limit} bytes of unfinished server messages", limit = MAX_PENDING)]
     TooMuchPending,
-    /// A Set Chunk Size of zero, beyond 2^24 - 1, or too short to hold a size.
+    /// A Set Chunk Size of zero, beyond 2^24 - 1 (the reserved top bit included), or too short
+    /// to hold a size.
     #[error("invalid Set Chunk Size {body:02x?}")]
     InvalidChunkSize {
         /// The message body.
@@ -168,6 +179,9 @@ impl ChunkReader {
             let Some(header) = self.header()? else {
                 return Ok(None);
             };
+            if self.streams.len() >= MAX_CHUNK_STREAMS && !self.streams.contains_key(&header.csid) {
+                return Err(ChunkError::TooManyChunkStreams { csid: header.csid });
+            }
             let stream = self.streams.entry(header.csid).or_default();
             let starts = stream.partial.is_empty();
             // The message this chunk belongs to, with the header applied.
@@ -312,8 +326,9 @@ impl ChunkReader {
 
 /// The size a Set Chunk Size body asks for, checked.
 fn chunk_size(body: &[u8]) -> Result<u32, ChunkError> {
-    // The top bit is reserved and must be zero; ignoring it is what servers expect.
-    match be_u32(body).map(|v| v & 0x7fff_ffff) {
+    // The top bit is reserved and must be zero; a size with it set is refused like any other
+    // size over 2^24 - 1 (rml_rtmp's session, which sees the same message, would take it whole).
+    match be_u32(body) {
         Some(size @ 1..=MAX_CHUNK_SIZE) => Ok(size),
         _ => Err(ChunkError::InvalidChunkSize {
             body: body.iter().take(8).copied().collect(),
@@ -387,6 +402,23 @@ mod tests {
                 payload: Bytes::new()
             }]
         );
+    }
+
+    #[test]
+    fn chunk_streams_are_limited() {
+        let mut bytes = Vec::new();
+        for csid in 0..=MAX_CHUNK_STREAMS as u16 {
+            // Two-byte basic header: csid 64 + byte.
+            let mut h = full_header(0, 0, 0, 20, 0);
+            h.splice(0..1, [0, 0]);
+            h[1] = (csid % 256) as u8;
+            if csid >= 256 {
+                h.splice(0..2, [1, (csid % 256) as u8, (csid / 256) as u8]);
+            }
+            bytes.extend_from_slice(&h);
+        }
+        let err = read_all(&mut ChunkReader::default(), &bytes).unwrap_err();
+        assert_eq!(err, ChunkError::TooManyChunkStreams { csid: 64 + 256 });
     }
 
     #[test]

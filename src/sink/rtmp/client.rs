@@ -633,9 +633,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
 /// Sits between the socket and rml_rtmp's session and passes on only messages rml_rtmp can
 /// parse.
 ///
-/// The server's chunk stream is read by our own [`ChunkReader`], which checks every header (rml_rtmp's
-/// deserializer overflows on a continuation chunk that shrinks the message length). rml_rtmp
-/// 0.8 also panics on some valid server messages (an AMF0 command with fewer than three
+/// The server's chunk stream is read by our own [`ChunkReader`], which checks every header
+/// (rml_rtmp's deserializer overflows on a continuation chunk that shrinks the message length).
+/// rml_rtmp 0.8 also panics on some valid server messages (an AMF0 command with fewer than three
 /// values, such as the bare `onFCPublish` that `ffmpeg -listen` answers FCPublish with) and
 /// would lose the rest of the input with it. So every whole message is parsed first, inside
 /// `catch_unwind`; what fails is skipped, the rest is re-chunked by rml_rtmp's serializer with
