@@ -9,7 +9,7 @@
 
 use crate::media::frame::{Codec, EncodedFrame};
 use crate::media::h264::{
-    annexb_to_avcc, avc_decoder_configuration_record, H264Error, NalType, Sps,
+    annexb_to_avcc, avc_decoder_configuration_record, nal_units, H264Error, NalType, Sps,
 };
 use crate::media::hevc::{self, HevcError, HevcSps};
 use bytes::Bytes;
@@ -101,49 +101,6 @@ pub fn avc_nalu(annexb_au: &[u8], keyframe: bool) -> Option<Bytes> {
     body.extend_from_slice(&[frame_type | CODEC_ID_AVC, AVC_NALU, 0, 0, 0]);
     annexb_to_avcc(annexb_au, &mut body);
     (body.len() > 5).then(|| Bytes::from(body))
-}
-
-/// The NAL units of an Annex-B access unit, without start codes: the same units, in the same
-/// order, as [`crate::media::h264::nal_units`] yields.
-///
-/// The sink cuts every frame it sends, and a byte-by-byte window search for `00 00 01` was its
-/// largest cost per frame (a 4 Mbit/s stream is 16 KB a frame); this one jumps between `01`
-/// bytes with SIMD (`memchr`) and checks the two bytes before each.
-fn nal_units(annexb: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = match find_start_code(annexb) {
-        Some(i) => &annexb[i + 3..],
-        None => &[][..],
-    };
-    std::iter::from_fn(move || {
-        // Each turn consumes at least the NAL unit and its start code, so this ends.
-        while !rest.is_empty() {
-            let (nal, next) = match find_start_code(rest) {
-                Some(i) => (&rest[..i], &rest[i + 3..]),
-                None => (rest, &[][..]),
-            };
-            rest = next;
-            // Zeros before a start code belong to it (4-byte start codes, trailing_zero_8bits).
-            let end = nal.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
-            if end > 0 {
-                return Some(&nal[..end]);
-            }
-        }
-        None
-    })
-}
-
-/// Position of the first `00 00 01` in `buf`.
-fn find_start_code(buf: &[u8]) -> Option<usize> {
-    let mut from = 2;
-    // Every turn moves `from` forward past one `01` byte, so this ends.
-    while from < buf.len() {
-        let one = from + memchr::memchr(1, &buf[from..])?;
-        if buf[one - 1] == 0 && buf[one - 2] == 0 {
-            return Some(one - 2);
-        }
-        from = one + 1;
-    }
-    None
 }
 
 /// A coded-frame tag body: the 5-byte tag header, then each of `nals` behind its 4-byte
@@ -635,21 +592,5 @@ mod tests {
     fn is_sequence_header(body: &[u8]) -> bool {
         (body[0] & 0x0f == CODEC_ID_AVC && body[1] == AVC_SEQUENCE_HEADER)
             || (body[0] & EX_HEADER != 0 && body[0] & 0x0f == EX_SEQUENCE_START)
-    }
-
-    proptest::proptest! {
-        /// The sink's start code search cuts exactly as the media module's does, on inputs
-        /// dense in zeros and ones (start codes, 4-byte start codes, trailing zeros).
-        #[test]
-        fn nal_units_match_the_media_module(
-            data in proptest::collection::vec(
-                proptest::sample::select(vec![0u8, 0, 0, 1, 1, 3, 0x65, 0xff]),
-                0..300,
-            ),
-        ) {
-            let ours: Vec<&[u8]> = nal_units(&data).collect();
-            let reference: Vec<&[u8]> = crate::media::h264::nal_units(&data).collect();
-            proptest::prop_assert_eq!(ours, reference);
-        }
     }
 }
