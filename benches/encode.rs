@@ -5,7 +5,8 @@
 //!    ultrafast/zerolatency, all single-threaded, on the same raw frames read from a file.
 //! 2. CPU per passthrough stream (file source → RTMP, in process) against
 //!    `ffmpeg -re -framerate 30 -i feed.h264 -c copy -f flv`, both pushing to an
-//!    `ffmpeg -listen 1` server, each counted over 10 s after a 2 s warm-up.
+//!    nginx-rtmp server (as the RTMP benchmark does; against `ffmpeg -listen` ffmpeg keeps
+//!    128-byte chunks and writes each alone), each counted over 10 s after a 2 s warm-up.
 //! 3. Pipeline latency on passthrough: access unit written by the payload app (unix socket)
 //!    → frame handed to the sink's queue, p50/p99.
 //! 4. Peak RSS of the process at 1080p passthrough and at 720p encode.
@@ -16,6 +17,8 @@
 //! Results and the commands are in BENCHMARKS.md.
 
 mod common;
+#[path = "../tests/peers/mod.rs"]
+mod peers;
 
 use common::cpu_secs;
 use dockcast::media::encoder::H264Encoder;
@@ -24,6 +27,7 @@ use dockcast::media::pipeline::{Pipeline, PipelineSpec};
 use dockcast::media::quality::Rung;
 use dockcast::sink::rtmp::{self, RtmpOptions, RtmpTarget};
 use dockcast::source::SourceSpec;
+use peers::nginx::Nginx;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -224,46 +228,6 @@ fn encode_throughput(dir: &Path, ours_only: bool) {
 }
 
 /// An RTMP server that accepts one publish and discards it.
-fn rtmp_server(port: u16) -> std::process::Child {
-    Command::new("ffmpeg")
-        .args(["-v", "error", "-listen", "1", "-i"])
-        .arg(format!("rtmp://127.0.0.1:{port}/live/bench"))
-        .args(["-c", "copy", "-f", "null", "-"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ffmpeg server")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Waits until something listens on `port`, without connecting: `ffmpeg -listen 1` serves
-/// exactly one connection, which a probe would use up.
-fn wait_port(port: u16) {
-    let needle = format!(":{port:04X} ");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let listening = std::fs::read_to_string("/proc/net/tcp")
-            .map(|t| {
-                t.lines().any(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    f.len() > 3 && format!("{} ", f[1]).ends_with(&needle) && f[3] == "0A"
-                })
-            })
-            .unwrap_or(false);
-        if listening {
-            return;
-        }
-        assert!(Instant::now() < deadline, "server on {port} never came up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -302,9 +266,8 @@ fn make_clip(dir: &Path, w: u32, h: u32, secs: u32) -> PathBuf {
 /// the CPU seconds this process used in `secs` after a 2 s warm-up (connect, publish, the
 /// first keyframe), as for ffmpeg.
 fn dockcast_passthrough(clip: &Path, w: u32, h: u32, secs: u64) -> f64 {
-    let port = free_port();
-    let mut server = rtmp_server(port);
-    wait_port(port);
+    let server = Nginx::start(peers::free_port());
+    let port = server.port();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -367,8 +330,7 @@ fn dockcast_passthrough(clip: &Path, w: u32, h: u32, secs: u64) -> f64 {
     drop(pipeline);
     cancel.cancel();
     let _ = rt.block_on(sink);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     while let Ok(ev) = erx.try_recv() {
         println!("  pipeline event: {ev:?}");
     }
@@ -384,25 +346,17 @@ const WARM_UP: Duration = Duration::from_secs(2);
 /// the warm-up; `None` if it could not run or ended early (the clip must outlast the window:
 /// Debian's ffmpeg cannot `-stream_loop` a raw H.264 file).
 fn ffmpeg_passthrough(clip: &Path, secs: u64) -> Option<f64> {
-    let port = free_port();
-    let mut server = rtmp_server(port);
-    wait_port(port);
+    let server = Nginx::start(peers::free_port());
+    let port = server.port();
     let child = Command::new("ffmpeg")
         .args(["-v", "error", "-re", "-framerate", "30", "-i"])
         .arg(clip)
         .args(["-c", "copy", "-f", "flv"])
-        .arg(format!("rtmp://127.0.0.1:{port}/live/bench"))
+        .arg(format!("rtmp://127.0.0.1:{port}/live/ffmpeg"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(_) => {
-            let _ = server.kill();
-            let _ = server.wait();
-            return None;
-        }
-    };
+    let mut child = child.ok()?;
     std::thread::sleep(WARM_UP);
     let cpu0 = cpu_secs(child.id());
     std::thread::sleep(Duration::from_secs(secs));
@@ -410,8 +364,7 @@ fn ffmpeg_passthrough(clip: &Path, secs: u64) -> Option<f64> {
     let alive = matches!(child.try_wait(), Ok(None));
     let _ = child.kill();
     let _ = child.wait();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     alive.then_some(cpu)
 }
 
@@ -757,7 +710,7 @@ fn main() {
     }
     encode_throughput(&dir, false);
 
-    println!("== passthrough, 1080p 4 Mbit/s clip → RTMP (ffmpeg -listen 1 as server)");
+    println!("== passthrough, 1080p 4 Mbit/s clip → RTMP (nginx-rtmp as server)");
     // 14 s: the warm-up and the window without looping.
     let clip = make_clip(&dir, 1920, 1080, 14);
     let secs = 10;
