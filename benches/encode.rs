@@ -227,7 +227,7 @@ fn encode_throughput(dir: &Path, ours_only: bool) {
     }
 }
 
-/// An RTMP server that accepts one publish and discards it.
+/// Peak RSS of this process (VmHWM), in KiB.
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

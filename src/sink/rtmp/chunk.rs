@@ -361,8 +361,13 @@ mod tests {
         Ok(out)
     }
 
-    fn full_header(csid: u8, ts: u32, len: u32, type_id: u8, stream_id: u32) -> Vec<u8> {
-        let mut h = vec![csid];
+    /// A type-0 chunk header for `csid`, in the shortest basic-header form that holds it.
+    fn full_header(csid: u32, ts: u32, len: u32, type_id: u8, stream_id: u32) -> Vec<u8> {
+        let mut h = match csid {
+            2..=63 => vec![csid as u8],
+            64..=319 => vec![0, (csid - 64) as u8],
+            _ => vec![1, (csid - 64) as u8, ((csid - 64) >> 8) as u8],
+        };
         h.extend_from_slice(&ts.to_be_bytes()[1..]);
         h.extend_from_slice(&len.to_be_bytes()[1..]);
         h.push(type_id);
@@ -407,15 +412,9 @@ mod tests {
     #[test]
     fn chunk_streams_are_limited() {
         let mut bytes = Vec::new();
-        for csid in 0..=MAX_CHUNK_STREAMS as u16 {
-            // Two-byte basic header: csid 64 + byte.
-            let mut h = full_header(0, 0, 0, 20, 0);
-            h.splice(0..1, [0, 0]);
-            h[1] = (csid % 256) as u8;
-            if csid >= 256 {
-                h.splice(0..2, [1, (csid % 256) as u8, (csid / 256) as u8]);
-            }
-            bytes.extend_from_slice(&h);
+        // Chunk streams 64..=319 in the two-byte form, then 320 in the three-byte one.
+        for i in 0..=MAX_CHUNK_STREAMS as u32 {
+            bytes.extend_from_slice(&full_header(64 + i, 0, 0, 20, 0));
         }
         let err = read_all(&mut ChunkReader::default(), &bytes).unwrap_err();
         assert_eq!(err, ChunkError::TooManyChunkStreams { csid: 64 + 256 });
