@@ -29,7 +29,7 @@ use dockcast::source::file::FileSource;
 use dockcast::source::{SourceFrame, VideoSource};
 use peers::mosquitto::Mosquitto;
 use peers::mqtt::CloudClient;
-use peers::nginx::Nginx;
+use peers::nginx::{has_keyframe, Nginx};
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -71,20 +71,7 @@ const SEI_UUID: [u8; 16] = *b"dockcast-hop-idx";
 /// file source's loop point is not inside a measurement window more than once.
 fn make_clip(dir: &Path) -> PathBuf {
     let path = dir.join("clip-1080p.h264");
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc2=size=1920x1080:rate=30")
-        .args([
-            "-t", "20", "-pix_fmt", "yuv420p", "-c:v", "libx264", "-bf", "0",
-        ])
-        .args([
-            "-preset", "veryfast", "-b:v", "4M", "-maxrate", "4M", "-bufsize", "4M",
-        ])
-        .args(["-g", "30", "-bsf:v", "h264_mp4toannexb", "-f", "h264"])
-        .arg(&path)
-        .status()
-        .expect("ffmpeg (scripts/setup-deps.sh installs it)");
-    assert!(status.success(), "ffmpeg could not encode the clip");
+    common::h264_clip(&path, (1920, 1080), 20, "veryfast", true);
     path
 }
 
@@ -156,26 +143,6 @@ fn tree_cpu(pid: u32) -> (f64, f64, Vec<String>) {
     let secs = t0.elapsed().as_secs_f64();
     names.sort();
     ((own1 - own0) / secs, kids / secs, names)
-}
-
-/// Whether nginx has recorded a keyframe video tag into `path` yet.
-fn has_keyframe(path: &Path) -> bool {
-    let Ok(data) = std::fs::read(path) else {
-        return false;
-    };
-    let mut i = 13;
-    while i + 11 <= data.len() {
-        let size = u32::from_be_bytes([0, data[i + 1], data[i + 2], data[i + 3]]) as usize;
-        let body = i + 11;
-        if body + size > data.len() {
-            return false;
-        }
-        if data[i] & 0x1f == 9 && size >= 2 && data[body] >> 4 == 1 && data[body + 1] == 1 {
-            return true;
-        }
-        i = body + size + 4;
-    }
-    false
 }
 
 /// The daemon playing `clip` on every lens; with `adapter`, url_type 1 (RTMP) goes through
@@ -312,7 +279,6 @@ fn frame_index(body: &[u8]) -> Option<u32> {
 /// index and arrival instant of each video message, the instant being when the read that
 /// completed the message returned.
 fn rtmp_receiver(listener: std::net::TcpListener, out: std_mpsc::Sender<(u32, Instant)>) {
-    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
     use rml_rtmp::sessions::{
         ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
     };
@@ -333,34 +299,10 @@ fn rtmp_receiver(listener: std::net::TcpListener, out: std_mpsc::Sender<(u32, In
     let end = Instant::now() + Duration::from_secs(60);
     let _ = s.set_nodelay(true);
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut hs = Handshake::new(PeerType::Server);
-    let mut buf = vec![0u8; 1 << 16];
-    let mut input = loop {
-        if Instant::now() > end {
-            return;
-        }
-        let n = match s.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        match hs.process_bytes(&buf[..n]) {
-            Ok(HandshakeProcessResult::InProgress { response_bytes }) => {
-                if s.write_all(&response_bytes).is_err() {
-                    return;
-                }
-            }
-            Ok(HandshakeProcessResult::Completed {
-                response_bytes,
-                remaining_bytes,
-            }) => {
-                if s.write_all(&response_bytes).is_err() {
-                    return;
-                }
-                break remaining_bytes;
-            }
-            Err(_) => return,
-        }
+    let Some(mut input) = common::rtmp_server_handshake(&mut s, end) else {
+        return;
     };
+    let mut buf = vec![0u8; 1 << 16];
     let Ok((mut session, initial)) = ServerSession::new(ServerSessionConfig::new()) else {
         return;
     };

@@ -9,12 +9,14 @@
 //!
 //! Run with `cargo bench --bench control` (release build). Every loop is bounded.
 
+mod common;
 #[path = "../tests/peers/mod.rs"]
 mod peers;
 
+use common::{cpu_secs, rss_kib};
 use peers::mosquitto::Mosquitto;
 use peers::mqtt::CloudClient;
-use peers::nginx::Nginx;
+use peers::nginx::{has_keyframe, Nginx};
 use serde_json::json;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -25,28 +27,6 @@ const VID: &str = "DOCKCAST0000001/165-0-7/normal-0";
 const CYCLES: usize = 10;
 const SWITCHES: usize = 100;
 const LOAD_SECS: u64 = 10;
-
-/// Offset of the first keyframe video tag in an FLV file, if written yet.
-fn has_keyframe(path: &Path) -> bool {
-    let Ok(data) = std::fs::read(path) else {
-        return false;
-    };
-    let mut i = 13; // FLV header + PreviousTagSize0
-    while i + 11 <= data.len() {
-        let kind = data[i] & 0x1f;
-        let size = u32::from_be_bytes([0, data[i + 1], data[i + 2], data[i + 3]]) as usize;
-        let body = i + 11;
-        if body + size > data.len() {
-            return false;
-        }
-        // Video tag: frame type 1 (key), AVC packet type 1 (NALU), not the sequence header.
-        if kind == 9 && size >= 2 && data[body] >> 4 == 1 && data[body + 1] == 1 {
-            return true;
-        }
-        i = body + size + 4;
-    }
-    false
-}
 
 fn wait_keyframe(path: &Path, since: Instant) -> Duration {
     let deadline = since + Duration::from_secs(20);
@@ -59,40 +39,16 @@ fn wait_keyframe(path: &Path, since: Instant) -> Duration {
     panic!("no keyframe in {} within 20 s", path.display());
 }
 
-/// CPU seconds (user + system) and RSS in KiB of a process, from /proc.
-fn cpu_rss(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the ')'.
-    let cpu = (ticks(11) + ticks(12)) / 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (cpu, rss)
-}
-
 /// CPU share (of one core) and peak RSS of `pid` over `secs`, sampled every 100 ms.
 fn load(pid: u32, secs: u64) -> (f64, u64) {
-    let (cpu0, _) = cpu_rss(pid);
+    let cpu0 = cpu_secs(pid);
     let t0 = Instant::now();
     let mut peak = 0;
     for _ in 0..secs * 10 {
         std::thread::sleep(Duration::from_millis(100));
-        peak = peak.max(cpu_rss(pid).1);
+        peak = peak.max(rss_kib(pid));
     }
-    let (cpu1, _) = cpu_rss(pid);
+    let cpu1 = cpu_secs(pid);
     ((cpu1 - cpu0) / t0.elapsed().as_secs_f64(), peak)
 }
 

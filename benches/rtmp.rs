@@ -16,7 +16,7 @@ mod common;
 #[path = "../tests/peers/mod.rs"]
 mod peers;
 
-use common::cpu_share;
+use common::{cpu_share, rss_kib};
 
 use dockcast::media::frame::{Codec, EncodedFrame};
 use dockcast::media::quality::Rung;
@@ -36,48 +36,11 @@ use tokio_util::sync::CancellationToken;
 const CPU_SECS: u64 = 10;
 const FRAME: Duration = Duration::from_micros(33_333);
 
-/// CPU seconds (user + system) and RSS in KiB of a process, from /proc.
-fn cpu_rss(pid: &str) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let cpu = (ticks(11) + ticks(12)) / 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (cpu, rss)
-}
-
+/// 14 s: ffmpeg's 2 s warm-up and 10 s window without looping (Debian's ffmpeg cannot
+/// `-stream_loop` a raw H.264 file).
 fn make_input(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("in-1080p.h264");
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc2=size=1920x1080:rate=30")
-        // Long enough for ffmpeg's 2 s warm-up and 10 s measurement without looping (Debian's
-        // ffmpeg cannot -stream_loop a raw H.264 file); no B-frames, like a drone feed, and
-        // because ffmpeg's raw H.264 demuxer cannot time B-frames for FLV.
-        .args([
-            "-t", "14", "-pix_fmt", "yuv420p", "-c:v", "libx264", "-bf", "0",
-        ])
-        .args([
-            "-preset", "veryfast", "-b:v", "4M", "-maxrate", "4M", "-bufsize", "4M",
-        ])
-        .args(["-g", "30", "-bsf:v", "h264_mp4toannexb", "-f", "h264"])
-        .arg(&path)
-        .status()
-        .expect("ffmpeg (scripts/setup-deps.sh installs it)");
-    assert!(status.success(), "ffmpeg could not encode the input");
+    common::h264_clip(&path, (1920, 1080), 14, "veryfast", true);
     path
 }
 
@@ -282,14 +245,14 @@ fn main() {
     push.wait_publishes(1, Duration::from_secs(10))
         .expect("soak publish");
     std::thread::sleep(Duration::from_secs(5));
-    let (_, rss0) = cpu_rss("self");
+    let rss0 = rss_kib("self");
     let mut peak = rss0;
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(soak_secs) {
         std::thread::sleep(Duration::from_millis(500));
-        peak = peak.max(cpu_rss("self").1);
+        peak = peak.max(rss_kib("self"));
     }
-    let (_, rss1) = cpu_rss("self");
+    let rss1 = rss_kib("self");
     let soak_drops = push.stats.dropped_frames.load(Ordering::Relaxed);
     let soak_publishes = push.stats.publishes.load(Ordering::Relaxed);
     push.stop(&rt);

@@ -4,13 +4,15 @@
 //! aiortc WHIP endpoint, and SIPp + GStreamer as a GB/T 28181 platform.
 //! Run with `cargo bench --bench sinks`.
 
+mod common;
 #[path = "../tests/peers/mod.rs"]
 mod peers;
 
+use common::cpu_share;
 use peers::gst::{Mode, PsReceiver};
 use peers::mosquitto::Mosquitto;
 use peers::mqtt::CloudClient;
-use peers::nginx::Nginx;
+use peers::nginx::{has_keyframe, Nginx};
 use peers::sipp::{start_uac, PlatformUas};
 use peers::whip::{WhipServer, WhipServerOptions};
 use serde_json::{json, Value};
@@ -21,43 +23,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const GW: &str = "DOCKCAST0000001";
 const VID: &str = "DOCKCAST0000001/165-0-7/normal-0";
 const MEASURE: Duration = Duration::from_secs(8);
-
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
-
-/// CPU share of one core used by `pid` over `MEASURE`.
-fn cpu_share(pid: u32) -> f64 {
-    let c0 = cpu_secs(pid);
-    let t0 = Instant::now();
-    std::thread::sleep(MEASURE);
-    (cpu_secs(pid) - c0) / t0.elapsed().as_secs_f64()
-}
-
-fn has_keyframe(path: &Path) -> bool {
-    let Ok(data) = std::fs::read(path) else {
-        return false;
-    };
-    let mut i = 13;
-    while i + 11 <= data.len() {
-        let size = u32::from_be_bytes([0, data[i + 1], data[i + 2], data[i + 3]]) as usize;
-        let body = i + 11;
-        if body + size > data.len() {
-            return false;
-        }
-        if data[i] & 0x1f == 9 && size >= 2 && data[body] >> 4 == 1 && data[body + 1] == 1 {
-            return true;
-        }
-        i = body + size + 4;
-    }
-    false
-}
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) -> Instant {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -166,7 +131,7 @@ fn main() {
     let first = wait_for("a keyframe at nginx", || has_keyframe(&rec)) - t0;
     rows.push((
         "RTMP (nginx-rtmp)".into(),
-        cpu_share(d.id()),
+        cpu_share(d.id(), MEASURE.as_secs()),
         Some(first.as_secs_f64()),
     ));
     stop(&mut cloud);
@@ -191,7 +156,11 @@ fn main() {
         first_at.is_some()
     });
     let first = first_at.map(|t| t - sent_at);
-    rows.push(("WHIP (aiortc, decoded)".into(), cpu_share(d.id()), first));
+    rows.push((
+        "WHIP (aiortc, decoded)".into(),
+        cpu_share(d.id(), MEASURE.as_secs()),
+        first,
+    ));
     stop(&mut cloud);
     kill(d);
 
@@ -227,7 +196,7 @@ fn main() {
     let first = wait_for("PS data demuxed by GStreamer", || gst.output_len() > 0) - invite;
     rows.push((
         "GB28181 (SIPp + GStreamer PS)".into(),
-        cpu_share(d.id()),
+        cpu_share(d.id(), MEASURE.as_secs()),
         Some(first.as_secs_f64()),
     ));
     let _ = uac.wait(Duration::from_secs(15));
@@ -252,7 +221,7 @@ fn main() {
     let first = wait_for("ffmpeg's keyframe at nginx", || {
         has_keyframe(&nginx.recording("bench-ffmpeg"))
     }) - t0;
-    let ffmpeg_cpu = cpu_share(ff.id());
+    let ffmpeg_cpu = cpu_share(ff.id(), MEASURE.as_secs());
     let _ = ff.kill();
     let _ = ff.wait();
 

@@ -310,3 +310,27 @@ impl NginxRtmp {
         self.0.error_log()
     }
 }
+
+/// Whether an FLV recording holds a keyframe video tag yet (frame type 1, AVC NALU packet, not
+/// the sequence header): the moment a viewer could start decoding, which start-up and
+/// re-publish timings wait for. Reads a file nginx may still be writing, so a tag cut short
+/// ends the scan.
+pub fn has_keyframe(recording: &Path) -> bool {
+    let Ok(data) = std::fs::read(recording) else {
+        return false;
+    };
+    let mut i = 13; // FLV header + PreviousTagSize0
+    while i + 11 <= data.len() {
+        let kind = data[i] & 0x1f;
+        let size = u32::from_be_bytes([0, data[i + 1], data[i + 2], data[i + 3]]) as usize;
+        let body = i + 11;
+        if body + size > data.len() {
+            return false;
+        }
+        if kind == 9 && size >= 2 && data[body] >> 4 == 1 && data[body + 1] == 1 {
+            return true;
+        }
+        i = body + size + 4;
+    }
+    false
+}
