@@ -3,24 +3,17 @@
 //! through `$DOCKCAST_RUNNER` (e.g. the aarch64 build under qemu-aarch64, for a relative ARM
 //! figure). Run with `cargo bench --bench board`.
 
+mod common;
 #[path = "../tests/peers/mod.rs"]
 mod peers;
 
+use common::rss_kib;
 use peers::mosquitto::Mosquitto;
 use std::os::unix::net::UnixDatagram;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 5;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 fn main() {
     let broker = Mosquitto::start();
