@@ -184,13 +184,13 @@ fn ffmpeg_x264(file: &Path, w: u32, h: u32, kbps: u32) -> Command {
 }
 
 /// Best (highest) of the values seen, `None` when there were none.
-fn best(v: &[f64]) -> Option<f64> {
-    v.iter().copied().reduce(f64::max)
+fn best(v: impl IntoIterator<Item = f64>) -> Option<f64> {
+    v.into_iter().reduce(f64::max)
 }
 
 /// Lowest of the values seen, `None` when there were none.
-fn least(v: &[f64]) -> Option<f64> {
-    v.iter().copied().reduce(f64::min)
+fn least(v: impl IntoIterator<Item = f64>) -> Option<f64> {
+    v.into_iter().reduce(f64::min)
 }
 
 /// A reference encoder's rounds: full runs on `n` frames, and runs on the first frame only,
@@ -212,20 +212,14 @@ impl ToolRounds {
 
     /// Frames per wall-clock second of the best full run, start-up included.
     fn wall_fps(&self, n: u32) -> Option<f64> {
-        best(
-            &self
-                .full
-                .iter()
-                .map(|t| n as f64 / t.wall)
-                .collect::<Vec<_>>(),
-        )
+        best(self.full.iter().map(|t| n as f64 / t.wall))
     }
 
     /// Frames per CPU second, start-up taken off: the least CPU of the full runs less the least
     /// of the one-frame runs, over the frames in between.
     fn cpu_fps(&self, n: u32) -> Option<f64> {
-        let full = least(&self.full.iter().map(|t| t.cpu).collect::<Vec<_>>())?;
-        let one = least(&self.startup.iter().map(|t| t.cpu).collect::<Vec<_>>())?;
+        let full = least(self.full.iter().map(|t| t.cpu))?;
+        let one = least(self.startup.iter().map(|t| t.cpu))?;
         (full > one).then(|| f64::from(n - 1) / (full - one))
     }
 
@@ -292,10 +286,8 @@ fn encode_throughput(dir: &Path, ours_only: bool) {
                 );
             }
         }
-        let wall = best(&ours.iter().map(|t| n as f64 / t.wall).collect::<Vec<_>>())
-            .expect("at least one round");
-        let cpu = f64::from(n)
-            / least(&ours.iter().map(|t| t.cpu).collect::<Vec<_>>()).expect("at least one round");
+        let wall = best(ours.iter().map(|t| n as f64 / t.wall)).expect("at least one round");
+        let cpu = f64::from(n) / least(ours.iter().map(|t| t.cpu)).expect("at least one round");
         println!(
             "{w}x{h}: dockcast (openh264) {wall:.1} fps wall, {cpu:.1} fps CPU, {kbit:.0} kbit/s"
         );
