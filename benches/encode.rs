@@ -160,6 +160,8 @@ fn gst_openh264(file: &Path, w: u32, h: u32, kbps: u32) -> Command {
         .arg(format!("bitrate={}", kbps * 1000))
         .args(["gop-size=30", "complexity=low", "rate-control=bitrate"])
         .args(["scene-change-detection=false", "usage-type=camera"])
+        // Off in dockcast's encoder (src/media/encoder.rs), on by default in openh264enc.
+        .args(["background-detection=false", "adaptive-quantization=false"])
         .args(["multi-thread=1", "!", "fakesink"]);
     c
 }
