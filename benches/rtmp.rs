@@ -10,7 +10,9 @@
 //! - a soak of 1080p passthrough for `DOCKCAST_SOAK_SECS` (default 60) seconds: RSS growth of
 //!   the process between the end of a 5 s warm-up and the end of the soak.
 //!
-//! Run with `cargo bench --bench rtmp` (release build). Every loop is bounded.
+//! Run with `cargo bench --bench rtmp` (release build). `DOCKCAST_BENCH_WORKERS` sets the
+//! runtime's worker threads (2): with 1, reading, pacing and sending share one thread, as in
+//! ffmpeg. Every loop is bounded.
 
 mod common;
 #[path = "../tests/peers/mod.rs"]
@@ -180,8 +182,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5)
         .max(1);
+    let workers: usize = std::env::var("DOCKCAST_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+        .max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("runtime");
@@ -266,7 +273,7 @@ fn main() {
     println!("| measure | dockcast | ffmpeg | ratio | goal |");
     println!("|---|---|---|---|---|");
     println!(
-        "| CPU pushing 1080p30 H.264 file, passthrough ({CPU_SECS} s, one core = 100 %) | {:.2} % | {:.2} % | {:.2} | ≤ 0.5× |",
+        "| CPU pushing 1080p30 H.264 file, passthrough ({CPU_SECS} s, one core = 100 %, {workers} runtime worker(s)) | {:.2} % | {:.2} % | {:.2} | ≤ 0.5× |",
         dc_cpu * 100.0,
         ff_cpu * 100.0,
         dc_cpu / ff_cpu.max(1e-9)
