@@ -451,14 +451,26 @@ fn lens_and_quality_changes_keep_one_recording() {
     let file = single_recording(&rig.record_dir(), stream);
     let p = probe_file(&file);
     assert_eq!(p.codec, "h264", "{p:?}");
-    // A reconnect that truncated the recording would lose the frames before it.
-    let secs = (stopped - started).as_secs_f64();
-    let expected = FPS * secs;
-    assert!(
-        p.frames as f64 >= 0.8 * expected,
-        "recording has {} frames, expected about {expected:.0} over {secs:.2} s: {p:?}",
-        p.frames
+    // The recording begins with the session's first picture size: a republish at the quality
+    // change would have started a recording at the new size.
+    let rung = rung_for_quality(2);
+    assert_eq!(
+        (p.width, p.height),
+        (rung.width, rung.height),
+        "the recording does not start at quality 2's size: {p:?}"
     );
+    // A reconnect that truncated the recording would lose the frames before it. Checked where
+    // the daemon runs natively: under qemu-user (the aarch64 job) the quality-4 rung, 1280x720,
+    // encodes at about 20 fps (BENCHMARKS.md), so the last second holds fewer frames by design.
+    if std::env::var_os("DOCKCAST_RUNNER").is_none() {
+        let secs = (stopped - started).as_secs_f64();
+        let expected = FPS * secs;
+        assert!(
+            p.frames as f64 >= 0.8 * expected,
+            "recording has {} frames, expected about {expected:.0} over {secs:.2} s: {p:?}",
+            p.frames
+        );
+    }
 }
 
 /// A bad request and what must come back.

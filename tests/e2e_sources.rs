@@ -12,7 +12,7 @@ use peers::daemon::{Daemon, DaemonConfig};
 use peers::mosquitto::Mosquitto;
 use peers::mqtt::CloudClient;
 use peers::nginx::NginxRtmp;
-use peers::probe::probe_file;
+use peers::probe::{packets, probe_file};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::io::Write;
@@ -363,25 +363,6 @@ fn to_annexb(flv: &Path, out: &Path) -> Vec<u8> {
         .expect("run ffmpeg");
     assert!(ok.success());
     std::fs::read(out).expect("read annexb")
-}
-
-/// Packet presentation times (seconds) and sizes of the recording's video stream.
-fn packets(flv: &Path) -> Vec<(f64, u64)> {
-    let out = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
-        .args(["packet=pts_time,size", "-of", "csv=p=0"])
-        .arg(flv)
-        .output()
-        .expect("run ffprobe");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split(',');
-            let t = it.next()?.trim().parse().ok()?;
-            let s = it.next()?.trim().parse().ok()?;
-            Some((t, s))
-        })
-        .collect()
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

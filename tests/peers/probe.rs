@@ -73,3 +73,24 @@ pub fn probe(path: &Path) -> Result<VideoProbe, String> {
 pub fn probe_file(path: &Path) -> VideoProbe {
     probe(path).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Packet presentation times (seconds) and sizes of the recording's video stream, in file
+/// order: what a player's clock would see, independent of how many frames were decodable.
+pub fn packets(path: &Path) -> Vec<(f64, u64)> {
+    require("ffprobe");
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .args(["packet=pts_time,size", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ffprobe: {e}; {SETUP_HINT}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split(',');
+            let t = it.next()?.trim().parse().ok()?;
+            let s = it.next()?.trim().parse().ok()?;
+            Some((t, s))
+        })
+        .collect()
+}
