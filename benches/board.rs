@@ -59,7 +59,7 @@ fn main() {
     rss.sort();
     let bin =
         std::env::var("DOCKCAST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dockcast").into());
-    let runner = std::env::var("DOCKCAST_RUNNER").unwrap_or_default();
+    let runner = peers::daemon::runner().unwrap_or_default();
     println!("dockcast board benchmark: {bin} {runner}");
     println!(
         "start-up to READY=1 (broker up), median of {RUNS}: {:.1} ms",

@@ -118,11 +118,10 @@ fn thread_cpu_secs() -> f64 {
 /// Rounds of each encoder, interleaved; the best round of each is compared, so a burst of
 /// load from elsewhere on the machine hits one round, not one side.
 fn rounds() -> usize {
-    std::env::var("DOCKCAST_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(7)
+    match common::env_or("DOCKCAST_BENCH_ROUNDS", 7) {
+        0 => 7,
+        n => n,
+    }
 }
 
 /// dockcast's encoder on `frames`: its timing and the output bitrate in kbit/s.

@@ -18,7 +18,7 @@ mod common;
 #[path = "../tests/peers/mod.rs"]
 mod peers;
 
-use common::{cpu_share, rss_kib};
+use common::{cpu_share, env_or, rss_kib};
 
 use dockcast::media::frame::{Codec, EncodedFrame};
 use dockcast::media::quality::Rung;
@@ -173,20 +173,9 @@ fn reconnects(
 }
 
 fn main() {
-    let soak_secs: u64 = std::env::var("DOCKCAST_SOAK_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
-    let restarts: usize = std::env::var("DOCKCAST_BENCH_RESTARTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
-        .max(1);
-    let workers: usize = std::env::var("DOCKCAST_BENCH_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2)
-        .max(1);
+    let soak_secs: u64 = env_or("DOCKCAST_SOAK_SECS", 60);
+    let restarts: usize = env_or("DOCKCAST_BENCH_RESTARTS", 5).max(1);
+    let workers: usize = env_or("DOCKCAST_BENCH_WORKERS", 2).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()

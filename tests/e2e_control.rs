@@ -8,7 +8,7 @@
 
 mod peers;
 
-use peers::daemon::{rung_for_quality, Daemon, DaemonConfig};
+use peers::daemon::{rung_for_quality, runner, Daemon, DaemonConfig};
 use peers::mosquitto::Mosquitto;
 use peers::mqtt::CloudClient;
 use peers::nginx::NginxRtmp;
@@ -462,7 +462,7 @@ fn lens_and_quality_changes_keep_one_recording() {
     // A reconnect that truncated the recording would lose the frames before it. Checked where
     // the daemon runs natively: under qemu-user (the aarch64 job) the quality-4 rung, 1280x720,
     // encodes at about 20 fps (BENCHMARKS.md), so the last second holds fewer frames by design.
-    if std::env::var_os("DOCKCAST_RUNNER").is_none() {
+    if runner().is_none() {
         let secs = (stopped - started).as_secs_f64();
         let expected = FPS * secs;
         assert!(

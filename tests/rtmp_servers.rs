@@ -12,7 +12,7 @@ use dockcast::sink::rtmp::{run_with_stats, RtmpOptions, RtmpStats, RtmpTarget};
 use dockcast::sink::SinkEvent;
 use peers::nginx::{Nginx, TestPki};
 use peers::nms::{pyav_decode, FfmpegListen, Nms};
-use peers::probe::{probe, require};
+use peers::probe::{packets, probe, require};
 use peers::TestDir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -254,16 +254,9 @@ fn frames_in(path: &Path) -> u32 {
 
 /// Packet timestamps (ms) of an H.264 FLV, read with ffprobe.
 fn packet_pts_ms(path: &Path) -> Vec<i64> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
-        .args(["packet=pts_time", "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .expect("run ffprobe");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse::<f64>().ok())
-        .map(|s| (s * 1000.0).round() as i64)
+    packets(path)
+        .into_iter()
+        .map(|(s, _)| (s * 1000.0).round() as i64)
         .collect()
 }
 

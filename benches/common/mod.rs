@@ -11,6 +11,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// `$name` parsed as a `T`, or `default` when it is unset or does not parse: the benchmarks'
+/// knobs (rounds, soak length, restarts, workers).
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// CPU time of every thread of `pid` (a number or `self`) in seconds, from the nanosecond
 /// counters in /proc/<pid>/task/*/schedstat: a passthrough push costs a few 10 ms clock ticks a
 /// second, too few for the tick counters of /proc/<pid>/stat to resolve.

@@ -186,15 +186,23 @@ fn toml_str(s: &str) -> String {
 pub fn daemon_command() -> Command {
     let bin = std::env::var("DOCKCAST_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_dockcast").to_string());
-    match std::env::var("DOCKCAST_RUNNER") {
-        Ok(runner) if !runner.trim().is_empty() => {
+    match runner() {
+        Some(runner) => {
             let mut parts = runner.split_whitespace();
             let mut cmd = Command::new(parts.next().unwrap_or("env"));
             cmd.args(parts).arg(bin);
             cmd
         }
-        _ => Command::new(bin),
+        None => Command::new(bin),
     }
+}
+
+/// `$DOCKCAST_RUNNER` when set and not blank: the daemon then runs through it (under
+/// emulation), not natively.
+pub fn runner() -> Option<String> {
+    std::env::var("DOCKCAST_RUNNER")
+        .ok()
+        .filter(|r| !r.trim().is_empty())
 }
 
 /// The `dockcast run` process.
