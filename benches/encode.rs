@@ -14,14 +14,16 @@
 //!
 //! `cargo bench --bench encode` (needs ffmpeg, gst-launch-1.0 with openh264enc; prints what it
 //! skips when a tool is missing). `DOCKCAST_BENCH_ENCODE_ONLY=1` runs only dockcast's encoder
-//! (for the aarch64 build under qemu-user); `DOCKCAST_BENCH_ROUNDS` sets the rounds (7).
+//! (for the aarch64 build under qemu-user); `DOCKCAST_BENCH_PASSTHROUGH_ONLY=1` runs only the
+//! passthrough CPU comparison, `DOCKCAST_BENCH_ROUNDS` times (1); `DOCKCAST_BENCH_ROUNDS` sets
+//! the encode rounds (7).
 //! Results and the commands are in BENCHMARKS.md.
 
 mod common;
 #[path = "../tests/peers/mod.rs"]
 mod peers;
 
-use common::cpu_secs;
+use common::{cpu_secs, cpu_secs_by_thread};
 use dockcast::media::encoder::H264Encoder;
 use dockcast::media::frame::RawFrame;
 use dockcast::media::pipeline::{Pipeline, PipelineSpec};
@@ -390,13 +392,33 @@ fn dockcast_passthrough(clip: &Path, w: u32, h: u32, secs: u64) -> f64 {
         }
     });
     std::thread::sleep(WARM_UP);
-    let cpu0 = cpu_secs("self");
+    let frames_sent = || {
+        pipeline
+            .stats
+            .frames_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let (cpu0, threads0, sent0) = (cpu_secs("self"), cpu_secs_by_thread("self"), frames_sent());
     std::thread::sleep(Duration::from_secs(secs));
     let cpu = cpu_secs("self") - cpu0;
-    let sent = pipeline
-        .stats
-        .frames_sent
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let threads = cpu_secs_by_thread("self");
+    let window = frames_sent() - sent0;
+    // Which thread pays what per frame: the pipeline thread paces and hands over, the
+    // runtime's worker writes.
+    if window > 0 {
+        let per_frame: Vec<String> = threads
+            .iter()
+            .map(|(name, s)| (name, s - threads0.get(name).copied().unwrap_or(0.0)))
+            .filter(|(_, d)| *d > 0.0)
+            .map(|(name, d)| format!("{name} {:.0} µs", d / window as f64 * 1e6))
+            .collect();
+        println!(
+            "  dockcast per frame ({window} frames): {} = {:.0} µs",
+            per_frame.join(", "),
+            cpu / window as f64 * 1e6
+        );
+    }
+    let sent = frames_sent();
     drop(pipeline);
     cancel.cancel();
     let _ = rt.block_on(sink);
@@ -406,6 +428,27 @@ fn dockcast_passthrough(clip: &Path, w: u32, h: u32, secs: u64) -> f64 {
     }
     println!("  dockcast sent {sent} frames");
     cpu
+}
+
+/// CPU per passthrough push: dockcast's pipeline and RTMP sink, then ffmpeg's `-c copy`, each
+/// into its own nginx-rtmp for 10 s.
+fn passthrough_cpu(clip: &Path) {
+    println!("== passthrough, 1080p 4 Mbit/s clip → RTMP (nginx-rtmp as server)");
+    let secs = 10;
+    let ours = dockcast_passthrough(clip, 1920, 1080, secs);
+    println!(
+        "  dockcast file → pipeline → RTMP sink: {:.3} CPU s in {secs} s = {:.1} % of a core (whole process)",
+        ours,
+        ours / secs as f64 * 100.0
+    );
+    match ffmpeg_passthrough(clip, secs) {
+        Some(ff) => println!(
+            "  ffmpeg -re -framerate 30 -i feed.h264 -c copy -f flv: {ff:.3} CPU s in {secs} s = {:.1} % → dockcast/ffmpeg = {:.2}",
+            ff / secs as f64 * 100.0,
+            ours / ff
+        ),
+        None => println!("  ffmpeg passthrough failed, skipped"),
+    }
 }
 
 /// How long both pushes run before their CPU is counted: process start, probing, connect and
@@ -431,6 +474,12 @@ fn ffmpeg_passthrough(clip: &Path, secs: u64) -> Option<f64> {
     let cpu0 = cpu_secs(child.id());
     std::thread::sleep(Duration::from_secs(secs));
     let cpu = cpu_secs(child.id()) - cpu0;
+    // ffmpeg paces itself at 30 fps (`-re -framerate 30`).
+    println!(
+        "  ffmpeg per frame ({} frames): {:.0} µs",
+        secs * 30,
+        cpu / (secs * 30) as f64 * 1e6
+    );
     let alive = matches!(child.try_wait(), Ok(None));
     let _ = child.kill();
     let _ = child.wait();
@@ -758,26 +807,21 @@ fn main() {
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
+    // Only the passthrough CPU comparison, `DOCKCAST_BENCH_ROUNDS` times (default 1): for work
+    // on the frame path, where one pair of pushes is too noisy to judge a change by.
+    if std::env::var_os("DOCKCAST_BENCH_PASSTHROUGH_ONLY").is_some() {
+        let clip = make_clip(&dir, 1920, 1080, 14);
+        for _ in 0..common::env_or("DOCKCAST_BENCH_ROUNDS", 1) {
+            passthrough_cpu(&clip);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     encode_throughput(&dir, false);
 
-    println!("== passthrough, 1080p 4 Mbit/s clip → RTMP (nginx-rtmp as server)");
     // 14 s: the warm-up and the window without looping.
     let clip = make_clip(&dir, 1920, 1080, 14);
-    let secs = 10;
-    let ours = dockcast_passthrough(&clip, 1920, 1080, secs);
-    println!(
-        "  dockcast file → pipeline → RTMP sink: {:.3} CPU s in {secs} s = {:.1} % of a core (whole process)",
-        ours,
-        ours / secs as f64 * 100.0
-    );
-    match ffmpeg_passthrough(&clip, secs) {
-        Some(ff) => println!(
-            "  ffmpeg -re -framerate 30 -i feed.h264 -c copy -f flv: {ff:.3} CPU s in {secs} s = {:.1} % → dockcast/ffmpeg = {:.2}",
-            ff / secs as f64 * 100.0,
-            ours / ff
-        ),
-        None => println!("  ffmpeg passthrough failed, skipped"),
-    }
+    passthrough_cpu(&clip);
     feed_latency(&dir, &clip);
     wire_latency(&clip, 10);
     let _ = std::fs::remove_dir_all(&dir);

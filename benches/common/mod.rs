@@ -35,6 +35,25 @@ pub fn cpu_secs(pid: impl Display) -> f64 {
         / 1e9
 }
 
+/// CPU seconds of each thread of `pid`, summed by thread name (`/proc/<pid>/task/*/comm`):
+/// where a process's time goes, from the same counters as [`cpu_secs`].
+pub fn cpu_secs_by_thread(pid: impl Display) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.filter_map(|t| t.ok()) {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
+        if let Some(ns) = ns {
+            *by_name.entry(name.trim().to_string()).or_insert(0.0) += ns / 1e9;
+        }
+    }
+    by_name
+}
+
 /// CPU share (of one core) of `pid` over the next `secs` seconds.
 pub fn cpu_share(pid: impl Display, secs: u64) -> f64 {
     let c0 = cpu_secs(&pid);
