@@ -449,6 +449,172 @@ fn passthrough_cpu(clip: &Path) {
         ),
         None => println!("  ffmpeg passthrough failed, skipped"),
     }
+    for (label, two) in [("one thread", false), ("two threads", true)] {
+        match bare_passthrough(clip, secs, two) {
+            Some(us) => println!(
+                "  bare blocking push, {label} (same bytes, no runtime): {us:.0} µs per frame"
+            ),
+            None => println!("  bare blocking push, {label}: publish failed, skipped"),
+        }
+    }
+}
+
+/// A blocking `std` socket behind tokio's IO traits, so that dockcast's own client can run the
+/// publish handshake over it for [`bare_passthrough`]; every poll blocks and is ready.
+struct Blocking(std::net::TcpStream);
+
+impl tokio::io::AsyncRead for Blocking {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let n = std::io::Read::read(&mut &self.0, buf.initialize_unfilled())?;
+        buf.advance(n);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Blocking {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready((&self.0).write(buf))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The least a passthrough push can do per frame, for scale: the clip's access units, paced by
+/// `std::thread::sleep`, tagged and chunked by dockcast's own code and written with one blocking
+/// `write_all` — no runtime, no queue, no timers. With `two_threads` a pacing thread hands each
+/// frame to a writing thread over a channel (the shape of dockcast's pipeline and sink); without,
+/// one thread does both (ffmpeg's shape). Returns the CPU µs per frame of those threads over
+/// `secs` after the warm-up, or `None` if the publish failed.
+fn bare_passthrough(clip: &Path, secs: u64, two_threads: bool) -> Option<f64> {
+    use dockcast::media::frame::{Codec, EncodedFrame};
+    use dockcast::sink::rtmp::client::RtmpConnection;
+    use dockcast::sink::rtmp::flv::VideoTagger;
+    use dockcast::source::{file::FileSource, SourceFrame, VideoSource};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let server = Nginx::start(peers::free_port());
+    let port = server.port();
+    let target = RtmpTarget::parse(&format!("rtmp://127.0.0.1:{port}/live/bare")).ok()?;
+    let socket = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    socket.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut writer = socket.try_clone().ok()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .ok()?;
+    let step = Duration::from_secs(5);
+    let mut conn = rt
+        .block_on(RtmpConnection::establish(
+            Blocking(socket),
+            &target,
+            target.peer(),
+            step,
+            step,
+        ))
+        .ok()?;
+    drop(rt);
+    let mut source = FileSource::open(&clip.display().to_string()).ok()?;
+    let rung = Rung {
+        width: 1920,
+        height: 1080,
+        fps: 30,
+        bitrate_kbps: 4000,
+    };
+    let interval = Duration::from_secs(1) / 30;
+    let done = Arc::new(AtomicBool::new(false));
+    // The writing half: tag, chunk, write.
+    let mut tagger = VideoTagger::new(Some(30.0), Some(4000));
+    let mut send = move |frame: &EncodedFrame| {
+        for tag in tagger.tags_for(frame).unwrap_or_default() {
+            let bytes = conn.encode(&tag).expect("chunked");
+            writer.write_all(&bytes).expect("nginx-rtmp took the frame");
+        }
+    };
+    // The pacing half: wait for the frame's time, take the next unit.
+    let start = Instant::now();
+    let mut n = 0u32;
+    let mut next = move || {
+        let due = start + interval * n;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let Ok(SourceFrame::Encoded { data, keyframe }) = source.next_frame(&rung) else {
+            panic!("a file source yields encoded units");
+        };
+        n += 1;
+        EncodedFrame {
+            data,
+            pts: interval * (n - 1),
+            keyframe,
+            codec: Codec::H264,
+        }
+    };
+    let stop = done.clone();
+    let threads: Vec<std::thread::JoinHandle<()>> = if two_threads {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<EncodedFrame>(60);
+        vec![
+            std::thread::Builder::new()
+                .name("bare-pacer".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if tx.send(next()).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .ok()?,
+            std::thread::Builder::new()
+                .name("bare-writer".into())
+                .spawn(move || {
+                    while let Ok(frame) = rx.recv() {
+                        send(&frame);
+                    }
+                })
+                .ok()?,
+        ]
+    } else {
+        vec![std::thread::Builder::new()
+            .name("bare-one".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    send(&next());
+                }
+            })
+            .ok()?]
+    };
+    std::thread::sleep(WARM_UP);
+    let ours = |by: BTreeMap<String, f64>| -> f64 {
+        by.iter()
+            .filter(|(name, _)| name.starts_with("bare-"))
+            .map(|(_, s)| s)
+            .sum()
+    };
+    let cpu0 = ours(cpu_secs_by_thread("self"));
+    std::thread::sleep(Duration::from_secs(secs));
+    let cpu = ours(cpu_secs_by_thread("self")) - cpu0;
+    done.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    drop(server);
+    Some(cpu / (secs * 30) as f64 * 1e6)
 }
 
 /// How long both pushes run before their CPU is counted: process start, probing, connect and
