@@ -7,7 +7,9 @@
 //! 2. CPU per passthrough stream (file source → RTMP, in process) against
 //!    `ffmpeg -re -framerate 30 -i feed.h264 -c copy -f flv`, both pushing to an
 //!    nginx-rtmp server (as the RTMP benchmark does; against `ffmpeg -listen` ffmpeg keeps
-//!    128-byte chunks and writes each alone), each counted over 10 s after a 2 s warm-up.
+//!    128-byte chunks and writes each alone), each counted over 10 s after a 2 s warm-up;
+//!    dockcast's CPU per frame by thread, and two bare blocking pushes of the same bytes (one
+//!    thread; a pacing and a writing thread) for the least each shape can cost.
 //! 3. Pipeline latency on passthrough: access unit written by the payload app (unix socket)
 //!    → frame handed to the sink's queue, p50/p99.
 //! 4. Peak RSS of the process at 1080p passthrough and at 720p encode.
