@@ -52,6 +52,11 @@ for pair in "MQTT:$MQTT_PORT:DEMO_MQTT_PORT" "RTMP:$RTMP_PORT:DEMO_RTMP_PORT" "H
 done
 
 bash scripts/setup-deps.sh
+# setup-deps installs rustup into ~/.cargo/bin when the machine had no usable Rust; its cargo
+# goes first, ahead of an older distribution cargo.
+if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
 say "building the release binary (cargo build --release)"
 cargo build --release --quiet
 [ -x "$BIN" ] || die "no binary at $BIN after the build"

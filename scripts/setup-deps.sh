@@ -121,28 +121,59 @@ done
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
-if command -v rustup >/dev/null 2>&1; then
-    installed=$(rustup component list --installed 2>/dev/null || true)
-    want=()
-    grep -q '^rustfmt' <<<"$installed" || want+=(rustfmt)
-    grep -q '^clippy' <<<"$installed" || want+=(clippy)
-    if [ "${#want[@]}" -gt 0 ]; then
-        say "adding rust components: ${want[*]}"
-        rustup component add "${want[@]}" >/dev/null 2>&1 || die "rustup component add ${want[*]} failed"
+# The crate's rust-version (Cargo.toml); Debian 12's own cargo (1.63) is older, so a machine
+# with no rustup gets one, from rust-lang.org, checked against its published SHA-256.
+RUST_MIN_MINOR=$(sed -n 's/^rust-version = "1\.\([0-9]*\).*/\1/p' \
+    "$(dirname "${BASH_SOURCE[0]}")/../Cargo.toml")
+[ -n "$RUST_MIN_MINOR" ] || die "no rust-version in Cargo.toml"
+RUSTUP_DIST=https://static.rust-lang.org/rustup/dist
+# The toolchain the repository pins (rust-toolchain.toml), installed with its components and
+# targets by rustup.
+RUST_TOOLCHAIN=$(sed -n 's/^channel = "\(.*\)"/\1/p' "$(dirname "${BASH_SOURCE[0]}")/../rust-toolchain.toml")
+[ -n "$RUST_TOOLCHAIN" ] || die "no channel in rust-toolchain.toml"
+# Minor version of the cargo on PATH; empty when there is none.
+cargo_minor() { { cargo --version 2>/dev/null || true; } | sed -n 's/^cargo 1\.\([0-9]*\)\..*/\1/p'; }
+install_rustup() {
+    local triple tmp
+    case "$(uname -m)" in
+        x86_64) triple=x86_64-unknown-linux-gnu ;;
+        aarch64) triple=aarch64-unknown-linux-gnu ;;
+        *) die "no rustup build for $(uname -m) here; install Rust 1.$RUST_MIN_MINOR or newer (https://rustup.rs)" ;;
+    esac
+    say "installing rustup into $HOME/.cargo"
+    tmp=$(mktemp -d)
+    curl --proto '=https' --tlsv1.2 -sSf -o "$tmp/rustup-init" "$RUSTUP_DIST/$triple/rustup-init" \
+        && curl --proto '=https' --tlsv1.2 -sSf -o "$tmp/rustup-init.sha256" "$RUSTUP_DIST/$triple/rustup-init.sha256" \
+        || { rm -rf "$tmp"; die "could not download rustup-init from $RUSTUP_DIST"; }
+    if ! (cd "$tmp" && printf '%s  rustup-init\n' "$(cut -d' ' -f1 rustup-init.sha256)" | sha256sum -c --quiet >/dev/null 2>&1); then
+        rm -rf "$tmp"
+        die "rustup-init does not match its published SHA-256"
     fi
-    targets=$(rustup target list --installed 2>/dev/null || true)
-    for t in "${CROSS_TARGETS[@]}"; do
-        if ! grep -qx "$t" <<<"$targets"; then
-            say "adding rust target $t"
-            rustup target add "$t" >/dev/null 2>&1 || die "rustup target add $t failed"
-        fi
+    chmod +x "$tmp/rustup-init"
+    # --no-modify-path: the scripts find ~/.cargo/bin themselves; shell profiles stay untouched.
+    quiet "$tmp/rustup-init" -y --no-modify-path --profile minimal --default-toolchain none \
+        || { rm -rf "$tmp"; die "rustup-init failed"; }
+    rm -rf "$tmp"
+    export PATH="$HOME/.cargo/bin:$PATH"
+    say "rustup installed; add $HOME/.cargo/bin to PATH to run cargo yourself"
+}
+if ! command -v rustup >/dev/null 2>&1; then
+    minor=$(cargo_minor)
+    if [ -z "$minor" ] || [ "$minor" -lt "$RUST_MIN_MINOR" ]; then
+        install_rustup
+    fi
+fi
+if command -v rustup >/dev/null 2>&1; then
+    installed=$(rustup +"$RUST_TOOLCHAIN" component list --installed 2>/dev/null || true)
+    missing=0
+    for c in rustc cargo rustfmt clippy "${CROSS_TARGETS[@]/#/rust-std-}"; do
+        grep -q "^$c" <<<"$installed" || missing=1
     done
-elif ! command -v cargo >/dev/null 2>&1; then
-    # Last resort: Debian's toolchain (1.63 on bookworm) is older than the crate's
-    # rust-version, so the build will most likely refuse it; install rustup instead when you can.
-    say "warning: no cargo and no rustup; installing Debian's cargo/rustc as a last resort"
-    apt_update_once
-    quiet "${SUDO[@]}" apt-get install -y -qq cargo rustc rustfmt || die "apt-get install cargo rustc failed"
+    if [ "$missing" -eq 1 ]; then
+        say "installing Rust $RUST_TOOLCHAIN with rustfmt, clippy and the ${CROSS_TARGETS[*]} targets"
+        quiet rustup toolchain install "$RUST_TOOLCHAIN" --profile minimal -c rustfmt -c clippy \
+            "${CROSS_TARGETS[@]/#/--target=}" || die "rustup toolchain install $RUST_TOOLCHAIN failed"
+    fi
 fi
 
 command -v cargo >/dev/null 2>&1 || die "cargo is still not on PATH"
@@ -187,8 +218,14 @@ NMS_VERSION=4.4.3
 NMS_PREFIX=${DOCKCAST_NPM:-$REPO_ROOT/.work/npm}
 NMS_PKG=$NMS_PREFIX/node_modules/node-media-server/package.json
 if ! command -v npm >/dev/null 2>&1; then
-    say "warning: npm not found; the node-media-server tests will fail (install Node.js 18+ and npm)"
-elif [ "$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$NMS_PKG" 2>/dev/null | head -n1)" != "$NMS_VERSION" ]; then
+    # Only when there is no npm at all: a Node.js from elsewhere (NodeSource, nvm) brings its
+    # own npm, and Debian's npm package would conflict with it.
+    say "installing: nodejs npm"
+    apt_update_once
+    quiet "${SUDO[@]}" apt-get install -y -qq --no-install-recommends nodejs npm \
+        || die "apt-get install failed for: nodejs npm"
+fi
+if [ "$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$NMS_PKG" 2>/dev/null | head -n1)" != "$NMS_VERSION" ]; then
     say "installing node-media-server $NMS_VERSION into $NMS_PREFIX"
     mkdir -p "$NMS_PREFIX"
     quiet npm install --prefix "$NMS_PREFIX" --no-audit --no-fund --silent \

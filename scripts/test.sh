@@ -23,6 +23,11 @@ step() {
 }
 
 step "setup-deps" bash scripts/setup-deps.sh
+# setup-deps installs rustup into ~/.cargo/bin when the machine had no usable Rust; its cargo
+# goes first, ahead of an older distribution cargo.
+if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --all-targets -- -D warnings
 step "cargo clippy (cisco-openh264)" cargo clippy --lib --features cisco-openh264 -- -D warnings
