@@ -213,7 +213,8 @@ fi
 # node-media-server is the RTMP peer that ingests Enhanced RTMP (H.265 over `hvc1`), which
 # nginx-rtmp and Debian's ffmpeg cannot. Installed with npm into .work/npm (or $DOCKCAST_NPM);
 # skipped when the pinned version is already there, so re-runs stay fast. The recording it makes
-# is decoded with PyAV from the venv above (its bundled FFmpeg reads HEVC in FLV).
+# is decoded with PyAV from the venv above (its bundled FFmpeg reads HEVC in FLV). Its package
+# asks for Node.js 20, but it publishes and records under Debian 12's Node.js 18 (npm only warns).
 NMS_VERSION=4.4.3
 NMS_PREFIX=${DOCKCAST_NPM:-$REPO_ROOT/.work/npm}
 NMS_PKG=$NMS_PREFIX/node_modules/node-media-server/package.json
