@@ -8,7 +8,8 @@ set -euo pipefail
 
 BUILD_PKGS=(build-essential pkg-config nasm libclang-dev)
 PEER_PKGS=(mosquitto mosquitto-clients nginx-light libnginx-mod-rtmp libnginx-mod-stream ffmpeg)
-MISC_PKGS=(curl ca-certificates systemd)
+# file: scripts/package.sh checks each package's binary is built for its architecture.
+MISC_PKGS=(curl ca-certificates systemd file)
 # Cross builds for the boards (aarch64, armv7) and qemu-user to run them in tests.
 CROSS_PKGS=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross
             gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user)
