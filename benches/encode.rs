@@ -400,10 +400,10 @@ fn dockcast_passthrough(clip: &Path, w: u32, h: u32, secs: u64) -> f64 {
             .frames_sent
             .load(std::sync::atomic::Ordering::Relaxed)
     };
-    let (cpu0, threads0, sent0) = (cpu_secs("self"), cpu_secs_by_thread("self"), frames_sent());
+    let (threads0, sent0) = (cpu_secs_by_thread("self"), frames_sent());
     std::thread::sleep(Duration::from_secs(secs));
-    let cpu = cpu_secs("self") - cpu0;
     let threads = cpu_secs_by_thread("self");
+    let cpu = threads.values().sum::<f64>() - threads0.values().sum::<f64>();
     let window = frames_sent() - sent0;
     // Which thread pays what per frame: the pipeline thread paces and hands over, the
     // runtime's worker writes.

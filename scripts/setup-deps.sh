@@ -124,13 +124,13 @@ if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
 fi
 # The crate's rust-version (Cargo.toml); Debian 12's own cargo (1.63) is older, so a machine
 # with no rustup gets one, from rust-lang.org, checked against its published SHA-256.
-RUST_MIN_MINOR=$(sed -n 's/^rust-version = "1\.\([0-9]*\).*/\1/p' \
-    "$(dirname "${BASH_SOURCE[0]}")/../Cargo.toml")
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUST_MIN_MINOR=$(sed -n 's/^rust-version = "1\.\([0-9]*\).*/\1/p' "$REPO_ROOT/Cargo.toml")
 [ -n "$RUST_MIN_MINOR" ] || die "no rust-version in Cargo.toml"
 RUSTUP_DIST=https://static.rust-lang.org/rustup/dist
 # The toolchain the repository pins (rust-toolchain.toml), installed with its components and
 # targets by rustup.
-RUST_TOOLCHAIN=$(sed -n 's/^channel = "\(.*\)"/\1/p' "$(dirname "${BASH_SOURCE[0]}")/../rust-toolchain.toml")
+RUST_TOOLCHAIN=$(sed -n 's/^channel = "\(.*\)"/\1/p' "$REPO_ROOT/rust-toolchain.toml")
 [ -n "$RUST_TOOLCHAIN" ] || die "no channel in rust-toolchain.toml"
 # Minor version of the cargo on PATH; empty when there is none.
 cargo_minor() { { cargo --version 2>/dev/null || true; } | sed -n 's/^cargo 1\.\([0-9]*\)\..*/\1/p'; }
@@ -191,7 +191,6 @@ fi
 # re-runs stay fast.
 WHIP_AIORTC=1.16.0
 WHIP_AIOHTTP=3.14.5
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WHIP_VENV=${DOCKCAST_VENV:-$REPO_ROOT/.work/venv}
 if [ "$(dpkg-query -W -f='${Status}' python3-venv 2>/dev/null || true)" != "install ok installed" ]; then
     say "installing: python3-venv"

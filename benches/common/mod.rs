@@ -24,15 +24,7 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// counters in /proc/<pid>/task/*/schedstat: a passthrough push costs a few 10 ms clock ticks a
 /// second, too few for the tick counters of /proc/<pid>/stat to resolve.
 pub fn cpu_secs(pid: impl Display) -> f64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0.0;
-    };
-    tasks
-        .filter_map(|t| t.ok())
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .sum::<f64>()
-        / 1e9
+    cpu_secs_by_thread(pid).values().sum()
 }
 
 /// CPU seconds of each thread of `pid`, summed by thread name (`/proc/<pid>/task/*/comm`):
