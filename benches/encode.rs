@@ -9,7 +9,9 @@
 //!    nginx-rtmp server (as the RTMP benchmark does; against `ffmpeg -listen` ffmpeg keeps
 //!    128-byte chunks and writes each alone), each counted over 10 s after a 2 s warm-up;
 //!    dockcast's CPU per frame by thread, and two bare blocking pushes of the same bytes (one
-//!    thread; a pacing and a writing thread) for the least each shape can cost.
+//!    thread; a pacing and a writing thread) for the least each shape can cost. Then the same
+//!    from a payload feed, as deployed: a stand-in app writes the clip at 30 fps into a unix
+//!    socket, read by dockcast's `feed:` source and by `ffmpeg -listen 1 -i unix:…`.
 //! 3. Pipeline latency on passthrough: access unit written by the payload app (unix socket)
 //!    → frame handed to the sink's queue, p50/p99.
 //! 4. Peak RSS of the process at 1080p passthrough and at 720p encode.
@@ -336,10 +338,11 @@ fn make_clip(dir: &Path, w: u32, h: u32, secs: u32) -> PathBuf {
     path
 }
 
-/// Streams `clip` through dockcast's pipeline (file source, passthrough) and RTMP sink; returns
-/// the CPU seconds this process used in `secs` after a 2 s warm-up (connect, publish, the
-/// first keyframe), as for ffmpeg.
-fn dockcast_passthrough(clip: &Path, w: u32, h: u32, secs: u64) -> f64 {
+/// Streams `source` through dockcast's pipeline (passthrough) and RTMP sink; returns the CPU
+/// seconds this process used in `secs` after a 2 s warm-up (connect, publish, the first
+/// keyframe), as for ffmpeg, less the threads named `app` (the stand-in payload app of a feed
+/// run, which is not dockcast's cost).
+fn dockcast_passthrough(source: SourceSpec, app: Option<&str>, w: u32, h: u32, secs: u64) -> f64 {
     let server = Nginx::start(peers::free_port());
     let port = server.port();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -348,10 +351,7 @@ fn dockcast_passthrough(clip: &Path, w: u32, h: u32, secs: u64) -> f64 {
         .build()
         .expect("runtime");
     let mut inputs = BTreeMap::new();
-    inputs.insert(
-        "normal".to_string(),
-        SourceSpec::File(clip.display().to_string()),
-    );
+    inputs.insert("normal".to_string(), source);
     let spec = PipelineSpec {
         inputs,
         input: "normal".into(),
@@ -400,9 +400,14 @@ fn dockcast_passthrough(clip: &Path, w: u32, h: u32, secs: u64) -> f64 {
             .frames_sent
             .load(std::sync::atomic::Ordering::Relaxed)
     };
-    let (threads0, sent0) = (cpu_secs_by_thread("self"), frames_sent());
+    let ours = || {
+        let mut t = cpu_secs_by_thread("self");
+        t.retain(|name, _| Some(name.as_str()) != app);
+        t
+    };
+    let (threads0, sent0) = (ours(), frames_sent());
     std::thread::sleep(Duration::from_secs(secs));
-    let threads = cpu_secs_by_thread("self");
+    let threads = ours();
     let cpu = threads.values().sum::<f64>() - threads0.values().sum::<f64>();
     let window = frames_sent() - sent0;
     // Which thread pays what per frame: the pipeline thread paces and hands over, the
@@ -437,7 +442,8 @@ fn dockcast_passthrough(clip: &Path, w: u32, h: u32, secs: u64) -> f64 {
 fn passthrough_cpu(clip: &Path) {
     println!("== passthrough, 1080p 4 Mbit/s clip → RTMP (nginx-rtmp as server)");
     let secs = 10;
-    let ours = dockcast_passthrough(clip, 1920, 1080, secs);
+    let file = SourceSpec::File(clip.display().to_string());
+    let ours = dockcast_passthrough(file, None, 1920, 1080, secs);
     println!(
         "  dockcast file → pipeline → RTMP sink: {:.3} CPU s in {secs} s = {:.1} % of a core (whole process)",
         ours,
@@ -655,6 +661,146 @@ fn ffmpeg_passthrough(clip: &Path, secs: u64) -> Option<f64> {
     alive.then_some(cpu)
 }
 
+/// Where each picture of an x264 Annex-B clip begins: the start code of an SPS, or of a slice
+/// that follows a slice; the clip's length closes the last one. x264 writes IDR slices with
+/// 3-byte start codes and the rest with 4, so both count (a 4-byte one begins a byte earlier).
+fn picture_starts(data: &[u8]) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut seen_slice = false;
+    let mut i = 0;
+    while i + 3 < data.len() {
+        if data[i..i + 3] != [0, 0, 1] {
+            i += 1;
+            continue;
+        }
+        let at = if i > 0 && data[i - 1] == 0 { i - 1 } else { i };
+        let ty = data[i + 3] & 0x1f;
+        if (ty == 7 || ty == 1 || ty == 5) && (seen_slice || starts.is_empty()) {
+            starts.push(at);
+            seen_slice = false;
+        }
+        if ty == 1 || ty == 5 {
+            seen_slice = true;
+        }
+        i += 3;
+    }
+    starts.push(data.len());
+    starts
+}
+
+/// Connects to a feed socket that its listener may not have made yet (for up to 10 s).
+fn connect_feed(sock: &Path) -> Option<std::os::unix::net::UnixStream> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(sock) {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Name of the stand-in payload app's thread, whose CPU a feed run leaves out.
+const FEED_APP: &str = "feed-app";
+
+/// A stand-in payload app on a thread of its own: connects to `sock` and writes the clip's
+/// pictures, one `write_all` each, at 30 fps, until `pictures` are written, the clip ends or
+/// the reader goes away.
+fn feed_app(sock: PathBuf, data: Vec<u8>, pictures: usize) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(FEED_APP.into())
+        .spawn(move || {
+            let Some(mut s) = connect_feed(&sock) else {
+                println!("  feed app: {} never appeared", sock.display());
+                return;
+            };
+            let starts = picture_starts(&data);
+            let t0 = Instant::now();
+            for (k, w) in starts.windows(2).take(pictures).enumerate() {
+                let due = t0 + Duration::from_nanos(33_333_333 * k as u64);
+                if let Some(d) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(d);
+                }
+                if s.write_all(&data[w[0]..w[1]]).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("feed app thread")
+}
+
+/// CPU per passthrough stream from a payload feed, the shape of a deployment: the stand-in app
+/// writes the clip at 30 fps into a unix socket, once to dockcast's `feed:` source (its reader
+/// thread, the pipeline, the RTMP sink) and once to `ffmpeg -f h264 -framerate 30 -listen 1 -i
+/// unix:… -c copy -f flv`, each pushing into its own nginx-rtmp for 10 s after the warm-up.
+fn feed_passthrough_cpu(dir: &Path, clip: &Path) {
+    println!("== passthrough from a payload feed, 1080p 4 Mbit/s at 30 fps over a unix socket → RTMP (nginx-rtmp as server)");
+    let secs = 10;
+    let data = std::fs::read(clip).expect("clip");
+    // The warm-up, the window and a second to spare.
+    let pictures = ((WARM_UP.as_secs() + secs + 1) * 30) as usize;
+    let sock = dir.join("cpu.sock");
+    let app = feed_app(sock.clone(), data.clone(), pictures);
+    let spec = format!("feed:unix:{}", sock.display())
+        .parse::<SourceSpec>()
+        .expect("feed uri");
+    let ours = dockcast_passthrough(spec, Some(FEED_APP), 1920, 1080, secs);
+    let _ = app.join();
+    println!(
+        "  dockcast feed:unix → pipeline → RTMP sink: {ours:.3} CPU s in {secs} s (app thread left out)"
+    );
+    let sock = dir.join("ffmpeg.sock");
+    let _ = std::fs::remove_file(&sock);
+    let server = Nginx::start(peers::free_port());
+    let child = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "h264",
+            "-framerate",
+            "30",
+            "-listen",
+            "1",
+            "-i",
+        ])
+        .arg(format!("unix:{}", sock.display()))
+        .args(["-c", "copy", "-f", "flv"])
+        .arg(format!(
+            "rtmp://127.0.0.1:{}/live/ffmpeg-feed",
+            server.port()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        println!("  ffmpeg could not start, skipped");
+        return;
+    };
+    let app = feed_app(sock, data, pictures);
+    std::thread::sleep(WARM_UP);
+    let cpu0 = cpu_secs(child.id());
+    std::thread::sleep(Duration::from_secs(secs));
+    let ff = cpu_secs(child.id()) - cpu0;
+    let alive = matches!(child.try_wait(), Ok(None));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = app.join();
+    drop(server);
+    if !alive {
+        println!("  ffmpeg ended early, skipped");
+        return;
+    }
+    // The app writes 30 pictures a second, which ffmpeg forwards as they come.
+    println!(
+        "  ffmpeg -f h264 -framerate 30 -listen 1 -i unix:… -c copy -f flv: {ff:.3} CPU s in {secs} s, {:.0} µs per frame → dockcast/ffmpeg = {:.2}",
+        ff / (secs * 30) as f64 * 1e6,
+        ours / ff
+    );
+}
+
 /// Access unit written by the "app" → frame in the sink queue, over a unix feed at 30 fps.
 fn feed_latency(dir: &Path, clip: &Path) {
     let sock = dir.join("lat.sock");
@@ -681,30 +827,8 @@ fn feed_latency(dir: &Path, clip: &Path) {
     let (etx, _erx) = tokio::sync::mpsc::channel(16);
     let pipeline = Pipeline::spawn(spec, ftx, etx).expect("pipeline");
     let data = std::fs::read(clip).expect("clip");
-    // Picture starts (4-byte start code of an SPS or of a slice after a slice).
-    let mut starts = Vec::new();
-    let mut seen_slice = false;
-    for i in 0..data.len().saturating_sub(4) {
-        if data[i..i + 4] == [0, 0, 0, 1] {
-            let ty = data[i + 4] & 0x1f;
-            if (ty == 7 || ty == 1 || ty == 5) && (seen_slice || i == 0) {
-                starts.push(i);
-                seen_slice = false;
-            }
-            if ty == 1 || ty == 5 {
-                seen_slice = true;
-            }
-        }
-    }
-    starts.push(data.len());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut s = loop {
-        if let Ok(s) = std::os::unix::net::UnixStream::connect(&sock) {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "feed socket never appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let starts = picture_starts(&data);
+    let mut s = connect_feed(&sock).expect("feed socket never appeared");
     // Picture k is complete once the first bytes of k+1 are written with it (as callback
     // buffers end anywhere); the write time is what the latency is measured from.
     let n = starts.len() - 2;
@@ -960,7 +1084,8 @@ fn main() {
     if args.iter().any(|a| a == "--rss-passthrough-1080p") {
         let dir = work_dir();
         let clip = make_clip(&dir, 1920, 1080, 10);
-        dockcast_passthrough(&clip, 1920, 1080, 5);
+        let file = SourceSpec::File(clip.display().to_string());
+        dockcast_passthrough(file, None, 1920, 1080, 5);
         let _ = std::fs::remove_dir_all(&dir);
         println!("RSS {}", peak_rss_kib());
         return;
@@ -981,6 +1106,7 @@ fn main() {
         let clip = make_clip(&dir, 1920, 1080, 14);
         for _ in 0..common::env_or("DOCKCAST_BENCH_ROUNDS", 1) {
             passthrough_cpu(&clip);
+            feed_passthrough_cpu(&dir, &clip);
         }
         let _ = std::fs::remove_dir_all(&dir);
         return;
@@ -990,6 +1116,7 @@ fn main() {
     // 14 s: the warm-up and the window without looping.
     let clip = make_clip(&dir, 1920, 1080, 14);
     passthrough_cpu(&clip);
+    feed_passthrough_cpu(&dir, &clip);
     feed_latency(&dir, &clip);
     wire_latency(&clip, 10);
     let _ = std::fs::remove_dir_all(&dir);
