@@ -8,10 +8,13 @@
 //!    `ffmpeg -re -framerate 30 -i feed.h264 -c copy -f flv`, both pushing to an
 //!    nginx-rtmp server (as the RTMP benchmark does; against `ffmpeg -listen` ffmpeg keeps
 //!    128-byte chunks and writes each alone), each counted over 10 s after a 2 s warm-up;
-//!    dockcast's CPU per frame by thread, and two bare blocking pushes of the same bytes (one
-//!    thread; a pacing and a writing thread) for the least each shape can cost. Then the same
-//!    from a payload feed, as deployed: a stand-in app writes the clip at 30 fps into a unix
-//!    socket, read by dockcast's `feed:` source and by `ffmpeg -listen 1 -i unix:…`.
+//!    dockcast's CPU per frame by thread, and bare pushes of the same bytes for the least each
+//!    threading shape can cost: blocking on one thread, blocking on a pacing and a writing
+//!    thread, and two tasks on one current-thread tokio runtime (paced by tokio's timer or by a
+//!    timerfd). Then the same from a payload feed, as deployed: a stand-in app writes the clip
+//!    at 30 fps into a unix socket, read by dockcast's `feed:` source, by
+//!    `ffmpeg -listen 1 -i unix:…` and by the bare pushes (socket read and feed parser in place
+//!    of the pacing).
 //! 3. Pipeline latency on passthrough: access unit written by the payload app (unix socket)
 //!    → frame handed to the sink's queue, p50/p99.
 //! 4. Peak RSS of the process at 1080p passthrough and at 720p encode.
@@ -457,12 +460,16 @@ fn passthrough_cpu(clip: &Path) {
         ),
         None => println!("  ffmpeg passthrough failed, skipped"),
     }
-    for (label, two) in [("one thread", false), ("two threads", true)] {
-        match bare_passthrough(clip, secs, two) {
-            Some(us) => println!(
-                "  bare blocking push, {label} (same bytes, no runtime): {us:.0} µs per frame"
-            ),
-            None => println!("  bare blocking push, {label}: publish failed, skipped"),
+    for shape in [
+        Shape::OneThread,
+        Shape::TwoThreads,
+        Shape::Runtime(Clock::Tokio),
+        Shape::Runtime(Clock::Timerfd),
+    ] {
+        let label = shape.label();
+        match bare_passthrough(BareInput::File(clip), secs, shape) {
+            Some(us) => println!("  bare push, {label} (same bytes): {us:.0} µs per frame"),
+            None => println!("  bare push, {label}: publish failed, skipped"),
         }
     }
 }
@@ -505,16 +512,62 @@ impl tokio::io::AsyncWrite for Blocking {
     }
 }
 
-/// The least a passthrough push can do per frame, for scale: the clip's access units, paced by
-/// `std::thread::sleep`, tagged and chunked by dockcast's own code and written with one blocking
-/// `write_all` — no runtime, no queue, no timers. With `two_threads` a pacing thread hands each
-/// frame to a writing thread over a channel (the shape of dockcast's pipeline and sink); without,
-/// one thread does both (ffmpeg's shape). Returns the CPU µs per frame of those threads over
-/// `secs` after the warm-up, or `None` if the publish failed.
-fn bare_passthrough(clip: &Path, secs: u64, two_threads: bool) -> Option<f64> {
+/// Where a bare push takes its access units from.
+enum BareInput<'a> {
+    /// The clip's units, paced by `std::thread::sleep` (the shape of `file:` and `ffmpeg -re`).
+    File(&'a Path),
+    /// A unix socket at this path, into which a stand-in app writes the clip at 30 fps; units
+    /// are cut by dockcast's feed parser as they arrive (the shape of `feed:`).
+    Feed { sock: PathBuf, clip: &'a Path },
+}
+
+/// How a bare push spreads its work over threads.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// One thread reads, paces and writes, blocking (ffmpeg's shape).
+    OneThread,
+    /// An input thread hands each frame over a channel to a writing thread (the shape of
+    /// dockcast's pipeline thread and sink).
+    TwoThreads,
+    /// One thread running a current-thread tokio runtime, with an input task handing each
+    /// frame over a bounded tokio channel to a writing task: a file input paced by the given
+    /// clock, a socket input woken by the socket; the write a tokio `TcpStream`'s. The shape of
+    /// a pipeline whose sinks run on its own thread.
+    Runtime(Clock),
+}
+
+/// What paces a file input on [`Shape::Runtime`].
+#[derive(Clone, Copy)]
+enum Clock {
+    /// `tokio::time::sleep_until` per frame.
+    Tokio,
+    /// A periodic `timerfd` at the frame interval, awaited through `AsyncFd`: the runtime wakes
+    /// for it as for a socket, and no runtime timer is re-armed per frame.
+    Timerfd,
+}
+
+impl Shape {
+    fn label(self) -> &'static str {
+        match self {
+            Shape::OneThread => "one thread",
+            Shape::TwoThreads => "two threads",
+            Shape::Runtime(Clock::Tokio) => "one thread, current-thread runtime, two tasks",
+            Shape::Runtime(Clock::Timerfd) => {
+                "one thread, current-thread runtime, two tasks, timerfd clock"
+            }
+        }
+    }
+}
+
+/// The least a passthrough push can do per frame, for scale: the input's access units, tagged
+/// and chunked by dockcast's own code and written with one `write_all` per tag, in the given
+/// [`Shape`] — no session, no stall timers, no status. Returns the CPU µs per frame of its
+/// threads over `secs` after the warm-up, or `None` if the publish failed.
+fn bare_passthrough(input: BareInput, secs: u64, shape: Shape) -> Option<f64> {
     use dockcast::media::frame::{Codec, EncodedFrame};
     use dockcast::sink::rtmp::client::RtmpConnection;
     use dockcast::sink::rtmp::flv::VideoTagger;
+    use dockcast::source::feed::{FeedParser, SeiPolicy};
     use dockcast::source::{file::FileSource, SourceFrame, VideoSource};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -540,72 +593,99 @@ fn bare_passthrough(clip: &Path, secs: u64, two_threads: bool) -> Option<f64> {
         ))
         .ok()?;
     drop(rt);
-    let mut source = FileSource::open(&clip.display().to_string()).ok()?;
-    let rung = Rung {
-        width: 1920,
-        height: 1080,
-        fps: 30,
-        bitrate_kbps: 4000,
-    };
     let interval = Duration::from_secs(1) / 30;
     let done = Arc::new(AtomicBool::new(false));
-    // The writing half: tag, chunk, write.
-    let mut tagger = VideoTagger::new(Some(30.0), Some(4000));
-    let mut send = move |frame: &EncodedFrame| {
-        for tag in tagger.tags_for(frame).unwrap_or_default() {
-            let bytes = conn.encode(&tag).expect("chunked");
-            writer.write_all(&bytes).expect("nginx-rtmp took the frame");
-        }
-    };
-    // The pacing half: wait for the frame's time, take the next unit.
-    let start = Instant::now();
-    let mut n = 0u32;
-    let mut next = move || {
-        let due = start + interval * n;
-        std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        let Ok(SourceFrame::Encoded { data, keyframe }) = source.next_frame(&rung) else {
-            panic!("a file source yields encoded units");
-        };
-        n += 1;
-        EncodedFrame {
-            data,
-            pts: interval * (n - 1),
-            keyframe,
-            codec: Codec::H264,
-        }
-    };
     let stop = done.clone();
-    let threads: Vec<std::thread::JoinHandle<()>> = if two_threads {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<EncodedFrame>(60);
-        vec![
-            std::thread::Builder::new()
-                .name("bare-pacer".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        if tx.send(next()).is_err() {
-                            break;
-                        }
-                    }
-                })
-                .ok()?,
-            std::thread::Builder::new()
-                .name("bare-writer".into())
-                .spawn(move || {
-                    while let Ok(frame) = rx.recv() {
-                        send(&frame);
-                    }
-                })
-                .ok()?,
-        ]
-    } else {
-        vec![std::thread::Builder::new()
-            .name("bare-one".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    send(&next());
+    let threads: Vec<std::thread::JoinHandle<()>> = match shape {
+        Shape::Runtime(clock) => vec![runtime_push(
+            input, conn, writer, stop, interval, clock, secs,
+        )?],
+        Shape::OneThread | Shape::TwoThreads => {
+            // The writing half: tag, chunk, write.
+            let mut tagger = VideoTagger::new(Some(30.0), Some(4000));
+            let mut send = move |frame: &EncodedFrame| {
+                for tag in tagger.tags_for(frame).unwrap_or_default() {
+                    let bytes = conn.encode(&tag).expect("chunked");
+                    writer.write_all(&bytes).expect("nginx-rtmp took the frame");
                 }
-            })
-            .ok()?]
+            };
+            // The input half: the next unit, or `None` when the input has ended.
+            let mut n = 0u32;
+            let mut stamp = move |data, keyframe| {
+                n += 1;
+                Some(EncodedFrame {
+                    data,
+                    pts: interval * (n - 1),
+                    keyframe,
+                    codec: Codec::H264,
+                })
+            };
+            let mut next: Box<dyn FnMut() -> Option<EncodedFrame> + Send> = match input {
+                BareInput::File(clip) => {
+                    let mut source = FileSource::open(&clip.display().to_string()).ok()?;
+                    let rung = CLIP_RUNG;
+                    let start = Instant::now();
+                    let mut due = start;
+                    Box::new(move || {
+                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                        due += interval;
+                        let Ok(SourceFrame::Encoded { data, keyframe }) = source.next_frame(&rung)
+                        else {
+                            panic!("a file source yields encoded units");
+                        };
+                        stamp(data, keyframe)
+                    })
+                }
+                BareInput::Feed { sock, clip } => {
+                    let mut conn = bare_feed(sock, clip, secs)?;
+                    let mut parser = FeedParser::new(SeiPolicy::StripPrivate);
+                    let mut buf = vec![0u8; 64 * 1024];
+                    Box::new(move || loop {
+                        if let Some(unit) = parser.pull() {
+                            return stamp(unit.data, unit.keyframe);
+                        }
+                        match std::io::Read::read(&mut conn, &mut buf) {
+                            Ok(0) | Err(_) => return None,
+                            Ok(got) => parser.push(&buf[..got], 0).ok()?,
+                        }
+                    })
+                }
+            };
+            if matches!(shape, Shape::TwoThreads) {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<EncodedFrame>(60);
+                vec![
+                    std::thread::Builder::new()
+                        .name("bare-input".into())
+                        .spawn(move || {
+                            while !stop.load(Ordering::Relaxed) {
+                                let Some(frame) = next() else { break };
+                                if tx.send(frame).is_err() {
+                                    break;
+                                }
+                            }
+                        })
+                        .ok()?,
+                    std::thread::Builder::new()
+                        .name("bare-writer".into())
+                        .spawn(move || {
+                            while let Ok(frame) = rx.recv() {
+                                send(&frame);
+                            }
+                        })
+                        .ok()?,
+                ]
+            } else {
+                vec![std::thread::Builder::new()
+                    .name("bare-one".into())
+                    .spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            let Some(frame) = next() else { break };
+                            send(&frame);
+                        }
+                    })
+                    .ok()?]
+            }
+        }
     };
     std::thread::sleep(WARM_UP);
     let ours = |by: BTreeMap<String, f64>| -> f64 {
@@ -623,6 +703,195 @@ fn bare_passthrough(clip: &Path, secs: u64, two_threads: bool) -> Option<f64> {
     }
     drop(server);
     Some(cpu / (secs * 30) as f64 * 1e6)
+}
+
+/// The passthrough clip's format, which a `file:` source is asked for (and passes through).
+const CLIP_RUNG: Rung = Rung {
+    width: 1920,
+    height: 1080,
+    fps: 30,
+    bitrate_kbps: 4000,
+};
+
+/// A bare push's feed: listens at `sock`, starts the stand-in app writing the clip there for
+/// the warm-up and `secs` (and a second to spare; the app then ends, and the input with it),
+/// and returns the app's connection.
+fn bare_feed(sock: PathBuf, clip: &Path, secs: u64) -> Option<std::os::unix::net::UnixStream> {
+    let _ = std::fs::remove_file(&sock);
+    let listener = std::os::unix::net::UnixListener::bind(&sock).ok()?;
+    let data = std::fs::read(clip).ok()?;
+    let pictures = ((WARM_UP.as_secs() + secs + 1) * 30) as usize;
+    drop(feed_app(sock, data, pictures));
+    listener.accept().ok().map(|(app, _)| app)
+}
+
+/// [`Shape::Runtime`]'s thread: an input task and a writing task on one current-thread tokio
+/// runtime, the input handing each frame to the writer over a bounded channel. The input is
+/// set up (file opened, app connected) before the thread starts, so that a failure returns
+/// `None` as the other shapes do.
+fn runtime_push(
+    input: BareInput,
+    mut conn: dockcast::sink::rtmp::client::RtmpConnection<Blocking>,
+    writer: std::net::TcpStream,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    interval: Duration,
+    clock: Clock,
+    secs: u64,
+) -> Option<std::thread::JoinHandle<()>> {
+    use dockcast::media::frame::{Codec, EncodedFrame};
+    use dockcast::sink::rtmp::flv::VideoTagger;
+    use dockcast::source::feed::{FeedParser, SeiPolicy};
+    use dockcast::source::{file::FileSource, SourceFrame, VideoSource};
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    enum Input {
+        File(FileSource),
+        Feed(std::os::unix::net::UnixStream),
+    }
+    let input = match input {
+        BareInput::File(clip) => Input::File(FileSource::open(&clip.display().to_string()).ok()?),
+        BareInput::Feed { sock, clip } => {
+            let app = bare_feed(sock, clip, secs)?;
+            app.set_nonblocking(true).ok()?;
+            Input::Feed(app)
+        }
+    };
+    writer.set_nonblocking(true).ok()?;
+    let rung = CLIP_RUNG;
+    let run = move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<EncodedFrame>(60);
+            let mut writer = tokio::net::TcpStream::from_std(writer).expect("registered");
+            let sink = tokio::spawn(async move {
+                let mut tagger = VideoTagger::new(Some(30.0), Some(4000));
+                while let Some(frame) = rx.recv().await {
+                    for tag in tagger.tags_for(&frame).unwrap_or_default() {
+                        let bytes = conn.encode(&tag).expect("chunked");
+                        writer
+                            .write_all(&bytes)
+                            .await
+                            .expect("nginx-rtmp took the frame");
+                    }
+                }
+            });
+            let mut n = 0u32;
+            let mut stamp = |data, keyframe| {
+                n += 1;
+                EncodedFrame {
+                    data,
+                    pts: interval * (n - 1),
+                    keyframe,
+                    codec: Codec::H264,
+                }
+            };
+            match input {
+                Input::File(mut source) => {
+                    let mut due = tokio::time::Instant::now();
+                    let ticks = match clock {
+                        Clock::Tokio => None,
+                        // SAFETY: the `File` owns the timerfd, which nothing else closes or
+                        // replaces while the `AsyncFd` holds it.
+                        Clock::Timerfd => Some(unsafe {
+                            tokio::io::unix::AsyncFd::register_with_interest(
+                                timerfd(interval),
+                                tokio::io::Interest::READABLE,
+                            )
+                            .expect("registered")
+                        }),
+                    };
+                    while !stop.load(Ordering::Relaxed) {
+                        match &ticks {
+                            None => {
+                                tokio::time::sleep_until(due).await;
+                                due += interval;
+                            }
+                            Some(ticks) => {
+                                let _ = ticks
+                                    .async_io(tokio::io::Interest::READABLE, |fd| {
+                                        let mut expirations = [0u8; 8];
+                                        std::io::Read::read(&mut &*fd, &mut expirations)
+                                    })
+                                    .await;
+                            }
+                        }
+                        let Ok(SourceFrame::Encoded { data, keyframe }) = source.next_frame(&rung)
+                        else {
+                            panic!("a file source yields encoded units");
+                        };
+                        if tx.send(stamp(data, keyframe)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Input::Feed(app) => {
+                    let mut app = tokio::net::UnixStream::from_std(app).expect("registered");
+                    let mut parser = FeedParser::new(SeiPolicy::StripPrivate);
+                    let mut buf = vec![0u8; 64 * 1024];
+                    'feed: while !stop.load(Ordering::Relaxed) {
+                        while let Some(unit) = parser.pull() {
+                            if tx.send(stamp(unit.data, unit.keyframe)).await.is_err() {
+                                break 'feed;
+                            }
+                        }
+                        match app.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(got) => {
+                                if parser.push(&buf[..got], 0).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            drop(tx);
+            let _ = sink.await;
+        })
+    };
+    std::thread::Builder::new()
+        .name("bare-runtime".into())
+        .spawn(run)
+        .ok()
+}
+
+/// A non-blocking periodic `timerfd` on the monotonic clock, first expiring at once.
+fn timerfd(interval: Duration) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscalls; the descriptor is checked before it is owned.
+    unsafe {
+        let fd = libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        );
+        assert!(
+            fd >= 0,
+            "timerfd_create: {}",
+            std::io::Error::last_os_error()
+        );
+        let period = libc::timespec {
+            tv_sec: interval.as_secs() as libc::time_t,
+            tv_nsec: interval.subsec_nanos() as libc::c_long,
+        };
+        let spec = libc::itimerspec {
+            it_interval: period,
+            it_value: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 1,
+            },
+        };
+        let set = libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut());
+        assert!(
+            set == 0,
+            "timerfd_settime: {}",
+            std::io::Error::last_os_error()
+        );
+        std::fs::File::from_raw_fd(fd)
+    }
 }
 
 /// How long both pushes run before their CPU is counted: process start, probing, connect and
@@ -794,11 +1063,30 @@ fn feed_passthrough_cpu(dir: &Path, clip: &Path) {
         return;
     }
     // The app writes 30 pictures a second, which ffmpeg forwards as they come.
+    let ff_frame = ff / (secs * 30) as f64 * 1e6;
     println!(
-        "  ffmpeg -f h264 -framerate 30 -listen 1 -i unix:… -c copy -f flv: {ff:.3} CPU s in {secs} s, {:.0} µs per frame → dockcast/ffmpeg = {:.2}",
-        ff / (secs * 30) as f64 * 1e6,
+        "  ffmpeg -f h264 -framerate 30 -listen 1 -i unix:… -c copy -f flv: {ff:.3} CPU s in {secs} s, {ff_frame:.0} µs per frame → dockcast/ffmpeg = {:.2}",
         ours / ff
     );
+    // What one thread per stream could reach on this path, and the two-thread shape.
+    for shape in [
+        Shape::OneThread,
+        Shape::TwoThreads,
+        Shape::Runtime(Clock::Tokio),
+    ] {
+        let label = shape.label();
+        let input = BareInput::Feed {
+            sock: dir.join("bare.sock"),
+            clip,
+        };
+        match bare_passthrough(input, secs, shape) {
+            Some(us) => println!(
+                "  bare push from the socket, {label} (read, split, tag, write): {us:.0} µs per frame → ÷ ffmpeg = {:.2}",
+                us / ff_frame
+            ),
+            None => println!("  bare push from the socket, {label}: failed, skipped"),
+        }
+    }
 }
 
 /// Access unit written by the "app" → frame in the sink queue, over a unix feed at 30 fps.
