@@ -30,9 +30,10 @@ mod common;
 #[path = "../tests/peers/mod.rs"]
 mod peers;
 
+use bytes::Bytes;
 use common::{cpu_secs, cpu_secs_by_thread};
 use dockcast::media::encoder::H264Encoder;
-use dockcast::media::frame::RawFrame;
+use dockcast::media::frame::{Codec, EncodedFrame, RawFrame};
 use dockcast::media::pipeline::{Pipeline, PipelineSpec};
 use dockcast::media::quality::Rung;
 use dockcast::sink::rtmp::{self, RtmpOptions, RtmpTarget};
@@ -564,11 +565,8 @@ impl Shape {
 /// [`Shape`] — no session, no stall timers, no status. Returns the CPU µs per frame of its
 /// threads over `secs` after the warm-up, or `None` if the publish failed.
 fn bare_passthrough(input: BareInput, secs: u64, shape: Shape) -> Option<f64> {
-    use dockcast::media::frame::{Codec, EncodedFrame};
     use dockcast::sink::rtmp::client::RtmpConnection;
     use dockcast::sink::rtmp::flv::VideoTagger;
-    use dockcast::source::feed::{FeedParser, SeiPolicy};
-    use dockcast::source::{file::FileSource, SourceFrame, VideoSource};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
@@ -583,7 +581,7 @@ fn bare_passthrough(input: BareInput, secs: u64, shape: Shape) -> Option<f64> {
         .build()
         .ok()?;
     let step = Duration::from_secs(5);
-    let mut conn = rt
+    let conn = rt
         .block_on(RtmpConnection::establish(
             Blocking(socket),
             &target,
@@ -593,64 +591,22 @@ fn bare_passthrough(input: BareInput, secs: u64, shape: Shape) -> Option<f64> {
         ))
         .ok()?;
     drop(rt);
-    let interval = Duration::from_secs(1) / 30;
+    let mut wire = Wire {
+        tagger: VideoTagger::new(Some(30.0), Some(4000)),
+        conn,
+    };
+    let input = BareSource::open(input, secs)?;
     let done = Arc::new(AtomicBool::new(false));
     let stop = done.clone();
     let threads: Vec<std::thread::JoinHandle<()>> = match shape {
-        Shape::Runtime(clock) => vec![runtime_push(
-            input, conn, writer, stop, interval, clock, secs,
-        )?],
+        Shape::Runtime(clock) => vec![runtime_push(input, wire, writer, stop, clock)?],
         Shape::OneThread | Shape::TwoThreads => {
-            // The writing half: tag, chunk, write.
-            let mut tagger = VideoTagger::new(Some(30.0), Some(4000));
             let mut send = move |frame: &EncodedFrame| {
-                for tag in tagger.tags_for(frame).unwrap_or_default() {
-                    let bytes = conn.encode(&tag).expect("chunked");
+                for bytes in wire.chunks(frame) {
                     writer.write_all(&bytes).expect("nginx-rtmp took the frame");
                 }
             };
-            // The input half: the next unit, or `None` when the input has ended.
-            let mut n = 0u32;
-            let mut stamp = move |data, keyframe| {
-                n += 1;
-                Some(EncodedFrame {
-                    data,
-                    pts: interval * (n - 1),
-                    keyframe,
-                    codec: Codec::H264,
-                })
-            };
-            let mut next: Box<dyn FnMut() -> Option<EncodedFrame> + Send> = match input {
-                BareInput::File(clip) => {
-                    let mut source = FileSource::open(&clip.display().to_string()).ok()?;
-                    let rung = CLIP_RUNG;
-                    let start = Instant::now();
-                    let mut due = start;
-                    Box::new(move || {
-                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
-                        due += interval;
-                        let Ok(SourceFrame::Encoded { data, keyframe }) = source.next_frame(&rung)
-                        else {
-                            panic!("a file source yields encoded units");
-                        };
-                        stamp(data, keyframe)
-                    })
-                }
-                BareInput::Feed { sock, clip } => {
-                    let mut conn = bare_feed(sock, clip, secs)?;
-                    let mut parser = FeedParser::new(SeiPolicy::StripPrivate);
-                    let mut buf = vec![0u8; 64 * 1024];
-                    Box::new(move || loop {
-                        if let Some(unit) = parser.pull() {
-                            return stamp(unit.data, unit.keyframe);
-                        }
-                        match std::io::Read::read(&mut conn, &mut buf) {
-                            Ok(0) | Err(_) => return None,
-                            Ok(got) => parser.push(&buf[..got], 0).ok()?,
-                        }
-                    })
-                }
-            };
+            let mut next = input.blocking();
             if matches!(shape, Shape::TwoThreads) {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<EncodedFrame>(60);
                 vec![
@@ -713,52 +669,171 @@ const CLIP_RUNG: Rung = Rung {
     bitrate_kbps: 4000,
 };
 
-/// A bare push's feed: listens at `sock`, starts the stand-in app writing the clip there for
-/// the warm-up and `secs` (and a second to spare; the app then ends, and the input with it),
-/// and returns the app's connection.
-fn bare_feed(sock: PathBuf, clip: &Path, secs: u64) -> Option<std::os::unix::net::UnixStream> {
-    let _ = std::fs::remove_file(&sock);
-    let listener = std::os::unix::net::UnixListener::bind(&sock).ok()?;
-    let data = std::fs::read(clip).ok()?;
-    let pictures = ((WARM_UP.as_secs() + secs + 1) * 30) as usize;
-    drop(feed_app(sock, data, pictures));
-    listener.accept().ok().map(|(app, _)| app)
+/// The frame interval of every bare push (the clip's 30 fps).
+const BARE_INTERVAL: Duration = Duration::from_nanos(1_000_000_000 / 30);
+
+/// What a bare push writes for a frame: dockcast's FLV tagging and RTMP chunking, as its sink
+/// does them.
+struct Wire {
+    tagger: dockcast::sink::rtmp::flv::VideoTagger,
+    conn: dockcast::sink::rtmp::client::RtmpConnection<Blocking>,
+}
+
+impl Wire {
+    /// The chunked bytes of the frame's tags, one buffer per tag.
+    fn chunks(&mut self, frame: &EncodedFrame) -> Vec<Bytes> {
+        self.tagger
+            .tags_for(frame)
+            .unwrap_or_default()
+            .iter()
+            .map(|tag| self.conn.encode(tag).expect("chunked"))
+            .collect()
+    }
+}
+
+/// A bare push's input, opened (the file, or the app connected) before its threads start so
+/// that a failure returns `None`.
+enum BareSource {
+    File(dockcast::source::file::FileSource),
+    Feed {
+        app: std::os::unix::net::UnixStream,
+        parser: Box<dockcast::source::feed::FeedParser>,
+    },
+}
+
+impl BareSource {
+    fn open(input: BareInput, secs: u64) -> Option<BareSource> {
+        use dockcast::source::feed::{FeedParser, SeiPolicy};
+        Some(match input {
+            BareInput::File(clip) => BareSource::File(
+                dockcast::source::file::FileSource::open(&clip.display().to_string()).ok()?,
+            ),
+            BareInput::Feed { sock, clip } => {
+                let _ = std::fs::remove_file(&sock);
+                let listener = std::os::unix::net::UnixListener::bind(&sock).ok()?;
+                let data = std::fs::read(clip).ok()?;
+                // The warm-up, the window and a second to spare; the app then ends, and the
+                // input with it.
+                let pictures = ((WARM_UP.as_secs() + secs + 1) * 30) as usize;
+                drop(feed_app(sock, data, pictures));
+                BareSource::Feed {
+                    app: listener.accept().ok()?.0,
+                    parser: Box::new(FeedParser::new(SeiPolicy::StripPrivate)),
+                }
+            }
+        })
+    }
+
+    /// The blocking shapes' input: the next frame, the file paced by `std::thread::sleep`,
+    /// or `None` when the app has gone.
+    fn blocking(mut self) -> impl FnMut() -> Option<EncodedFrame> + Send {
+        let mut stamps = Stamps::default();
+        let mut due = Instant::now();
+        let mut buf = vec![0u8; 64 * 1024];
+        move || match &mut self {
+            BareSource::File(source) => {
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                due += BARE_INTERVAL;
+                let (data, keyframe) = file_unit(source);
+                Some(stamps.frame(data, keyframe))
+            }
+            BareSource::Feed { app, parser } => loop {
+                if let Some(unit) = parser.pull() {
+                    return Some(stamps.frame(unit.data, unit.keyframe));
+                }
+                match std::io::Read::read(app, &mut buf) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(got) => parser.push(&buf[..got], 0).ok()?,
+                }
+            },
+        }
+    }
+}
+
+/// The clip's next access unit and whether it is a keyframe.
+fn file_unit(source: &mut dockcast::source::file::FileSource) -> (Bytes, bool) {
+    use dockcast::source::{SourceFrame, VideoSource};
+    let Ok(SourceFrame::Encoded { data, keyframe }) = source.next_frame(&CLIP_RUNG) else {
+        panic!("a file source yields encoded units");
+    };
+    (data, keyframe)
+}
+
+/// Stamps a bare push's frames one interval apart.
+#[derive(Default)]
+struct Stamps {
+    frames: u32,
+}
+
+impl Stamps {
+    fn frame(&mut self, data: Bytes, keyframe: bool) -> EncodedFrame {
+        let pts = BARE_INTERVAL * self.frames;
+        self.frames += 1;
+        EncodedFrame {
+            data,
+            pts,
+            keyframe,
+            codec: Codec::H264,
+        }
+    }
+}
+
+/// [`Clock`] at work on a runtime: one tick per frame.
+enum FrameClock {
+    Tokio(tokio::time::Instant),
+    Timerfd(tokio::io::unix::AsyncFd<std::fs::File>),
+}
+
+impl FrameClock {
+    fn new(clock: Clock) -> FrameClock {
+        match clock {
+            Clock::Tokio => FrameClock::Tokio(tokio::time::Instant::now()),
+            // SAFETY: the `File` owns the timerfd, which nothing else closes or replaces while
+            // the `AsyncFd` holds it.
+            Clock::Timerfd => FrameClock::Timerfd(unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    timerfd(BARE_INTERVAL),
+                    tokio::io::Interest::READABLE,
+                )
+                .expect("registered")
+            }),
+        }
+    }
+
+    async fn tick(&mut self) {
+        match self {
+            FrameClock::Tokio(due) => {
+                tokio::time::sleep_until(*due).await;
+                *due += BARE_INTERVAL;
+            }
+            FrameClock::Timerfd(ticks) => {
+                let _ = ticks
+                    .async_io(tokio::io::Interest::READABLE, |fd| {
+                        let mut expirations = [0u8; 8];
+                        std::io::Read::read(&mut &*fd, &mut expirations)
+                    })
+                    .await;
+            }
+        }
+    }
 }
 
 /// [`Shape::Runtime`]'s thread: an input task and a writing task on one current-thread tokio
-/// runtime, the input handing each frame to the writer over a bounded channel. The input is
-/// set up (file opened, app connected) before the thread starts, so that a failure returns
-/// `None` as the other shapes do.
+/// runtime, the input handing each frame to the writer over a bounded channel.
 fn runtime_push(
-    input: BareInput,
-    mut conn: dockcast::sink::rtmp::client::RtmpConnection<Blocking>,
+    input: BareSource,
+    mut wire: Wire,
     writer: std::net::TcpStream,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    interval: Duration,
     clock: Clock,
-    secs: u64,
 ) -> Option<std::thread::JoinHandle<()>> {
-    use dockcast::media::frame::{Codec, EncodedFrame};
-    use dockcast::sink::rtmp::flv::VideoTagger;
-    use dockcast::source::feed::{FeedParser, SeiPolicy};
-    use dockcast::source::{file::FileSource, SourceFrame, VideoSource};
     use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    enum Input {
-        File(FileSource),
-        Feed(std::os::unix::net::UnixStream),
-    }
-    let input = match input {
-        BareInput::File(clip) => Input::File(FileSource::open(&clip.display().to_string()).ok()?),
-        BareInput::Feed { sock, clip } => {
-            let app = bare_feed(sock, clip, secs)?;
-            app.set_nonblocking(true).ok()?;
-            Input::Feed(app)
-        }
-    };
     writer.set_nonblocking(true).ok()?;
-    let rung = CLIP_RUNG;
+    if let BareSource::Feed { app, .. } = &input {
+        app.set_nonblocking(true).ok()?;
+    }
     let run = move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -768,10 +843,8 @@ fn runtime_push(
             let (tx, mut rx) = tokio::sync::mpsc::channel::<EncodedFrame>(60);
             let mut writer = tokio::net::TcpStream::from_std(writer).expect("registered");
             let sink = tokio::spawn(async move {
-                let mut tagger = VideoTagger::new(Some(30.0), Some(4000));
                 while let Some(frame) = rx.recv().await {
-                    for tag in tagger.tags_for(&frame).unwrap_or_default() {
-                        let bytes = conn.encode(&tag).expect("chunked");
+                    for bytes in wire.chunks(&frame) {
                         writer
                             .write_all(&bytes)
                             .await
@@ -779,72 +852,31 @@ fn runtime_push(
                     }
                 }
             });
-            let mut n = 0u32;
-            let mut stamp = |data, keyframe| {
-                n += 1;
-                EncodedFrame {
-                    data,
-                    pts: interval * (n - 1),
-                    keyframe,
-                    codec: Codec::H264,
-                }
-            };
+            let mut stamps = Stamps::default();
             match input {
-                Input::File(mut source) => {
-                    let mut due = tokio::time::Instant::now();
-                    let ticks = match clock {
-                        Clock::Tokio => None,
-                        // SAFETY: the `File` owns the timerfd, which nothing else closes or
-                        // replaces while the `AsyncFd` holds it.
-                        Clock::Timerfd => Some(unsafe {
-                            tokio::io::unix::AsyncFd::register_with_interest(
-                                timerfd(interval),
-                                tokio::io::Interest::READABLE,
-                            )
-                            .expect("registered")
-                        }),
-                    };
+                BareSource::File(mut source) => {
+                    let mut clock = FrameClock::new(clock);
                     while !stop.load(Ordering::Relaxed) {
-                        match &ticks {
-                            None => {
-                                tokio::time::sleep_until(due).await;
-                                due += interval;
-                            }
-                            Some(ticks) => {
-                                let _ = ticks
-                                    .async_io(tokio::io::Interest::READABLE, |fd| {
-                                        let mut expirations = [0u8; 8];
-                                        std::io::Read::read(&mut &*fd, &mut expirations)
-                                    })
-                                    .await;
-                            }
-                        }
-                        let Ok(SourceFrame::Encoded { data, keyframe }) = source.next_frame(&rung)
-                        else {
-                            panic!("a file source yields encoded units");
-                        };
-                        if tx.send(stamp(data, keyframe)).await.is_err() {
+                        clock.tick().await;
+                        let (data, keyframe) = file_unit(&mut source);
+                        if tx.send(stamps.frame(data, keyframe)).await.is_err() {
                             break;
                         }
                     }
                 }
-                Input::Feed(app) => {
+                BareSource::Feed { app, mut parser } => {
                     let mut app = tokio::net::UnixStream::from_std(app).expect("registered");
-                    let mut parser = FeedParser::new(SeiPolicy::StripPrivate);
                     let mut buf = vec![0u8; 64 * 1024];
                     'feed: while !stop.load(Ordering::Relaxed) {
                         while let Some(unit) = parser.pull() {
-                            if tx.send(stamp(unit.data, unit.keyframe)).await.is_err() {
+                            let frame = stamps.frame(unit.data, unit.keyframe);
+                            if tx.send(frame).await.is_err() {
                                 break 'feed;
                             }
                         }
                         match app.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(got) => {
-                                if parser.push(&buf[..got], 0).is_err() {
-                                    break;
-                                }
-                            }
+                            Ok(got) if got > 0 && parser.push(&buf[..got], 0).is_ok() => {}
+                            _ => break,
                         }
                     }
                 }
