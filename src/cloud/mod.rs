@@ -21,5 +21,6 @@ pub use state::{
     CapacityCamera, CapacityDevice, CapacityVideo, LiveCapacity, LiveStatus,
 };
 pub use url::{
-    redact_url_str, AgoraUrl, Gb28181Url, RtmpUrl, RtspUrl, StreamUrl, UrlError, WhipUrl,
+    mask_keep_prefix, redact_url_str, AgoraUrl, Gb28181Url, RtmpUrl, RtspUrl, StreamUrl, UrlError,
+    WhipUrl,
 };

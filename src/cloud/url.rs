@@ -635,9 +635,10 @@ fn is_secret_key(k: &str) -> bool {
         .any(|s| k.contains(s))
 }
 
-/// First two characters then `***`; a value too short to spare two characters is fully masked
-/// because showing two of four characters would give most of it away.
-fn mask_keep_prefix(v: &str) -> String {
+/// First two characters then `***`, so that operators can tell streams apart in logs; a value
+/// too short to spare two characters is fully masked because showing two of four characters
+/// would give most of it away. Every place that prints a stream key goes through this one rule.
+pub fn mask_keep_prefix(v: &str) -> String {
     if v.chars().count() <= 4 {
         return "***".to_owned();
     }

@@ -96,8 +96,7 @@ impl RtmpTarget {
         })
     }
 
-    /// The target as it may appear in logs and replies: the key shortened to its first two
-    /// characters, so operators can tell streams apart without the credential leaking.
+    /// The target as it may appear in logs and replies, the key masked by [`redact_key`].
     pub fn redacted(&self) -> String {
         format!("{}/{}", self.tc_url, redact_key(&self.stream_key))
     }
@@ -112,10 +111,12 @@ impl RtmpTarget {
     }
 }
 
-/// First two characters of a key followed by `***`.
+/// A stream key as logs may show it: the same rule as the cloud's urls
+/// ([`mask_keep_prefix`](crate::cloud::mask_keep_prefix)) applied to the key's name, and the
+/// query, which may hold a token, left out.
 pub fn redact_key(key: &str) -> String {
-    let prefix: String = key.chars().take(2).collect();
-    format!("{prefix}***")
+    let name = key.split_once('?').map_or(key, |(name, _)| name);
+    crate::cloud::mask_keep_prefix(name)
 }
 
 impl fmt::Debug for RtmpTarget {
@@ -198,7 +199,11 @@ mod tests {
             !dbg.contains("supersecret") && !dbg.contains("token=abc"),
             "{dbg}"
         );
-        assert_eq!(redact_key("é"), "é***");
+        assert_eq!(redact_key("é"), "***");
+        // A key too short to spare two characters is masked whole, with or without a query.
+        assert_eq!(redact_key("demo"), "***");
+        assert_eq!(redact_key("ab?token=xyz"), "***");
+        assert_eq!(redact_key("abcdef?token=xyz"), "ab***");
         assert_eq!(t.peer(), "h:1936");
         let t = RtmpTarget::parse("rtmp://user:pw@h/live/k").expect("valid");
         assert_eq!(t.tc_url, "rtmp://h/live");
