@@ -1033,8 +1033,8 @@ fn feed_app(sock: PathBuf, data: Vec<u8>, pictures: usize) -> std::thread::JoinH
 }
 
 /// CPU per passthrough stream from a payload feed, the shape of a deployment: the stand-in app
-/// writes the clip at 30 fps into a unix socket, once to dockcast's `feed:` source (its reader
-/// thread, the pipeline, the RTMP sink) and once to `ffmpeg -f h264 -framerate 30 -listen 1 -i
+/// writes the clip at 30 fps into a unix socket, once to dockcast's `feed:` source (read on the
+/// pipeline's thread, then the RTMP sink) and once to `ffmpeg -f h264 -framerate 30 -listen 1 -i
 /// unix:… -c copy -f flv`, each pushing into its own nginx-rtmp for 10 s after the warm-up.
 fn feed_passthrough_cpu(dir: &Path, clip: &Path) {
     println!("== passthrough from a payload feed, 1080p 4 Mbit/s at 30 fps over a unix socket → RTMP (nginx-rtmp as server)");

@@ -582,9 +582,10 @@ impl Worker {
     ) -> Duration {
         let interval = self.interval();
         let nominal = self.last_pts.map_or(Duration::ZERO, |p| p + interval);
-        let floor = self
-            .last_pts
-            .map_or(Duration::ZERO, |p| p + Duration::from_millis(1));
+        // Frames closer than a quarter interval are not the source's spacing but a backlog read
+        // at once (arrival-time clocks give a burst one timestamp): following them would squeeze
+        // the frames after the burst together, so the mapping is re-anchored instead.
+        let floor = self.last_pts.map_or(Duration::ZERO, |p| p + interval / 4);
         let pts = match (src_ts, *anchor) {
             (Some(ts), Some((ts0, p0))) if ts >= ts0 => {
                 let p = p0 + (ts - ts0);
@@ -1188,9 +1189,19 @@ mod tests {
         // Far forward: same.
         let q = w.stamp(Some(ms(99_000)), &mut anchor);
         assert!(q > p && q <= p + ms(20));
+        // A backlog read at once (one arrival time), then the next live frame soon after: each
+        // keeps a whole interval from the last instead of following the squeezed source clock.
+        let i = w.interval();
+        let b1 = w.stamp(Some(ms(200_000)), &mut anchor);
+        let b2 = w.stamp(Some(ms(200_000)), &mut anchor);
+        let b3 = w.stamp(Some(ms(200_000) + i / 8), &mut anchor);
+        assert_eq!((b1 + i, b2 + i), (b2, b3));
+        // After which the source's own spacing is followed again.
+        let last = w.stamp(Some(ms(200_000) + i / 8 + i), &mut anchor);
+        assert_eq!(last, b3 + i);
         // A new source (fresh anchor) starts one interval after the last frame.
         let mut fresh = None;
         let r = w.stamp(Some(ms(1)), &mut fresh);
-        assert_eq!(r, q + w.interval());
+        assert_eq!(r, last + i);
     }
 }

@@ -8,8 +8,8 @@
 //! private SEI that decoders log errors about (dji-sdk/Payload-SDK#355: "SEI type 240 size 200
 //! truncated") and may be GDR-coded without any IDR (dji-sdk/Payload-SDK#69): the SEI is
 //! stripped, and a recovery point counts as a place to start. The parsing is sans-IO
-//! ([`FeedParser`]); one thread per source moves bytes from the socket into it and hands whole
-//! units to the pipeline through a bounded queue.
+//! ([`FeedParser`]); [`FeedSource`] reads the socket on the pipeline's thread while the pipeline
+//! waits for a picture, so a unit reaches the pipeline without a hand-over between threads.
 
 use crate::media::frame::Codec;
 use crate::media::h264::{
@@ -20,6 +20,7 @@ use crate::media::hevc;
 use crate::media::quality::Rung;
 use crate::source::{SourceError, SourceFrame, VideoSource, LIVE_WAIT};
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -27,10 +28,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// First four bytes of the optional chunk header ("DKCF": dockcast feed).
@@ -43,8 +40,8 @@ pub const NO_TIMESTAMP: u64 = u64::MAX;
 pub const MAX_CHUNK: u32 = 16 * 1024 * 1024;
 /// The request line dockcast writes back on a socket when it needs an intra frame.
 pub const KEYFRAME_REQUEST: &[u8] = b"IDR\n";
-/// Access units waiting for the pipeline; more means the pipeline is behind, and the feed then
-/// drops to the next keyframe instead of queueing.
+/// Whole access units read and not yet taken by the pipeline; more means the pipeline is
+/// behind, and the feed then drops to the next keyframe instead of queueing.
 pub const QUEUE_UNITS: usize = 8;
 
 /// Where the payload app connects.
@@ -221,24 +218,24 @@ enum Framing {
     Framed,
 }
 
-/// Counters of one feed, read by tests and stats without locking.
-#[derive(Debug, Default)]
+/// Counters of one feed, for tests and logs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct FeedStats {
     /// Access units handed to the pipeline.
-    pub units: AtomicU64,
+    pub units: u64,
     /// Bytes received.
-    pub bytes: AtomicU64,
-    /// Units dropped because the pipeline's queue was full, or while waiting for a keyframe
-    /// after such a drop or a (re)connect.
-    pub dropped: AtomicU64,
+    pub bytes: u64,
+    /// Units dropped because the pipeline had not taken the ones before, or while waiting for
+    /// a keyframe after such a drop or a (re)connect.
+    pub dropped: u64,
     /// SEI NAL units removed or rewritten.
-    pub sei_stripped: AtomicU64,
+    pub sei_stripped: u64,
     /// Connections accepted.
-    pub connections: AtomicU64,
+    pub connections: u64,
     /// Times the watchdog found the feed silent.
-    pub stalls: AtomicU64,
+    pub stalls: u64,
     /// Connections closed for breaking the framing.
-    pub protocol_errors: AtomicU64,
+    pub protocol_errors: u64,
 }
 
 /// Sans-IO feed parser: bytes in (any chunking), cleaned access units out.
@@ -478,25 +475,33 @@ pub fn clean_hevc_access_unit(au: &[u8], policy: SeiPolicy) -> Cleaned {
     }
 }
 
-/// The state the reader thread shares with the source.
-struct Shared {
-    stop: AtomicBool,
-    /// The current connection's write half, for keyframe requests.
-    requests: Mutex<Option<Box<dyn Write + Send>>>,
-    notice: Mutex<Option<String>>,
-    stats: FeedStats,
-}
-
-/// A listening feed: a reader thread plus the queue of units it fills.
+/// A listening feed, read on its caller's thread.
+///
+/// The socket is read inside [`wait_frame`](VideoSource::wait_frame), which the pipeline calls
+/// whenever it waits for a picture, so a unit goes from the socket to the pipeline without
+/// waking another thread. Between two calls the kernel's socket buffer holds what the app
+/// writes (a passthrough pipeline is back within microseconds); an app must not block on it
+/// for long, which is why `board/feed/psdk_forward.c` writes without blocking and drops a
+/// buffer the socket cannot take.
 pub struct FeedSource {
     name: String,
-    units: Receiver<FeedUnit>,
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    spec: FeedSpec,
+    listener: Listener,
+    /// The payload app's connection and its parser (unix and TCP endpoints).
+    conn: Option<(Conn, FeedParser)>,
+    /// The FIFO's parser: a FIFO has no connections, one parser lives as long as the source.
+    fifo_parser: FeedParser,
+    /// Whole units read from the socket and not yet taken by the pipeline.
+    ready: VecDeque<FeedUnit>,
+    buf: Vec<u8>,
+    watch: Watch,
+    notice: Option<String>,
+    stats: FeedStats,
+    /// Arrival timestamps count from here.
+    epoch: Instant,
     last_ts: Option<Duration>,
     /// Unix socket file to remove when the source closes.
     socket_path: Option<String>,
-    codec: Codec,
 }
 
 enum Listener {
@@ -505,6 +510,18 @@ enum Listener {
     Fifo(std::fs::File),
 }
 
+impl Listener {
+    fn fd(&self) -> RawFd {
+        match self {
+            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Fifo(f) => f.as_raw_fd(),
+        }
+    }
+}
+
+/// An accepted connection, non-blocking: it is only read after `poll` says so, and a keyframe
+/// request the app does not read must not hold up the pipeline.
 enum Conn {
     Unix(UnixStream),
     Tcp(TcpStream),
@@ -525,22 +542,25 @@ impl Conn {
         }
     }
 
-    fn writer(&self) -> Option<Box<dyn Write + Send>> {
-        let timeout = Some(Duration::from_millis(50));
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
-            Conn::Unix(s) => {
-                let w = s.try_clone().ok()?;
-                w.set_write_timeout(timeout).ok()?;
-                Some(Box::new(w))
-            }
-            Conn::Tcp(s) => {
-                let w = s.try_clone().ok()?;
-                w.set_write_timeout(timeout).ok()?;
-                Some(Box::new(w))
-            }
+            Conn::Unix(s) => s.write(buf),
+            Conn::Tcp(s) => s.write(buf),
         }
     }
 }
+
+/// Watchdog bookkeeping of one feed.
+struct Watch {
+    last_data: Instant,
+    /// Set once data has flowed: before the app's first connection silence is not a stall.
+    had_data: bool,
+    stalled: bool,
+    last_request: Instant,
+}
+
+/// The longest a single `poll` waits, so that the watchdog runs during a long wait.
+const TICK: Duration = Duration::from_millis(100);
 
 impl FeedSource {
     /// Starts listening at the spec's endpoint; the app may connect at any time after.
@@ -563,66 +583,219 @@ impl FeedSource {
             }
             FeedEndpoint::Fifo(path) => Listener::Fifo(open_fifo(path).map_err(dev_err)?),
         };
-        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_UNITS);
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            requests: Mutex::new(None),
-            notice: Mutex::new(None),
-            stats: FeedStats::default(),
-        });
-        let reader = Reader {
-            name: name.clone(),
-            spec: spec.clone(),
-            shared: Arc::clone(&shared),
-            units: tx,
-            epoch: Instant::now(),
-        };
-        let thread = std::thread::Builder::new()
-            .name("dockcast-feed".into())
-            .spawn(move || reader.run(listener))
-            .map_err(dev_err)?;
+        let now = Instant::now();
         Ok(FeedSource {
             name,
-            units: rx,
-            shared,
-            thread: Some(thread),
+            spec: spec.clone(),
+            listener,
+            conn: None,
+            fifo_parser: FeedParser::with_codec(spec.sei, spec.codec),
+            ready: VecDeque::with_capacity(QUEUE_UNITS),
+            buf: vec![0u8; 64 * 1024],
+            watch: Watch {
+                last_data: now,
+                had_data: false,
+                stalled: false,
+                last_request: now,
+            },
+            notice: None,
+            stats: FeedStats::default(),
+            epoch: now,
             last_ts: None,
             socket_path,
-            codec: spec.codec,
         })
     }
 
     /// The feed's counters.
     pub fn stats(&self) -> &FeedStats {
-        &self.shared.stats
+        &self.stats
+    }
+
+    /// The next unit, reading the socket for up to `wait` until one is whole.
+    fn recv(&mut self, wait: Duration) -> Result<Option<FeedUnit>, SourceError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(unit) = self.ready.pop_front() {
+                self.last_ts = Some(Duration::from_micros(unit.timestamp_us));
+                return Ok(Some(unit));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.read_ready(left.min(TICK))?;
+            if self.ready.is_empty() && Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the listener or the connection, and handles what is ready.
+    fn read_ready(&mut self, timeout: Duration) -> Result<(), SourceError> {
+        let mut fds = [self.listener.fd(), -1];
+        let n = if let Some((c, _)) = &self.conn {
+            fds[1] = c.fd();
+            2
+        } else {
+            1
+        };
+        let ready = poll_readable(&fds[..n], timeout).map_err(|source| SourceError::Device {
+            device: self.name.clone(),
+            source,
+        })?;
+        self.watchdog();
+        if ready[0] {
+            let got = match &self.listener {
+                Listener::Fifo(f) => {
+                    let mut f = f;
+                    match f.read(&mut self.buf) {
+                        Ok(n @ 1..) => Accepted::Bytes(n),
+                        _ => Accepted::Nothing,
+                    }
+                }
+                Listener::Unix(l) => l
+                    .accept()
+                    .map_or(Accepted::Nothing, |(s, _)| Accepted::Conn(Conn::Unix(s))),
+                Listener::Tcp(l) => match l.accept() {
+                    Ok((s, _)) => {
+                        let _ = s.set_nodelay(true);
+                        Accepted::Conn(Conn::Tcp(s))
+                    }
+                    Err(_) => Accepted::Nothing,
+                },
+            };
+            match got {
+                Accepted::Bytes(n) => self.fifo_data(n),
+                // A new connection replaces the old one: the app restarted and its old socket
+                // may never report closing. Poll again before reading.
+                Accepted::Conn(c) => self.connected(c),
+                Accepted::Nothing => {}
+            }
+            return Ok(());
+        }
+        if n == 2 && ready[1] {
+            let Some((mut c, mut parser)) = self.conn.take() else {
+                return Ok(());
+            };
+            let closed = match c.read(&mut self.buf) {
+                Ok(0) => Some("closed by the app".to_string()),
+                Ok(n) => {
+                    self.note_data(n);
+                    let now = self.epoch.elapsed().as_micros() as u64;
+                    let pushed = push_units(
+                        &mut parser,
+                        &self.buf[..n],
+                        now,
+                        &mut self.ready,
+                        &mut self.stats,
+                    );
+                    pushed.err().map(|e| {
+                        self.stats.protocol_errors += 1;
+                        format!("protocol error: {e}")
+                    })
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                    ) =>
+                {
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            };
+            match closed {
+                // The unit still being collected is dropped, not flushed: nothing says the app
+                // finished writing it, and a truncated picture would reach the viewer.
+                Some(why) => tracing::info!(feed = %self.name, "payload app disconnected: {why}"),
+                None => self.conn = Some((c, parser)),
+            }
+        }
+        Ok(())
+    }
+
+    fn connected(&mut self, c: Conn) {
+        let nonblocking = match &c {
+            Conn::Unix(s) => s.set_nonblocking(true),
+            Conn::Tcp(s) => s.set_nonblocking(true),
+        };
+        if let Err(e) = nonblocking {
+            tracing::warn!(feed = %self.name, "payload app refused: {e}");
+            return;
+        }
+        self.stats.connections += 1;
+        tracing::info!(feed = %self.name, "payload app connected");
+        self.conn = Some((c, FeedParser::with_codec(self.spec.sei, self.spec.codec)));
+    }
+
+    /// The first `n` bytes of the read buffer came from the FIFO.
+    fn fifo_data(&mut self, n: usize) {
+        if self.watch.stalled || self.watch.last_data.elapsed() > self.spec.watchdog {
+            // The writer was gone long enough to have restarted: what was buffered belongs to
+            // a stream that ended.
+            self.fifo_parser = FeedParser::with_codec(self.spec.sei, self.spec.codec);
+        }
+        self.note_data(n);
+        let now = self.epoch.elapsed().as_micros() as u64;
+        let pushed = push_units(
+            &mut self.fifo_parser,
+            &self.buf[..n],
+            now,
+            &mut self.ready,
+            &mut self.stats,
+        );
+        if let Err(e) = pushed {
+            // A FIFO cannot be closed on the writer: resynchronise on the next unit instead.
+            self.stats.protocol_errors += 1;
+            tracing::warn!(feed = %self.name, "protocol error, resynchronising: {e}");
+            self.fifo_parser = FeedParser::with_codec(self.spec.sei, self.spec.codec);
+        }
+    }
+
+    fn note_data(&mut self, n: usize) {
+        self.stats.bytes += n as u64;
+        if self.watch.stalled {
+            tracing::info!(feed = %self.name, "feed delivers again");
+        }
+        self.watch.last_data = Instant::now();
+        self.watch.had_data = true;
+        self.watch.stalled = false;
+    }
+
+    fn watchdog(&mut self) {
+        let watch = &mut self.watch;
+        if !watch.had_data || watch.last_data.elapsed() < self.spec.watchdog {
+            return;
+        }
+        if !watch.stalled {
+            watch.stalled = true;
+            self.stats.stalls += 1;
+            let msg = format!(
+                "{}: no data for {:.1} s; asked the app for an intra frame, still listening",
+                self.name,
+                self.spec.watchdog.as_secs_f64()
+            );
+            tracing::warn!("{msg}");
+            self.notice = Some(msg);
+        }
+        if watch.last_request.elapsed() >= self.spec.watchdog {
+            watch.last_request = Instant::now();
+            self.send_keyframe_request();
+        }
+    }
+
+    fn send_keyframe_request(&mut self) {
+        if let Some((c, _)) = self.conn.as_mut() {
+            // An app that does not read its socket fills the buffer; a failed write is harmless,
+            // the app simply does not support requests, and it is not asked again.
+            if c.write(KEYFRAME_REQUEST).is_err() {
+                tracing::debug!(feed = %self.name, "keyframe request not taken by the app");
+            }
+        }
     }
 }
 
 impl Drop for FeedSource {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            // The reader polls with a short timeout, so it sees the flag promptly.
-            let _ = t.join();
-        }
         if let Some(path) = &self.socket_path {
             let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-impl FeedSource {
-    fn recv(&mut self, wait: Duration) -> Result<Option<FeedUnit>, SourceError> {
-        match self.units.recv_timeout(wait) {
-            Ok(unit) => {
-                self.last_ts = Some(Duration::from_micros(unit.timestamp_us));
-                Ok(Some(unit))
-            }
-            Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => Err(SourceError::Device {
-                device: self.name.clone(),
-                source: std::io::Error::other("the feed's reader thread ended"),
-            }),
         }
     }
 }
@@ -650,7 +823,7 @@ impl VideoSource for FeedSource {
     }
 
     fn codec(&self) -> Codec {
-        self.codec
+        self.spec.codec
     }
 
     fn wait_frame(
@@ -666,24 +839,47 @@ impl VideoSource for FeedSource {
     }
 
     fn request_keyframe(&mut self) {
-        request_keyframe(&self.shared);
+        self.send_keyframe_request();
     }
 
     fn take_notice(&mut self) -> Option<String> {
-        self.shared.notice.lock().ok()?.take()
+        self.notice.take()
     }
 }
 
-fn request_keyframe(shared: &Shared) {
-    if let Ok(mut w) = shared.requests.lock() {
-        if let Some(writer) = w.as_mut() {
-            // An app that does not read its socket fills the buffer; a failed write is harmless,
-            // the app simply does not support requests.
-            if writer.write_all(KEYFRAME_REQUEST).is_err() {
-                *w = None;
-            }
+/// What the listener had when it was readable.
+enum Accepted {
+    /// Bytes from the FIFO, at the start of the read buffer.
+    Bytes(usize),
+    /// A payload app connected.
+    Conn(Conn),
+    Nothing,
+}
+
+/// Feeds `data` to `parser` and queues the units it completes, dropping to the next keyframe
+/// when the pipeline has not taken the ones before.
+fn push_units(
+    parser: &mut FeedParser,
+    data: &[u8],
+    now_us: u64,
+    ready: &mut VecDeque<FeedUnit>,
+    stats: &mut FeedStats,
+) -> Result<(), FeedParseError> {
+    let before = parser.sei_stripped;
+    let skipped = parser.skipped;
+    let r = parser.push(data, now_us);
+    while let Some(unit) = parser.pull() {
+        if ready.len() < QUEUE_UNITS {
+            ready.push_back(unit);
+            stats.units += 1;
+        } else {
+            stats.dropped += 1;
+            parser.skip_to_keyframe();
         }
     }
+    stats.sei_stripped += parser.sei_stripped - before;
+    stats.dropped += parser.skipped - skipped;
+    r
 }
 
 /// A unix socket left by a previous run that nobody listens on would make `bind` fail.
@@ -719,246 +915,31 @@ fn open_fifo(path: &str) -> std::io::Result<std::fs::File> {
 }
 
 /// Waits until one of `fds` is readable or `timeout` passes; returns which are readable.
-fn poll_readable(fds: &[RawFd], timeout: Duration) -> std::io::Result<Vec<bool>> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs for the whole call.
-    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+fn poll_readable(fds: &[RawFd], timeout: Duration) -> std::io::Result<[bool; 2]> {
+    debug_assert!(fds.len() <= 2);
+    let mut pfds = [libc::pollfd {
+        fd: -1,
+        events: libc::POLLIN,
+        revents: 0,
+    }; 2];
+    for (p, &fd) in pfds.iter_mut().zip(fds) {
+        p.fd = fd;
+    }
+    let n = fds.len().min(2);
+    // Rounded up: a wait of 0.3 ms must not become a busy poll with a zero timeout.
+    let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+    // SAFETY: `pfds` is a valid array of at least `n` pollfd structs for the whole call.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, ms) };
     if rc < 0 {
         let e = std::io::Error::last_os_error();
         if e.kind() == std::io::ErrorKind::Interrupted {
-            return Ok(vec![false; fds.len()]);
+            return Ok([false; 2]);
         }
         return Err(e);
     }
-    Ok(pfds
-        .iter()
-        .map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
-        .collect())
-}
-
-/// How often the reader wakes to check for stop and the watchdog when nothing arrives.
-const TICK: Duration = Duration::from_millis(100);
-
-struct Reader {
-    name: String,
-    spec: FeedSpec,
-    shared: Arc<Shared>,
-    units: SyncSender<FeedUnit>,
-    epoch: Instant,
-}
-
-/// Watchdog bookkeeping of one reader.
-struct Watch {
-    last_data: Instant,
-    /// Set once data has flowed: before the app's first connection silence is not a stall.
-    had_data: bool,
-    stalled: bool,
-    last_request: Instant,
-}
-
-impl Reader {
-    fn run(self, listener: Listener) {
-        let mut conn: Option<(Conn, FeedParser)> = None;
-        let mut fifo_parser = FeedParser::with_codec(self.spec.sei, self.spec.codec);
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut watch = Watch {
-            last_data: Instant::now(),
-            had_data: false,
-            stalled: false,
-            last_request: Instant::now(),
-        };
-        while !self.shared.stop.load(Ordering::Relaxed) {
-            let mut fds = Vec::with_capacity(2);
-            match &listener {
-                Listener::Unix(l) => fds.push(l.as_raw_fd()),
-                Listener::Tcp(l) => fds.push(l.as_raw_fd()),
-                Listener::Fifo(f) => fds.push(f.as_raw_fd()),
-            }
-            if let Some((c, _)) = &conn {
-                fds.push(c.fd());
-            }
-            let ready = match poll_readable(&fds, TICK) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(feed = %self.name, "poll failed: {e}");
-                    std::thread::sleep(TICK);
-                    continue;
-                }
-            };
-            self.watchdog(&mut watch);
-            if ready.first() == Some(&true) {
-                match &listener {
-                    Listener::Fifo(f) => {
-                        let mut f = f;
-                        match f.read(&mut buf) {
-                            Ok(n) if n > 0 => {
-                                if watch.stalled || watch.last_data.elapsed() > self.spec.watchdog {
-                                    // The writer was gone long enough to have restarted: what
-                                    // was buffered belongs to a stream that ended.
-                                    fifo_parser =
-                                        FeedParser::with_codec(self.spec.sei, self.spec.codec);
-                                }
-                                self.on_data(&mut fifo_parser, &buf[..n], &mut watch);
-                            }
-                            _ => {}
-                        }
-                    }
-                    Listener::Unix(l) => {
-                        if let Ok((s, _)) = l.accept() {
-                            conn = Some(self.connected(Conn::Unix(s)));
-                        }
-                    }
-                    Listener::Tcp(l) => {
-                        if let Ok((s, _)) = l.accept() {
-                            let _ = s.set_nodelay(true);
-                            conn = Some(self.connected(Conn::Tcp(s)));
-                        }
-                    }
-                }
-                // A new connection replaces the old one: the app restarted and its old socket
-                // may never report closing. Poll again before reading.
-                continue;
-            }
-            if ready.get(1) == Some(&true) {
-                let mut closed = None;
-                if let Some((c, parser)) = conn.as_mut() {
-                    match c.read(&mut buf) {
-                        Ok(0) => closed = Some("closed by the app".to_string()),
-                        Ok(n) => {
-                            let data = &buf[..n];
-                            let before = parser.sei_stripped;
-                            if let Err(e) = self.push(parser, data, &mut watch) {
-                                self.shared
-                                    .stats
-                                    .protocol_errors
-                                    .fetch_add(1, Ordering::Relaxed);
-                                closed = Some(format!("protocol error: {e}"));
-                            }
-                            let _ = before;
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => closed = Some(e.to_string()),
-                    }
-                }
-                if let Some(why) = closed {
-                    // The unit still being collected is dropped, not flushed: nothing says the
-                    // app finished writing it, and a truncated picture would reach the viewer.
-                    conn = None;
-                    if let Ok(mut w) = self.shared.requests.lock() {
-                        *w = None;
-                    }
-                    tracing::info!(feed = %self.name, "payload app disconnected: {why}");
-                }
-            }
-        }
-    }
-
-    fn connected(&self, c: Conn) -> (Conn, FeedParser) {
-        self.shared
-            .stats
-            .connections
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(feed = %self.name, "payload app connected");
-        if let Ok(mut w) = self.shared.requests.lock() {
-            *w = c.writer();
-        }
-        (c, FeedParser::with_codec(self.spec.sei, self.spec.codec))
-    }
-
-    fn push(
-        &self,
-        parser: &mut FeedParser,
-        data: &[u8],
-        watch: &mut Watch,
-    ) -> Result<(), FeedParseError> {
-        self.note_data(data.len(), watch);
-        let now = self.epoch.elapsed().as_micros() as u64;
-        let r = parser.push(data, now);
-        self.drain(parser);
-        r
-    }
-
-    fn on_data(&self, parser: &mut FeedParser, data: &[u8], watch: &mut Watch) {
-        if let Err(e) = self.push(parser, data, watch) {
-            // A FIFO cannot be closed on the writer: resynchronise on the next unit instead.
-            self.shared
-                .stats
-                .protocol_errors
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(feed = %self.name, "protocol error, resynchronising: {e}");
-            *parser = FeedParser::with_codec(self.spec.sei, self.spec.codec);
-        }
-    }
-
-    fn note_data(&self, n: usize, watch: &mut Watch) {
-        self.shared
-            .stats
-            .bytes
-            .fetch_add(n as u64, Ordering::Relaxed);
-        if watch.stalled {
-            tracing::info!(feed = %self.name, "feed delivers again");
-        }
-        watch.last_data = Instant::now();
-        watch.had_data = true;
-        watch.stalled = false;
-    }
-
-    fn drain(&self, parser: &mut FeedParser) {
-        let stats = &self.shared.stats;
-        let before = parser.sei_stripped;
-        let skipped = parser.skipped;
-        while let Some(unit) = parser.pull() {
-            match self.units.try_send(unit) {
-                Ok(()) => {
-                    stats.units.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(TrySendError::Full(_)) => {
-                    // The pipeline is behind: drop to the next keyframe rather than queue.
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    parser.skip_to_keyframe();
-                }
-                Err(TrySendError::Disconnected(_)) => return,
-            }
-        }
-        stats
-            .sei_stripped
-            .fetch_add(parser.sei_stripped - before, Ordering::Relaxed);
-        stats
-            .dropped
-            .fetch_add(parser.skipped - skipped, Ordering::Relaxed);
-    }
-
-    fn watchdog(&self, watch: &mut Watch) {
-        if !watch.had_data || watch.last_data.elapsed() < self.spec.watchdog {
-            return;
-        }
-        if !watch.stalled {
-            watch.stalled = true;
-            self.shared.stats.stalls.fetch_add(1, Ordering::Relaxed);
-            let msg = format!(
-                "{}: no data for {:.1} s; asked the app for an intra frame, still listening",
-                self.name,
-                self.spec.watchdog.as_secs_f64()
-            );
-            tracing::warn!("{msg}");
-            if let Ok(mut n) = self.shared.notice.lock() {
-                *n = Some(msg);
-            }
-        }
-        if watch.last_request.elapsed() >= self.spec.watchdog {
-            watch.last_request = Instant::now();
-            request_keyframe(&self.shared);
-        }
-    }
+    let readable =
+        |p: &libc::pollfd| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
+    Ok([readable(&pfds[0]), n == 2 && readable(&pfds[1])])
 }
 
 #[cfg(test)]
@@ -1214,14 +1195,22 @@ mod tests {
             units, 5,
             "the sixth unit completes only when a seventh begins"
         );
-        // Silence: a notice for the session and a request line for the app.
+        // Silence while the pipeline waits: a notice for the session and a request line for
+        // the app.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let notice = loop {
+            assert!(matches!(src.wait_frame(&rung, LIVE_WAIT), Ok(None)));
+            if let Some(n) = src.take_notice() {
+                break n;
+            }
+            assert!(Instant::now() < deadline, "no stall notice");
+        };
+        assert!(notice.contains("no data"), "{notice}");
+        assert_eq!(src.stats().stalls, 1);
         app.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut line = [0u8; 4];
         app.read_exact(&mut line).unwrap();
         assert_eq!(&line, KEYFRAME_REQUEST);
-        let notice = src.take_notice().expect("a stall notice");
-        assert!(notice.contains("no data"), "{notice}");
-        assert_eq!(src.stats().stalls.load(Ordering::Relaxed), 1);
         // The app restarts: a new connection resumes at its first keyframe.
         drop(app);
         let mut app = UnixStream::connect(&path).unwrap();
@@ -1236,7 +1225,7 @@ mod tests {
             assert!(Instant::now() < deadline, "nothing after the restart");
         };
         assert!(first);
-        assert_eq!(src.stats().connections.load(Ordering::Relaxed), 2);
+        assert_eq!(src.stats().connections, 2);
         drop(src);
         assert!(!path.exists(), "the socket file is removed on close");
         let _ = std::fs::remove_dir_all(&dir);
