@@ -561,6 +561,9 @@ struct Watch {
 
 /// The longest a single `poll` waits, so that the watchdog runs during a long wait.
 const TICK: Duration = Duration::from_millis(100);
+/// Reads of what the socket already holds before a unit is handed out: 16 × 64 KiB is more
+/// than a socket buffer holds by default.
+const DRAIN_READS: usize = 16;
 
 impl FeedSource {
     /// Starts listening at the spec's endpoint; the app may connect at any time after.
@@ -612,23 +615,35 @@ impl FeedSource {
     }
 
     /// The next unit, reading the socket for up to `wait` until one is whole.
+    ///
+    /// What the socket already holds is taken in first (up to [`DRAIN_READS`] reads): a lens
+    /// being switched to is polled only once per frame of the active one, and a pipeline that
+    /// was held up comes back to a backlog; either way the app must not be left writing into a
+    /// full socket, and a backlog beyond [`QUEUE_UNITS`] is dropped to the next keyframe as it
+    /// would be if it had been read in time.
     fn recv(&mut self, wait: Duration) -> Result<Option<FeedUnit>, SourceError> {
         let deadline = Instant::now() + wait;
+        for _ in 0..DRAIN_READS {
+            if !self.read_ready(Duration::ZERO)? {
+                break;
+            }
+        }
         loop {
             if let Some(unit) = self.ready.pop_front() {
                 self.last_ts = Some(Duration::from_micros(unit.timestamp_us));
                 return Ok(Some(unit));
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            self.read_ready(left.min(TICK))?;
-            if self.ready.is_empty() && Instant::now() >= deadline {
+            if left.is_zero() {
                 return Ok(None);
             }
+            self.read_ready(left.min(TICK))?;
         }
     }
 
-    /// Waits up to `timeout` for the listener or the connection, and handles what is ready.
-    fn read_ready(&mut self, timeout: Duration) -> Result<(), SourceError> {
+    /// Waits up to `timeout` for the listener or the connection, and handles what is ready;
+    /// whether anything was.
+    fn read_ready(&mut self, timeout: Duration) -> Result<bool, SourceError> {
         let mut fds = [self.listener.fd(), -1];
         let n = if let Some((c, _)) = &self.conn {
             fds[1] = c.fd();
@@ -668,11 +683,11 @@ impl FeedSource {
                 Accepted::Conn(c) => self.connected(c),
                 Accepted::Nothing => {}
             }
-            return Ok(());
+            return Ok(true);
         }
         if n == 2 && ready[1] {
             let Some((mut c, mut parser)) = self.conn.take() else {
-                return Ok(());
+                return Ok(false);
             };
             let closed = match c.read(&mut self.buf) {
                 Ok(0) => Some("closed by the app".to_string()),
@@ -707,8 +722,9 @@ impl FeedSource {
                 Some(why) => tracing::info!(feed = %self.name, "payload app disconnected: {why}"),
                 None => self.conn = Some((c, parser)),
             }
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     fn connected(&mut self, c: Conn) {
@@ -1228,6 +1244,59 @@ mod tests {
         assert_eq!(src.stats().connections, 2);
         drop(src);
         assert!(!path.exists(), "the socket file is removed on close");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_feed_polled_now_and_then_takes_in_its_backlog_and_drops_to_a_keyframe() {
+        // A lens being switched to is polled without waiting, once per frame of the active one:
+        // each poll must empty the socket so that the app never writes into a full one.
+        let dir = std::env::temp_dir().join(format!("dockcast-feed-bl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bl.sock");
+        let spec: FeedSpec = format!("unix:{}", path.display()).parse().unwrap();
+        let mut src = FeedSource::open(&spec).unwrap();
+        let rung = Rung {
+            width: 16,
+            height: 16,
+            fps: 30,
+            bitrate_kbps: 100,
+        };
+        let mut app = UnixStream::connect(&path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while src.stats().connections == 0 {
+            assert!(matches!(src.wait_frame(&rung, Duration::ZERO), Ok(None)));
+            assert!(Instant::now() < deadline, "the app was never accepted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // 25 pictures of 4 kB: more than one read takes, less than the socket buffer holds.
+        let mut backlog = Vec::new();
+        for i in 0..25u8 {
+            if i % 5 == 0 {
+                backlog.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1e, 0xd9]);
+                backlog.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xcb, 0x83, 0xcb, 0x20]);
+            }
+            let ty = if i % 5 == 0 { 0x65 } else { 0x41 };
+            backlog.extend_from_slice(&[0, 0, 0, 1, ty, 0x88, i | 1]);
+            backlog.extend_from_slice(&[0x10; 4000]);
+        }
+        app.write_all(&backlog).unwrap();
+        let first = src.wait_frame(&rung, Duration::ZERO).unwrap();
+        assert!(matches!(
+            first,
+            Some(SourceFrame::Encoded { keyframe: true, .. })
+        ));
+        let stats = *src.stats();
+        assert_eq!(stats.bytes, backlog.len() as u64, "one poll read it all");
+        // 24 units are whole (the last completes only when another begins): 8 fit the queue,
+        // the rest are dropped up to a keyframe that does not come before the data ends.
+        assert_eq!((stats.units, stats.dropped), (QUEUE_UNITS as u64, 16));
+        let mut queued = 0;
+        while let Ok(Some(_)) = src.wait_frame(&rung, Duration::ZERO) {
+            queued += 1;
+        }
+        assert_eq!(queued, QUEUE_UNITS - 1);
+        drop(src);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
