@@ -799,8 +799,8 @@ impl FeedSource {
 
     fn send_keyframe_request(&mut self) {
         if let Some((c, _)) = self.conn.as_mut() {
-            // An app that does not read its socket fills the buffer; a failed write is harmless,
-            // the app simply does not support requests, and it is not asked again.
+            // An app that does not read its socket fills the buffer; a write that would block
+            // is harmless: the app simply does not support requests.
             if c.write(KEYFRAME_REQUEST).is_err() {
                 tracing::debug!(feed = %self.name, "keyframe request not taken by the app");
             }
