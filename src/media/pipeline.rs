@@ -192,14 +192,23 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// restarted app, a camera whose clock reset): the mapping is re-anchored instead of followed.
 const MAX_TS_JUMP: Duration = Duration::from_secs(1);
 
+/// A live source's timestamps as the session clock follows them.
+#[derive(Debug, Default, Clone, Copy)]
+struct SourceClock {
+    /// Source timestamp ↔ session pts of one frame; `None` until the next frame sets it.
+    anchor: Option<(Duration, Duration)>,
+    /// The previous frame's source timestamp.
+    last_ts: Option<Duration>,
+}
+
 /// The input in use.
 struct Active {
     name: String,
     spec: SourceSpec,
     src: Box<dyn VideoSource>,
     live: bool,
-    /// Source timestamp ↔ session pts of one frame, for live sources.
-    anchor: Option<(Duration, Duration)>,
+    /// How the source's timestamps map onto the session clock, for live sources.
+    clock: SourceClock,
     /// Size from the source's last SPS.
     coded_size: Option<(u32, u32)>,
     /// Encoded source: pass through (true) or transcode (false); decided at its keyframes.
@@ -219,7 +228,7 @@ impl Active {
             spec,
             live: src.is_live(),
             src,
-            anchor: None,
+            clock: SourceClock::default(),
             coded_size: None,
             passthrough: true,
             decoder: None,
@@ -575,17 +584,23 @@ impl Worker {
     /// Maps a frame's source timestamp onto the session clock: monotonic, continuous across
     /// switches (a new source starts one interval after the last frame), following the source's
     /// own spacing while it is plausible.
-    fn stamp(
-        &mut self,
-        src_ts: Option<Duration>,
-        anchor: &mut Option<(Duration, Duration)>,
-    ) -> Duration {
+    fn stamp(&mut self, src_ts: Option<Duration>, clock: &mut SourceClock) -> Duration {
         let interval = self.interval();
         let nominal = self.last_pts.map_or(Duration::ZERO, |p| p + interval);
-        // Frames closer than a quarter interval are not the source's spacing but a backlog read
-        // at once (arrival-time clocks give a burst one timestamp): following them would squeeze
-        // the frames after the burst together, so the mapping is re-anchored instead.
-        let floor = self.last_pts.map_or(Duration::ZERO, |p| p + interval / 4);
+        let floor = self
+            .last_pts
+            .map_or(Duration::ZERO, |p| p + Duration::from_millis(1));
+        let previous = std::mem::replace(&mut clock.last_ts, src_ts);
+        if src_ts.is_some() && src_ts == previous {
+            // A backlog read at once: an arrival-time clock gives every unit of it the time of
+            // the read. They are spaced one interval apart, and the frame after them anchors
+            // afresh, since its time measured from the stale read time would squeeze it
+            // against the last of them.
+            clock.anchor = None;
+            self.last_pts = Some(nominal);
+            return nominal;
+        }
+        let anchor = &mut clock.anchor;
         let pts = match (src_ts, *anchor) {
             (Some(ts), Some((ts0, p0))) if ts >= ts0 => {
                 let p = p0 + (ts - ts0);
@@ -708,9 +723,9 @@ impl Worker {
                 input: a.name.clone(),
             });
         }
-        let mut anchor = a.anchor.take();
-        let pts = self.stamp(if a.live { ts } else { None }, &mut anchor);
-        a.anchor = anchor;
+        let mut clock = a.clock;
+        let pts = self.stamp(if a.live { ts } else { None }, &mut clock);
+        a.clock = clock;
         let out = match pulled {
             Pulled::Nothing => Ok(None),
             Pulled::Raw => {
@@ -1179,28 +1194,28 @@ mod tests {
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let (etx, _erx) = tokio::sync::mpsc::channel(1);
         let mut w = Worker::new(spec(), tx, etx, Arc::default());
-        let mut anchor = None;
+        let mut clock = SourceClock::default();
         let ms = Duration::from_millis;
-        assert_eq!(w.stamp(Some(ms(5000)), &mut anchor), ms(0));
-        assert_eq!(w.stamp(Some(ms(5040)), &mut anchor), ms(40));
+        assert_eq!(w.stamp(Some(ms(5000)), &mut clock), ms(0));
+        assert_eq!(w.stamp(Some(ms(5040)), &mut clock), ms(40));
         // Backwards (restarted app): continues one interval later.
-        let p = w.stamp(Some(ms(10)), &mut anchor);
+        let p = w.stamp(Some(ms(10)), &mut clock);
         assert!(p > ms(40) && p <= ms(60));
         // Far forward: same.
-        let q = w.stamp(Some(ms(99_000)), &mut anchor);
+        let q = w.stamp(Some(ms(99_000)), &mut clock);
         assert!(q > p && q <= p + ms(20));
         // A backlog read at once (one arrival time), then the next live frame soon after: each
         // keeps a whole interval from the last instead of following the squeezed source clock.
         let i = w.interval();
-        let b1 = w.stamp(Some(ms(200_000)), &mut anchor);
-        let b2 = w.stamp(Some(ms(200_000)), &mut anchor);
-        let b3 = w.stamp(Some(ms(200_000) + i / 8), &mut anchor);
+        let b1 = w.stamp(Some(ms(200_000)), &mut clock);
+        let b2 = w.stamp(Some(ms(200_000)), &mut clock);
+        let b3 = w.stamp(Some(ms(200_000) + ms(5)), &mut clock);
         assert_eq!((b1 + i, b2 + i), (b2, b3));
         // After which the source's own spacing is followed again.
-        let last = w.stamp(Some(ms(200_000) + i / 8 + i), &mut anchor);
+        let last = w.stamp(Some(ms(200_000) + ms(5) + i), &mut clock);
         assert_eq!(last, b3 + i);
         // A new source (fresh anchor) starts one interval after the last frame.
-        let mut fresh = None;
+        let mut fresh = SourceClock::default();
         let r = w.stamp(Some(ms(1)), &mut fresh);
         assert_eq!(r, last + i);
     }

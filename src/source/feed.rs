@@ -623,8 +623,11 @@ impl FeedSource {
     /// would be if it had been read in time.
     fn recv(&mut self, wait: Duration) -> Result<Option<FeedUnit>, SourceError> {
         let deadline = Instant::now() + wait;
+        // A backlog's units arrived at some unknown time before now; they share one arrival
+        // time, which tells the pipeline's clock that they were read at once.
+        let backlog_us = self.epoch.elapsed().as_micros() as u64;
         for _ in 0..DRAIN_READS {
-            if !self.read_ready(Duration::ZERO)? {
+            if !self.read_ready(Duration::ZERO, Some(backlog_us))? {
                 break;
             }
         }
@@ -637,13 +640,17 @@ impl FeedSource {
             if left.is_zero() {
                 return Ok(None);
             }
-            self.read_ready(left.min(TICK))?;
+            self.read_ready(left.min(TICK), None)?;
         }
     }
 
     /// Waits up to `timeout` for the listener or the connection, and handles what is ready;
-    /// whether anything was.
-    fn read_ready(&mut self, timeout: Duration) -> Result<bool, SourceError> {
+    /// whether anything was. Bytes read count as arrived at `arrival_us` if given, else now.
+    fn read_ready(
+        &mut self,
+        timeout: Duration,
+        arrival_us: Option<u64>,
+    ) -> Result<bool, SourceError> {
         let mut fds = [self.listener.fd(), -1];
         let n = if let Some((c, _)) = &self.conn {
             fds[1] = c.fd();
@@ -677,7 +684,7 @@ impl FeedSource {
                 },
             };
             match got {
-                Accepted::Bytes(n) => self.fifo_data(n),
+                Accepted::Bytes(n) => self.fifo_data(n, arrival_us),
                 // A new connection replaces the old one: the app restarted and its old socket
                 // may never report closing. Poll again before reading.
                 Accepted::Conn(c) => self.connected(c),
@@ -693,7 +700,7 @@ impl FeedSource {
                 Ok(0) => Some("closed by the app".to_string()),
                 Ok(n) => {
                     self.note_data(n);
-                    let now = self.epoch.elapsed().as_micros() as u64;
+                    let now = arrival_us.unwrap_or_else(|| self.epoch.elapsed().as_micros() as u64);
                     let pushed = push_units(
                         &mut parser,
                         &self.buf[..n],
@@ -742,14 +749,14 @@ impl FeedSource {
     }
 
     /// The first `n` bytes of the read buffer came from the FIFO.
-    fn fifo_data(&mut self, n: usize) {
+    fn fifo_data(&mut self, n: usize, arrival_us: Option<u64>) {
         if self.watch.stalled || self.watch.last_data.elapsed() > self.spec.watchdog {
             // The writer was gone long enough to have restarted: what was buffered belongs to
             // a stream that ended.
             self.fifo_parser = FeedParser::with_codec(self.spec.sei, self.spec.codec);
         }
         self.note_data(n);
-        let now = self.epoch.elapsed().as_micros() as u64;
+        let now = arrival_us.unwrap_or_else(|| self.epoch.elapsed().as_micros() as u64);
         let pushed = push_units(
             &mut self.fifo_parser,
             &self.buf[..n],
