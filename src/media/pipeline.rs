@@ -193,7 +193,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 const MAX_TS_JUMP: Duration = Duration::from_secs(1);
 
 /// A live source's timestamps as the session clock follows them.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct SourceClock {
     /// Source timestamp ↔ session pts of one frame; `None` until the next frame sets it.
     anchor: Option<(Duration, Duration)>,
@@ -591,17 +591,16 @@ impl Worker {
             .last_pts
             .map_or(Duration::ZERO, |p| p + Duration::from_millis(1));
         let previous = std::mem::replace(&mut clock.last_ts, src_ts);
-        if src_ts.is_some() && src_ts == previous {
-            // A backlog read at once: an arrival-time clock gives every unit of it the time of
-            // the read. They are spaced one interval apart, and the frame after them anchors
-            // afresh, since its time measured from the stale read time would squeeze it
-            // against the last of them.
-            clock.anchor = None;
-            self.last_pts = Some(nominal);
-            return nominal;
-        }
         let anchor = &mut clock.anchor;
         let pts = match (src_ts, *anchor) {
+            (Some(ts), _) if previous == Some(ts) => {
+                // A backlog read at once: an arrival-time clock gives every unit of it the time
+                // of the read. They are spaced one interval apart, and the frame after them
+                // anchors afresh, since its time measured from the stale read time would
+                // squeeze it against the last of them.
+                *anchor = None;
+                nominal
+            }
             (Some(ts), Some((ts0, p0))) if ts >= ts0 => {
                 let p = p0 + (ts - ts0);
                 if p >= floor && p <= nominal + MAX_TS_JUMP {
@@ -723,9 +722,7 @@ impl Worker {
                 input: a.name.clone(),
             });
         }
-        let mut clock = a.clock;
-        let pts = self.stamp(if a.live { ts } else { None }, &mut clock);
-        a.clock = clock;
+        let pts = self.stamp(if a.live { ts } else { None }, &mut a.clock);
         let out = match pulled {
             Pulled::Nothing => Ok(None),
             Pulled::Raw => {
