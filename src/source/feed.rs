@@ -625,7 +625,7 @@ impl FeedSource {
         let deadline = Instant::now() + wait;
         // A backlog's units arrived at some unknown time before now; they share one arrival
         // time, which tells the pipeline's clock that they were read at once.
-        let backlog_us = self.epoch.elapsed().as_micros() as u64;
+        let backlog_us = self.now_us();
         for _ in 0..DRAIN_READS {
             if !self.read_ready(Duration::ZERO, Some(backlog_us))? {
                 break;
@@ -663,6 +663,7 @@ impl FeedSource {
             source,
         })?;
         self.watchdog();
+        let arrival_us = arrival_us.unwrap_or_else(|| self.now_us());
         if ready[0] {
             let got = match &self.listener {
                 Listener::Fifo(f) => {
@@ -700,11 +701,10 @@ impl FeedSource {
                 Ok(0) => Some("closed by the app".to_string()),
                 Ok(n) => {
                     self.note_data(n);
-                    let now = arrival_us.unwrap_or_else(|| self.epoch.elapsed().as_micros() as u64);
                     let pushed = push_units(
                         &mut parser,
                         &self.buf[..n],
-                        now,
+                        arrival_us,
                         &mut self.ready,
                         &mut self.stats,
                     );
@@ -748,19 +748,23 @@ impl FeedSource {
         self.conn = Some((c, FeedParser::with_codec(self.spec.sei, self.spec.codec)));
     }
 
+    /// Microseconds since the source opened: the arrival time of what is read now.
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
     /// The first `n` bytes of the read buffer came from the FIFO.
-    fn fifo_data(&mut self, n: usize, arrival_us: Option<u64>) {
+    fn fifo_data(&mut self, n: usize, arrival_us: u64) {
         if self.watch.stalled || self.watch.last_data.elapsed() > self.spec.watchdog {
             // The writer was gone long enough to have restarted: what was buffered belongs to
             // a stream that ended.
             self.fifo_parser = FeedParser::with_codec(self.spec.sei, self.spec.codec);
         }
         self.note_data(n);
-        let now = arrival_us.unwrap_or_else(|| self.epoch.elapsed().as_micros() as u64);
         let pushed = push_units(
             &mut self.fifo_parser,
             &self.buf[..n],
-            now,
+            arrival_us,
             &mut self.ready,
             &mut self.stats,
         );
@@ -972,6 +976,12 @@ mod tests {
 
     /// A small stream: SPS, PPS, private SEI + IDR, then P frames, built by hand.
     fn stream(frames: usize, sei: bool) -> Vec<u8> {
+        stream_padded(frames, sei, 1)
+    }
+
+    /// `frames` pictures whose slices carry `pad` payload bytes each (no zero bytes, so no
+    /// start code can appear inside them).
+    fn stream_padded(frames: usize, sei: bool, pad: usize) -> Vec<u8> {
         let mut s = Vec::new();
         for i in 0..frames {
             if i % 5 == 0 {
@@ -985,7 +995,8 @@ mod tests {
                 s.extend_from_slice(&[1, 2, 0x80]);
             }
             let ty = if i % 5 == 0 { 0x65 } else { 0x41 };
-            s.extend_from_slice(&[0, 0, 0, 1, ty, 0x88, i as u8 | 1, 0x10]);
+            s.extend_from_slice(&[0, 0, 0, 1, ty, 0x88, i as u8 | 1]);
+            s.resize(s.len() + pad, 0x10);
         }
         s
     }
@@ -1189,28 +1200,38 @@ mod tests {
         ));
     }
 
+    /// A feed listening on a unix socket in a fresh directory named after `tag`, with the
+    /// options in `query`; the directory is for the caller to remove.
+    fn open_unix_feed(
+        tag: &str,
+        query: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf, FeedSource) {
+        let dir = std::env::temp_dir().join(format!("dockcast-feed-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{tag}.sock"));
+        let spec: FeedSpec = format!("unix:{}{query}", path.display()).parse().unwrap();
+        let src = FeedSource::open(&spec).unwrap();
+        (dir, path, src)
+    }
+
+    /// Any rung: the feed passes units through whatever it says.
+    const RUNG: Rung = Rung {
+        width: 16,
+        height: 16,
+        fps: 30,
+        bitrate_kbps: 100,
+    };
+
     #[test]
     fn silent_app_is_reported_asked_for_an_intra_frame_and_can_come_back() {
         use std::io::Read;
-        let dir = std::env::temp_dir().join(format!("dockcast-feed-wd-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("wd.sock");
-        let spec: FeedSpec = format!("unix:{}?watchdog=0.3", path.display())
-            .parse()
-            .unwrap();
-        let mut src = FeedSource::open(&spec).unwrap();
-        let rung = Rung {
-            width: 16,
-            height: 16,
-            fps: 30,
-            bitrate_kbps: 100,
-        };
+        let (dir, path, mut src) = open_unix_feed("wd", "?watchdog=0.3");
         let mut app = UnixStream::connect(&path).unwrap();
         app.write_all(&stream(6, true)).unwrap();
         let mut units = 0;
         let deadline = Instant::now() + Duration::from_secs(5);
         while units < 5 && Instant::now() < deadline {
-            if let Ok(Some(SourceFrame::Encoded { .. })) = src.wait_frame(&rung, LIVE_WAIT) {
+            if let Ok(Some(SourceFrame::Encoded { .. })) = src.wait_frame(&RUNG, LIVE_WAIT) {
                 units += 1;
             }
         }
@@ -1222,7 +1243,7 @@ mod tests {
         // the app.
         let deadline = Instant::now() + Duration::from_secs(5);
         let notice = loop {
-            assert!(matches!(src.wait_frame(&rung, LIVE_WAIT), Ok(None)));
+            assert!(matches!(src.wait_frame(&RUNG, LIVE_WAIT), Ok(None)));
             if let Some(n) = src.take_notice() {
                 break n;
             }
@@ -1241,7 +1262,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let first = loop {
             if let Ok(Some(SourceFrame::Encoded { keyframe, .. })) =
-                src.wait_frame(&rung, LIVE_WAIT)
+                src.wait_frame(&RUNG, LIVE_WAIT)
             {
                 break keyframe;
             }
@@ -1258,37 +1279,18 @@ mod tests {
     fn a_feed_polled_now_and_then_takes_in_its_backlog_and_drops_to_a_keyframe() {
         // A lens being switched to is polled without waiting, once per frame of the active one:
         // each poll must empty the socket so that the app never writes into a full one.
-        let dir = std::env::temp_dir().join(format!("dockcast-feed-bl-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("bl.sock");
-        let spec: FeedSpec = format!("unix:{}", path.display()).parse().unwrap();
-        let mut src = FeedSource::open(&spec).unwrap();
-        let rung = Rung {
-            width: 16,
-            height: 16,
-            fps: 30,
-            bitrate_kbps: 100,
-        };
+        let (dir, path, mut src) = open_unix_feed("bl", "");
         let mut app = UnixStream::connect(&path).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while src.stats().connections == 0 {
-            assert!(matches!(src.wait_frame(&rung, Duration::ZERO), Ok(None)));
+            assert!(matches!(src.wait_frame(&RUNG, Duration::ZERO), Ok(None)));
             assert!(Instant::now() < deadline, "the app was never accepted");
             std::thread::sleep(Duration::from_millis(5));
         }
         // 25 pictures of 4 kB: more than one read takes, less than the socket buffer holds.
-        let mut backlog = Vec::new();
-        for i in 0..25u8 {
-            if i % 5 == 0 {
-                backlog.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1e, 0xd9]);
-                backlog.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xcb, 0x83, 0xcb, 0x20]);
-            }
-            let ty = if i % 5 == 0 { 0x65 } else { 0x41 };
-            backlog.extend_from_slice(&[0, 0, 0, 1, ty, 0x88, i | 1]);
-            backlog.extend_from_slice(&[0x10; 4000]);
-        }
+        let backlog = stream_padded(25, false, 4000);
         app.write_all(&backlog).unwrap();
-        let first = src.wait_frame(&rung, Duration::ZERO).unwrap();
+        let first = src.wait_frame(&RUNG, Duration::ZERO).unwrap();
         assert!(matches!(
             first,
             Some(SourceFrame::Encoded { keyframe: true, .. })
@@ -1299,7 +1301,7 @@ mod tests {
         // the rest are dropped up to a keyframe that does not come before the data ends.
         assert_eq!((stats.units, stats.dropped), (QUEUE_UNITS as u64, 16));
         let mut queued = 0;
-        while let Ok(Some(_)) = src.wait_frame(&rung, Duration::ZERO) {
+        while let Ok(Some(_)) = src.wait_frame(&RUNG, Duration::ZERO) {
             queued += 1;
         }
         assert_eq!(queued, QUEUE_UNITS - 1);
