@@ -797,14 +797,15 @@ fn an_h265_file_passes_through_over_enhanced_rtmp_and_whip_refuses_it() {
     );
     assert!(d.pts_ms.windows(2).all(|w| w[0] <= w[1]), "pts go back");
 
-    // WHIP carries H.264 only: the start is refused with a reply, not a mislabelled stream.
+    // WHIP carries H.264 only: the start is refused with a reply that names the transport
+    // (513013), not a mislabelled stream and not "cannot reach the server" (513010).
     let whip = peers::whip::WhipServer::start(peers::whip::WhipServerOptions::default());
     let (tid, _) = rig.cloud.send_service(
         "live_start_push",
         json!({ "url_type": 4, "url": whip.url("cam"), "video_id": vid, "video_quality": 0 }),
     );
     let reply = rig.cloud.wait_reply(&tid, REPLY_TIMEOUT);
-    assert_ne!(reply["data"]["result"], 0, "{reply}");
+    assert_eq!(reply["data"]["result"], 513013, "{reply}");
     assert!(
         rig.daemon
             .log_tail(80)

@@ -44,6 +44,12 @@ pub enum SessionEvent {
         /// Why (secrets redacted).
         reason: String,
     },
+    /// The session's transport cannot carry its video (an H.265 lens on a sink that has only
+    /// H.264); it ends, and a start still waiting is answered 513013.
+    Unsupported {
+        /// Why.
+        reason: String,
+    },
     /// The session closed after a stop.
     Stopped,
 }
@@ -627,6 +633,19 @@ impl Manager {
         ]
     }
 
+    /// Forgets a session that cannot go on; a start still waiting for it is answered `code`.
+    fn end_session(&mut self, id: SessionId, code: LiveErrorCode) -> Vec<Action> {
+        let Some(s) = self.sessions.remove(&id) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Action> = s.waiting.iter().map(|w| reply(w, code.code())).collect();
+        out.push(Action::Stop { id });
+        if s.phase != Phase::Starting {
+            out.push(Action::PublishStatus);
+        }
+        out
+    }
+
     fn session_event(&mut self, id: SessionId, event: SessionEvent) -> Vec<Action> {
         let Some(s) = self.sessions.get_mut(&id) else {
             // Events from a session that was already stopped.
@@ -668,17 +687,11 @@ impl Manager {
             }
             SessionEvent::Failed { reason } => {
                 warn!(session = id, video_id = %s.video_id, "failed: {reason}");
-                let s = self.sessions.remove(&id).expect("present");
-                let mut out: Vec<Action> = s
-                    .waiting
-                    .iter()
-                    .map(|w| reply(w, LiveErrorCode::ConnectFailed.code()))
-                    .collect();
-                out.push(Action::Stop { id });
-                if s.phase != Phase::Starting {
-                    out.push(Action::PublishStatus);
-                }
-                out
+                self.end_session(id, LiveErrorCode::ConnectFailed)
+            }
+            SessionEvent::Unsupported { reason } => {
+                warn!(session = id, video_id = %s.video_id, "refused: {reason}");
+                self.end_session(id, LiveErrorCode::UrlTypeNotSupported)
             }
             SessionEvent::Stopped => {
                 // A session stops by itself only if its sink ended; treat it as a failure.
@@ -807,6 +820,37 @@ mod tests {
             m.handle(start("t2", URL, 0))[0],
             Action::Start { .. }
         ));
+    }
+
+    #[test]
+    fn a_sink_that_cannot_carry_the_codec_answers_513013_not_513010() {
+        let mut m = manager();
+        let id = started(&m.handle(start("t1", URL, 0)));
+        let actions = m.handle(Input::Session {
+            id,
+            event: SessionEvent::Unsupported {
+                reason: "the source is H.265; WHIP here carries H.264 only".into(),
+            },
+        });
+        assert_eq!(replies(&actions), [("t1".to_string(), 513013)]);
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::Stop { id: i } if *i == id)));
+        assert!(m.session_ids().is_empty(), "the session is forgotten");
+        // Once live, the end is reported in live_status rather than as a reply.
+        let id = started(&m.handle(start("t2", URL, 0)));
+        m.handle(Input::Session {
+            id,
+            event: SessionEvent::Publishing,
+        });
+        let actions = m.handle(Input::Session {
+            id,
+            event: SessionEvent::Unsupported {
+                reason: "a lens switched to H.265".into(),
+            },
+        });
+        assert!(replies(&actions).is_empty());
+        assert!(actions.iter().any(|a| matches!(a, Action::PublishStatus)));
     }
 
     #[test]

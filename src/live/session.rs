@@ -338,6 +338,10 @@ impl Supervisor {
                         self.report(SessionEvent::Failed { reason }).await;
                         break;
                     }
+                    Some(SinkEvent::Refused { reason }) => {
+                        self.report(SessionEvent::Unsupported { reason }).await;
+                        break;
+                    }
                     Some(SinkEvent::Stopped) | None => {
                         sink_done = true;
                         // The sink ends on its own when the pipeline closed its queue; the

@@ -34,6 +34,14 @@ pub enum SinkEvent {
         /// Why (secrets redacted).
         reason: String,
     },
+    /// The sink cannot carry this video (a codec its protocol does not have here); the session
+    /// ends. Kept apart from [`Failed`](Self::Failed) so the cloud hears "this transport is not
+    /// supported" rather than "cannot reach the server", which would send an operator to check
+    /// the network.
+    Refused {
+        /// Why.
+        reason: String,
+    },
     /// The sink needs the next frame to be a keyframe (after a reconnect or a dropped frame).
     KeyframeWanted,
     /// The sink closed cleanly after a stop request.

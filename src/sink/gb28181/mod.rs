@@ -268,7 +268,7 @@ pub async fn run(
                             frame.codec.name()
                         );
                         tracing::warn!(target = %label, %reason, "gb28181 cannot send this video");
-                        let _ = events.send(SinkEvent::Failed { reason }).await;
+                        let _ = events.send(SinkEvent::Refused { reason }).await;
                     }
                 }
                 Some(frame) => {

@@ -249,7 +249,7 @@ pub async fn run(
             }
             .to_string();
             tracing::warn!(target = %target.redacted(), %reason, "whip publish refused");
-            let _ = events.send(SinkEvent::Failed { reason }).await;
+            let _ = events.send(SinkEvent::Refused { reason }).await;
             return;
         }
         // An H.264 frame (dropped like every frame before the session is up), or none yet.
@@ -324,7 +324,12 @@ pub async fn run(
         let reason = error.to_string();
         if !published_once || fatal {
             tracing::warn!(target = %target.redacted(), %reason, "whip publish failed");
-            let _ = events.send(SinkEvent::Failed { reason }).await;
+            let event = match error {
+                // A lens switched to H.265 mid-session.
+                WhipError::UnsupportedCodec { .. } => SinkEvent::Refused { reason },
+                _ => SinkEvent::Failed { reason },
+            };
+            let _ = events.send(event).await;
             return;
         }
         if cancel.is_cancelled() {
