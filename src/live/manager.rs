@@ -801,20 +801,24 @@ mod tests {
         assert_eq!(st[0].video_quality.as_u8(), 2);
     }
 
-    #[test]
-    fn failed_connect_answers_513010_and_forgets_the_session() {
+    /// Start `t1`, then `event` from its session before it publishes: the manager and what it
+    /// did, once checked that the session was stopped.
+    fn start_and_end(event: SessionEvent) -> (Manager, Vec<Action>) {
         let mut m = manager();
         let id = started(&m.handle(start("t1", URL, 0)));
-        let actions = m.handle(Input::Session {
-            id,
-            event: SessionEvent::Failed {
-                reason: "connection refused".into(),
-            },
-        });
-        assert_eq!(replies(&actions), [("t1".to_string(), 513010)]);
+        let actions = m.handle(Input::Session { id, event });
         assert!(actions
             .iter()
             .any(|a| matches!(a, Action::Stop { id: i } if *i == id)));
+        (m, actions)
+    }
+
+    #[test]
+    fn failed_connect_answers_513010_and_forgets_the_session() {
+        let (mut m, actions) = start_and_end(SessionEvent::Failed {
+            reason: "connection refused".into(),
+        });
+        assert_eq!(replies(&actions), [("t1".to_string(), 513010)]);
         // The video can be started again.
         assert!(matches!(
             m.handle(start("t2", URL, 0))[0],
@@ -824,18 +828,10 @@ mod tests {
 
     #[test]
     fn a_sink_that_cannot_carry_the_codec_answers_513013_not_513010() {
-        let mut m = manager();
-        let id = started(&m.handle(start("t1", URL, 0)));
-        let actions = m.handle(Input::Session {
-            id,
-            event: SessionEvent::Unsupported {
-                reason: "the source is H.265; WHIP here carries H.264 only".into(),
-            },
+        let (mut m, actions) = start_and_end(SessionEvent::Unsupported {
+            reason: "the source is H.265; WHIP here carries H.264 only".into(),
         });
         assert_eq!(replies(&actions), [("t1".to_string(), 513013)]);
-        assert!(actions
-            .iter()
-            .any(|a| matches!(a, Action::Stop { id: i } if *i == id)));
         assert!(m.session_ids().is_empty(), "the session is forgotten");
         // Once live, the end is reported in live_status rather than as a reply.
         let id = started(&m.handle(start("t2", URL, 0)));
