@@ -548,6 +548,13 @@ impl Conn {
             Conn::Tcp(s) => s.write(buf),
         }
     }
+
+    fn set_nonblocking(&self) -> std::io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.set_nonblocking(true),
+            Conn::Tcp(s) => s.set_nonblocking(true),
+        }
+    }
 }
 
 /// Watchdog bookkeeping of one feed.
@@ -735,11 +742,7 @@ impl FeedSource {
     }
 
     fn connected(&mut self, c: Conn) {
-        let nonblocking = match &c {
-            Conn::Unix(s) => s.set_nonblocking(true),
-            Conn::Tcp(s) => s.set_nonblocking(true),
-        };
-        if let Err(e) = nonblocking {
+        if let Err(e) = c.set_nonblocking() {
             tracing::warn!(feed = %self.name, "payload app refused: {e}");
             return;
         }
