@@ -748,7 +748,7 @@ fn fake_app_output_parses_back_into_the_clips_pictures() {
 }
 
 #[test]
-fn an_h265_file_passes_through_over_enhanced_rtmp_and_whip_refuses_it() {
+fn an_h265_file_passes_through_over_enhanced_rtmp_and_whip_and_gb28181_refuse_it() {
     let serial = peers::exclusive();
     let broker = Mosquitto::start();
     let nms = peers::nms::Nms::start();
@@ -813,6 +813,37 @@ fn an_h265_file_passes_through_over_enhanced_rtmp_and_whip_refuses_it() {
         "no log line says why:\n{}",
         rig.daemon.log_tail(80)
     );
+
+    // Nor does GB/T 28181's PS here: refused the same way, before the device registers. A bare
+    // UDP socket stands in for the platform, to show no REGISTER reached it.
+    let platform = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    platform.set_nonblocking(true).expect("nonblocking");
+    let platform_port = platform.local_addr().expect("addr").port();
+    let gb_url = format!(
+        "serverIP=127.0.0.1&serverPort={platform_port}&serverID=34020000002000000001\
+         &agentID=34020000001320000001&agentPassword=12345678&localPort={}\
+         &channel=34020000001310000001",
+        peers::free_port()
+    );
+    let (tid, _) = rig.cloud.send_service(
+        "live_start_push",
+        json!({ "url_type": 3, "url": gb_url, "video_id": vid, "video_quality": 0 }),
+    );
+    let reply = rig.cloud.wait_reply(&tid, REPLY_TIMEOUT);
+    assert_eq!(reply["data"]["result"], 513013, "{reply}");
+    assert!(
+        rig.daemon
+            .log_tail(80)
+            .contains("GB/T 28181 here carries H.264 only"),
+        "no log line says why:\n{}",
+        rig.daemon.log_tail(80)
+    );
+    let mut buf = [0u8; 2048];
+    match platform.recv_from(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok((n, _)) => panic!("the platform got: {}", String::from_utf8_lossy(&buf[..n])),
+        Err(e) => panic!("platform socket: {e}"),
+    }
 }
 
 /// Where each picture of an H.265 Annex-B stream ends (before the next picture's first NAL),

@@ -7,7 +7,7 @@
 mod peers;
 
 use dockcast::media::encoder::H264Encoder;
-use dockcast::media::frame::EncodedFrame;
+use dockcast::media::frame::{Codec, EncodedFrame};
 use dockcast::media::quality::Rung;
 use dockcast::sink::gb28181::SipTransport;
 use dockcast::sink::gb28181::{run, GbOptions, GbTarget};
@@ -378,6 +378,116 @@ async fn wrong_password_fails_the_sink() {
         "{}",
         uas.log()
     );
+}
+
+/// An H.265 access unit as far as the sink looks (its codec): the sink refuses it unread.
+fn h265_frame(pts: Duration) -> EncodedFrame {
+    EncodedFrame {
+        data: bytes::Bytes::from_static(&[0, 0, 0, 1, 0x26, 0x01, 0xaf, 0x00]),
+        pts,
+        keyframe: true,
+        codec: Codec::H265,
+    }
+}
+
+/// A source that is H.265 from the start is refused before the device registers: the cloud is
+/// told the transport cannot carry it, and the platform never hears of a device that could not
+/// play. A bare UDP socket stands in for the platform, to show nothing at all was sent to it.
+#[tokio::test]
+async fn an_h265_source_is_refused_before_the_device_registers() {
+    let _serial = SERIAL.lock().await;
+    let platform = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let platform_port = platform.local_addr().expect("addr").port();
+    let (tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(16);
+    let sink = tokio::spawn(run(
+        target(platform_port, free_port(), PASSWORD),
+        options(0),
+        frames,
+        ev_tx,
+        CancellationToken::new(),
+    ));
+    tx.send(h265_frame(Duration::ZERO))
+        .await
+        .expect("sink alive");
+    match next_event(&mut events, Duration::from_secs(5)).await {
+        SinkEvent::Refused { reason } => {
+            assert!(reason.contains("H.265"), "{reason}");
+            assert!(reason.contains("H.264 only"), "{reason}");
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    // Loopback delivers a datagram before `send_to` returns, and the sink has returned: a
+    // REGISTER, had one been sent, would be waiting here.
+    let mut buf = [0u8; 2048];
+    match platform.try_recv_from(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok((n, from)) => panic!(
+            "the platform got {n} bytes from {from}: {}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => panic!("platform socket: {e}"),
+    }
+}
+
+/// A source that turns H.265 after the device registered (a lens switch to an H.265 camera)
+/// is refused as its first such frame arrives, and the device still unregisters on stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_turns_h265_is_refused_and_the_device_unregisters() {
+    let _serial = SERIAL.lock().await;
+    let uas = blocking(|| PlatformUas::start(free_port())).await;
+    let clip = blocking(encode_clip).await;
+    let (tx, frames) = mpsc::channel(8);
+    let (ev_tx, mut events) = mpsc::channel(16);
+    let cancel = CancellationToken::new();
+    let sink = tokio::spawn(run(
+        target(uas.port(), free_port(), PASSWORD),
+        options(0),
+        frames,
+        ev_tx,
+        cancel.clone(),
+    ));
+    tx.send(clip[0].clone()).await.expect("sink alive");
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    tx.send(clip[1].clone()).await.expect("sink alive");
+    tx.send(h265_frame(FRAME * 2)).await.expect("sink alive");
+    match next_event(&mut events, Duration::from_secs(5)).await {
+        SinkEvent::Refused { reason } => assert!(reason.contains("H.265"), "{reason}"),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    // Refused once, not once a frame.
+    tx.send(h265_frame(FRAME * 3)).await.expect("sink alive");
+    cancel.cancel();
+    loop {
+        match next_event(&mut events, Duration::from_secs(10)).await {
+            SinkEvent::Stopped => break,
+            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
+            other => panic!("unexpected {other:?} while stopping"),
+        }
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+    let uas = blocking(move || {
+        assert!(
+            uas.wait_log("UNREGISTERED", Duration::from_secs(5)),
+            "{}",
+            uas.log()
+        );
+        uas
+    })
+    .await;
+    drop(uas);
 }
 
 /// Registers, then plays over TCP with the device connecting (offer `a=setup:passive`) and with

@@ -5,7 +5,7 @@ pub mod gb28181;
 pub mod rtmp;
 pub mod whip;
 
-use crate::media::frame::EncodedFrame;
+use crate::media::frame::{Codec, EncodedFrame};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -53,6 +53,43 @@ pub enum SinkEvent {
         /// Estimated sustainable send rate in bit/s, all overhead included.
         bps: u64,
     },
+}
+
+/// How long a sink that carries only some codecs waits for the first frame before it sets
+/// anything up on the server: enough for a source that is already running (and a loaded
+/// machine), short enough that a feed whose app has not connected yet does not hold up the
+/// start for long.
+pub(crate) const FIRST_FRAME_WAIT: Duration = Duration::from_secs(1);
+
+/// What [`first_frame`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FirstFrame {
+    /// Stop requested, or the producer went away: report [`SinkEvent::Stopped`] and return.
+    Ended,
+    /// The first frame came, in this codec. The frame itself is dropped: a sink asks for a
+    /// keyframe once it is up anyway.
+    Codec(Codec),
+    /// Nothing within the wait; the sink goes on and checks frames as they come.
+    NoneYet,
+}
+
+/// Waits up to `wait` for the first frame and tells its codec, so that a sink that cannot
+/// carry it refuses at the start — answered "transport not supported" at once — instead of
+/// registering or offering a session the platform would then see fail.
+pub(crate) async fn first_frame(
+    frames: &mut mpsc::Receiver<EncodedFrame>,
+    cancel: &CancellationToken,
+    wait: Duration,
+) -> FirstFrame {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => FirstFrame::Ended,
+        f = tokio::time::timeout(wait, frames.recv()) => match f {
+            Ok(Some(frame)) => FirstFrame::Codec(frame.codec),
+            Ok(None) => FirstFrame::Ended,
+            Err(_) => FirstFrame::NoneYet,
+        },
+    }
 }
 
 /// Drives `fut` while discarding incoming frames, so that the pipeline never blocks on a sink

@@ -23,7 +23,7 @@ pub mod ua;
 
 use crate::cloud::url::Gb28181Url;
 use crate::media::frame::{Codec, EncodedFrame};
-use crate::sink::SinkEvent;
+use crate::sink::{FirstFrame, SinkEvent};
 use bytes::Bytes;
 use dialog::MediaPlan;
 use rand::Rng;
@@ -173,6 +173,14 @@ impl Default for GbOptions {
 /// asks for a keyframe instead of buffering without bound.
 const MEDIA_QUEUE: usize = 64;
 
+/// Why a source in `codec` cannot go out over this sink, for the log and the cloud's reply.
+fn codec_refusal(codec: Codec) -> String {
+    format!(
+        "the source is {}; GB/T 28181 here carries H.264 only",
+        codec.name()
+    )
+}
+
 /// Runs the GB28181 sink until `cancel` fires or the frame sender is dropped.
 ///
 /// Events: [`SinkEvent::Publishing`] on (re-)registration — media starts only when the platform
@@ -180,8 +188,10 @@ const MEDIA_QUEUE: usize = 64;
 /// media (and after frames were dropped); [`SinkEvent::Reconnecting`] when the registration is
 /// lost (refresh refused, 3 keepalives unanswered) and is being retried with backoff;
 /// [`SinkEvent::Failed`] when the first REGISTER is refused (wrong password) or unanswered, or a
-/// socket cannot be bound; [`SinkEvent::Stopped`] after cancel, once the active dialog got its
-/// BYE and the registration its `Expires: 0` (bounded by `stop_timeout`).
+/// socket cannot be bound; [`SinkEvent::Refused`] when the video is not H.264 (looked at in
+/// the first frame, up to [`FIRST_FRAME_WAIT`](super::FIRST_FRAME_WAIT), before registering,
+/// and in every frame after); [`SinkEvent::Stopped`] after cancel, once the active dialog got
+/// its BYE and the registration its `Expires: 0` (bounded by `stop_timeout`).
 pub async fn run(
     target: GbTarget,
     opts: GbOptions,
@@ -190,6 +200,22 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let label = target.redacted();
+    // PS here carries H.264 only: an H.265 source is refused before the device registers, so
+    // the cloud is answered "transport not supported" and the platform never lists a device
+    // that could not play. A frame that comes later is still checked as it arrives.
+    match super::first_frame(&mut frames, &cancel, super::FIRST_FRAME_WAIT).await {
+        FirstFrame::Ended => {
+            let _ = events.send(SinkEvent::Stopped).await;
+            return;
+        }
+        FirstFrame::Codec(codec) if codec != Codec::H264 => {
+            let reason = codec_refusal(codec);
+            tracing::warn!(target = %label, %reason, "gb28181 cannot send this video");
+            let _ = events.send(SinkEvent::Refused { reason }).await;
+            return;
+        }
+        FirstFrame::Codec(_) | FirstFrame::NoneYet => {}
+    }
     let setup = tokio::select! {
         biased;
         _ = cancel.cancelled() => {
@@ -259,14 +285,11 @@ pub async fn run(
             // Frames keep being taken (and dropped) while stopping so the producer never blocks.
             frame = frames.recv(), if frames_open => match frame {
                 Some(frame) if frame.codec != Codec::H264 => {
-                    // PS here carries H.264 only; the session ends and this sink unregisters
-                    // when it is cancelled.
+                    // The source changed codec after the start (a lens switch): the session
+                    // ends and this sink unregisters when it is cancelled.
                     if !codec_refused {
                         codec_refused = true;
-                        let reason = format!(
-                            "the source is {}; GB/T 28181 here carries H.264 only",
-                            frame.codec.name()
-                        );
+                        let reason = codec_refusal(frame.codec);
                         tracing::warn!(target = %label, %reason, "gb28181 cannot send this video");
                         let _ = events.send(SinkEvent::Refused { reason }).await;
                     }

@@ -23,7 +23,7 @@ pub use http::{Phase, WhipError};
 use crate::backoff::Backoff;
 use crate::cloud::{redact_url_str, WhipUrl};
 use crate::media::frame::{Codec, EncodedFrame};
-use crate::sink::SinkEvent;
+use crate::sink::{FirstFrame, SinkEvent};
 use http::IceServerKind;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -160,11 +160,6 @@ impl Default for WhipOptions {
 /// How long between two [`SinkEvent::Bandwidth`] reports at most.
 const BANDWIDTH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long the sink waits for the first frame before it offers a session: enough for a
-/// source that is already running (and a loaded machine), short enough that a feed whose app
-/// has not connected yet does not hold up the start for long.
-const FIRST_FRAME_WAIT: Duration = Duration::from_secs(1);
-
 /// Largest UDP datagram read; WebRTC keeps datagrams under the path MTU.
 const RECV_BUF: usize = 2048;
 
@@ -233,27 +228,21 @@ pub async fn run(
     // WHIP here carries H.264 only: look at the first frame before offering a session, so that
     // an H.265 source is refused at the start (and no session is set up on the server), not
     // once ICE has connected. A frame that comes later is still checked as it is written.
-    let first = tokio::select! {
-        biased;
-        _ = cancel.cancelled() => None,
-        f = tokio::time::timeout(FIRST_FRAME_WAIT, frames.recv()) => Some(f),
-    };
-    match first {
-        None | Some(Ok(None)) => {
+    match super::first_frame(&mut frames, &cancel, super::FIRST_FRAME_WAIT).await {
+        FirstFrame::Ended => {
             let _ = events.send(SinkEvent::Stopped).await;
             return;
         }
-        Some(Ok(Some(frame))) if frame.codec != Codec::H264 => {
+        FirstFrame::Codec(codec) if codec != Codec::H264 => {
             let reason = WhipError::UnsupportedCodec {
-                codec: frame.codec.name(),
+                codec: codec.name(),
             }
             .to_string();
             tracing::warn!(target = %target.redacted(), %reason, "whip publish refused");
             let _ = events.send(SinkEvent::Refused { reason }).await;
             return;
         }
-        // An H.264 frame (dropped like every frame before the session is up), or none yet.
-        Some(_) => {}
+        FirstFrame::Codec(_) | FirstFrame::NoneYet => {}
     }
 
     let mut link_stun: Vec<(String, u16)> = Vec::new();
