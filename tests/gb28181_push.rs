@@ -131,6 +131,39 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.expect("no panic")
 }
 
+/// Cancels the sink and waits for its `Stopped` (a stop may still bring the events of a
+/// registration or an INVITE on the way) and for its task to return.
+async fn stop_sink(
+    cancel: &CancellationToken,
+    events: &mut mpsc::Receiver<SinkEvent>,
+    sink: JoinHandle<()>,
+) {
+    cancel.cancel();
+    loop {
+        match next_event(events, Duration::from_secs(10)).await {
+            SinkEvent::Stopped => break,
+            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
+            other => panic!("unexpected {other:?} while stopping"),
+        }
+    }
+    timeout(Duration::from_secs(5), sink)
+        .await
+        .expect("sink returned")
+        .expect("no panic");
+}
+
+/// Waits for the platform to log the device's unregister (`Expires: 0`).
+async fn assert_unregistered(uas: PlatformUas) {
+    blocking(move || {
+        assert!(
+            uas.wait_log("UNREGISTERED", Duration::from_secs(5)),
+            "{}",
+            uas.log()
+        );
+    })
+    .await;
+}
+
 /// Plays the channel once via a SIPp INVITE/ACK/BYE while counting the frames fed after the
 /// media started, then checks GStreamer decoded at least 90 % of them and that BYE stopped
 /// the media.
@@ -324,29 +357,9 @@ async fn registers_answers_queries_streams_on_invite_and_unregisters() {
     )
     .await;
 
-    cancel.cancel();
-    loop {
-        match next_event(&mut events, Duration::from_secs(10)).await {
-            SinkEvent::Stopped => break,
-            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
-            other => panic!("unexpected {other:?} while stopping"),
-        }
-    }
-    timeout(Duration::from_secs(5), sink)
-        .await
-        .expect("sink returned")
-        .expect("no panic");
+    stop_sink(&cancel, &mut events, sink).await;
     feeder.abort();
-    let uas = blocking(move || {
-        assert!(
-            uas.wait_log("UNREGISTERED", Duration::from_secs(5)),
-            "{}",
-            uas.log()
-        );
-        uas
-    })
-    .await;
-    drop(uas);
+    assert_unregistered(uas).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,28 +479,8 @@ async fn a_source_that_turns_h265_is_refused_and_the_device_unregisters() {
     }
     // Refused once, not once a frame.
     tx.send(h265_frame(FRAME * 3)).await.expect("sink alive");
-    cancel.cancel();
-    loop {
-        match next_event(&mut events, Duration::from_secs(10)).await {
-            SinkEvent::Stopped => break,
-            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
-            other => panic!("unexpected {other:?} while stopping"),
-        }
-    }
-    timeout(Duration::from_secs(5), sink)
-        .await
-        .expect("sink returned")
-        .expect("no panic");
-    let uas = blocking(move || {
-        assert!(
-            uas.wait_log("UNREGISTERED", Duration::from_secs(5)),
-            "{}",
-            uas.log()
-        );
-        uas
-    })
-    .await;
-    drop(uas);
+    stop_sink(&cancel, &mut events, sink).await;
+    assert_unregistered(uas).await;
 }
 
 /// Registers, then plays over TCP with the device connecting (offer `a=setup:passive`) and with
@@ -537,24 +530,9 @@ async fn streams_over_tcp_active_and_passive() {
         "0100000012",
     )
     .await;
-    cancel.cancel();
-    loop {
-        match next_event(&mut events, Duration::from_secs(10)).await {
-            SinkEvent::Stopped => break,
-            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
-            other => panic!("unexpected {other:?} while stopping"),
-        }
-    }
-    timeout(Duration::from_secs(5), sink)
-        .await
-        .expect("sink returned")
-        .expect("no panic");
+    stop_sink(&cancel, &mut events, sink).await;
     feeder.abort();
-    assert!(
-        uas.wait_log("UNREGISTERED", Duration::from_secs(5)),
-        "{}",
-        uas.log()
-    );
+    assert_unregistered(uas).await;
 }
 
 /// A platform without `qop` in its challenge, then an outage: the sink reports Reconnecting
@@ -616,23 +594,8 @@ async fn re_registers_after_the_platform_restarts() {
     })
     .await;
     assert!(uas.messages().contains("qop=auth"));
-    cancel.cancel();
-    loop {
-        match next_event(&mut events, Duration::from_secs(10)).await {
-            SinkEvent::Stopped => break,
-            SinkEvent::Publishing | SinkEvent::KeyframeWanted => continue,
-            other => panic!("unexpected {other:?} while stopping"),
-        }
-    }
-    timeout(Duration::from_secs(5), sink)
-        .await
-        .expect("sink returned")
-        .expect("no panic");
-    assert!(
-        uas.wait_log("UNREGISTERED", Duration::from_secs(5)),
-        "{}",
-        uas.log()
-    );
+    stop_sink(&cancel, &mut events, sink).await;
+    assert_unregistered(uas).await;
 }
 
 /// A second INVITE for the channel replaces the first: the device BYEs the first dialog (SIPp
@@ -718,18 +681,7 @@ async fn second_invite_replaces_the_first() {
         first_probe.frames
     );
 
-    cancel.cancel();
-    loop {
-        match next_event(&mut events, Duration::from_secs(10)).await {
-            SinkEvent::Stopped => break,
-            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
-            other => panic!("unexpected {other:?} while stopping"),
-        }
-    }
-    timeout(Duration::from_secs(5), sink)
-        .await
-        .expect("sink returned")
-        .expect("no panic");
+    stop_sink(&cancel, &mut events, sink).await;
     feeder.abort();
 }
 
@@ -821,18 +773,7 @@ async fn rtp_on_the_wire_carries_the_offered_ssrc() {
         packets.len() > frames_seen + frames_seen / 2,
         "frames should span several packets"
     );
-    cancel.cancel();
-    loop {
-        match next_event(&mut events, Duration::from_secs(10)).await {
-            SinkEvent::Stopped => break,
-            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
-            other => panic!("unexpected {other:?} while stopping"),
-        }
-    }
-    timeout(Duration::from_secs(5), sink)
-        .await
-        .expect("sink returned")
-        .expect("no panic");
+    stop_sink(&cancel, &mut events, sink).await;
     feeder.abort();
 }
 
@@ -906,22 +847,7 @@ async fn signals_over_tcp() {
         "0100000031",
     )
     .await;
-    cancel.cancel();
-    loop {
-        match next_event(&mut events, Duration::from_secs(10)).await {
-            SinkEvent::Stopped => break,
-            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
-            other => panic!("unexpected {other:?} while stopping"),
-        }
-    }
-    timeout(Duration::from_secs(5), sink)
-        .await
-        .expect("sink returned")
-        .expect("no panic");
+    stop_sink(&cancel, &mut events, sink).await;
     feeder.abort();
-    assert!(
-        uas.wait_log("UNREGISTERED", Duration::from_secs(5)),
-        "{}",
-        uas.log()
-    );
+    assert_unregistered(uas).await;
 }
