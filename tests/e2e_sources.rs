@@ -771,24 +771,8 @@ fn an_h265_file_passes_through_over_enhanced_rtmp_and_whip_and_gb28181_refuse_it
     std::thread::sleep(Duration::from_secs(3));
     rig.stop_push();
     let secs = started.elapsed().as_secs_f64();
-    peers::wait_until(Duration::from_secs(10), || {
-        !nms.recordings("hevc").is_empty()
-    });
-    let rec = nms
-        .recordings("hevc")
-        .pop()
-        .unwrap_or_else(|| panic!("no recording:\n{}", nms.log()));
-    let mut decoded = None;
-    peers::wait_until(Duration::from_secs(10), || {
-        decoded = peers::nms::pyav_decode(&rec).ok();
-        decoded.as_ref().is_some_and(|d| d.frames > 0)
-    });
-    let d = decoded.unwrap_or_else(|| panic!("PyAV could not read {}", rec.display()));
-    eprintln!(
-        "h265 file: {} frames decoded, {}x{} {}, after {secs:.2} s",
-        d.frames, d.width, d.height, d.codec
-    );
-    assert_eq!((d.codec.as_str(), d.width, d.height), ("hevc", 320, 240));
+    let d = decode_hevc_recording(&nms, "hevc");
+    eprintln!("h265 file: {} frames decoded after {secs:.2} s", d.frames);
     // At most a GOP (0.5 s) before the first IRAP and a little at the end are lost.
     assert!(
         f64::from(d.frames) >= 30.0 * (secs - 1.0),
@@ -914,27 +898,33 @@ fn an_h265_feed_passes_through_over_enhanced_rtmp() {
     assert_eq!(reply["data"]["result"], 0, "{reply}");
     std::thread::sleep(Duration::from_millis(300));
     rig.stop_push();
-    peers::wait_until(Duration::from_secs(10), || {
-        !nms.recordings("hevcfeed").is_empty()
-    });
+    let d = decode_hevc_recording(&nms, "hevcfeed");
+    eprintln!("h265 feed: {} frames decoded", d.frames);
+    // The publish starts once the sink is up; then at most a GOP (15) waits for an IRAP, and
+    // the last picture may stay in the splitter when the app disconnects.
+    assert!(d.frames >= 90 - 15 - 15 - 2, "decoded {} of 90", d.frames);
+}
+
+/// node-media-server's recording of stream `name`, decoded by PyAV (whose FFmpeg reads
+/// Enhanced RTMP's H.265), checked to be the 320x240 H.265 clip the tests push.
+fn decode_hevc_recording(nms: &peers::nms::Nms, name: &str) -> peers::nms::Decoded {
+    peers::wait_until(Duration::from_secs(10), || !nms.recordings(name).is_empty());
     let rec = nms
-        .recordings("hevcfeed")
+        .recordings(name)
         .pop()
-        .unwrap_or_else(|| panic!("no recording:\n{}", nms.log()));
+        .unwrap_or_else(|| panic!("no recording of {name}:\n{}", nms.log()));
     let mut decoded = None;
     peers::wait_until(Duration::from_secs(10), || {
         decoded = peers::nms::pyav_decode(&rec).ok();
         decoded.as_ref().is_some_and(|d| d.frames > 0)
     });
     let d = decoded.unwrap_or_else(|| panic!("PyAV could not read {}", rec.display()));
-    eprintln!(
-        "h265 feed: {} frames decoded, {}x{} {}",
-        d.frames, d.width, d.height, d.codec
+    assert_eq!(
+        (d.codec.as_str(), d.width, d.height),
+        ("hevc", 320, 240),
+        "{name}"
     );
-    assert_eq!((d.codec.as_str(), d.width, d.height), ("hevc", 320, 240));
-    // The publish starts once the sink is up; then at most a GOP (15) waits for an IRAP, and
-    // the last picture may stay in the splitter when the app disconnects.
-    assert!(d.frames >= 90 - 15 - 15 - 2, "decoded {} of 90", d.frames);
+    d
 }
 
 /// A 320x240 libx265 clip of `frames` pictures, an IRAP every 15, no B-frames.
