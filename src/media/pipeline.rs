@@ -361,20 +361,26 @@ impl Worker {
         loop {
             let clocked = self.active.as_ref().is_some_and(|a| !a.live);
             if clocked {
-                // Sleep until the frame is due, applying controls as they come.
+                // Sleep until the frame is due, applying controls as they come. A source that
+                // is behind has its frame due already; what is queued is still applied, or a
+                // board too slow for the rung could never be stopped or given a lower one.
                 loop {
                     let now = Instant::now();
-                    if now >= due {
-                        break;
-                    }
-                    match control.recv_timeout(due - now) {
-                        Ok(c) => {
-                            if let Step::Stop = self.apply(c) {
-                                return;
-                            }
+                    let next = if now >= due {
+                        match control.try_recv() {
+                            Ok(c) => c,
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => return,
                         }
-                        Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => return,
+                    } else {
+                        match control.recv_timeout(due - now) {
+                            Ok(c) => c,
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    };
+                    if let Step::Stop = self.apply(next) {
+                        return;
                     }
                 }
             } else if self.active.is_some() || self.pending.is_some() {
@@ -412,11 +418,17 @@ impl Worker {
             if clocked {
                 let interval = self.interval();
                 due += interval;
-                // After a stall (a slow encode, a suspended VM) start afresh instead of
-                // bursting frames to catch up, which would only flood the sink.
+                // After a stall (a slow encode, a suspended VM) the slots that went by are
+                // skipped instead of bursting frames to catch up, which would only flood the
+                // sink. The stamps skip them too: a board that encodes slower than the rung's
+                // rate then streams fewer frames at the right times, rather than all of them
+                // stamped too close, which a player would show fast and ever later.
                 let now = Instant::now();
                 if due + interval * 3 < now {
-                    due = now;
+                    let missed = (now - due).as_nanos() / interval.as_nanos().max(1);
+                    let missed = u32::try_from(missed).unwrap_or(u32::MAX);
+                    due += interval.saturating_mul(missed);
+                    self.skip_slots(missed);
                 }
             } else {
                 due = Instant::now();
@@ -579,6 +591,13 @@ impl Worker {
                 tracing::debug!(input = %r.name, attempt = r.backoff.attempt(), ?delay, "reopen failed: {e}");
             }
         }
+    }
+
+    /// Moves the session clock past `n` frame slots no frame was made for, so that a clocked
+    /// source's next stamp is the time of its slot.
+    fn skip_slots(&mut self, n: u32) {
+        let gap = self.interval().saturating_mul(n);
+        self.last_pts = self.last_pts.map(|p| p.saturating_add(gap));
     }
 
     /// Maps a frame's source timestamp onto the session clock: monotonic, continuous across
@@ -1102,6 +1121,66 @@ mod tests {
             })
         );
         assert_eq!(p.stats.input_failures.load(Ordering::Relaxed), 1);
+    }
+
+    /// A clocked source slower than the rung's rate, as a big test pattern is on a small board.
+    struct Slow {
+        frame: RawFrame,
+    }
+
+    impl VideoSource for Slow {
+        fn next_frame(&mut self, _rung: &Rung) -> Result<SourceFrame<'_>, SourceError> {
+            std::thread::sleep(SLOW_FRAME);
+            Ok(SourceFrame::Raw(&self.frame))
+        }
+        fn is_live(&self) -> bool {
+            false
+        }
+        fn current_picture(&self) -> Option<&RawFrame> {
+            Some(&self.frame)
+        }
+    }
+
+    const SLOW_FRAME: Duration = Duration::from_millis(150);
+
+    #[test]
+    fn a_clocked_source_that_falls_behind_is_stamped_at_its_frames_times() {
+        let fake = crate::source::FakeSpec(Arc::new(|| {
+            Ok(Box::new(Slow {
+                frame: RawFrame::black(64, 48),
+            }) as Box<dyn VideoSource>)
+        }));
+        let mut s = spec();
+        s.inputs.insert("normal".into(), SourceSpec::Fake(fake));
+        let interval = Duration::from_secs(1) / s.rung.fps;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let (etx, _erx) = tokio::sync::mpsc::channel(8);
+        let p = Pipeline::spawn(s, tx, etx).unwrap();
+        let pts: Vec<Duration> = (0..6).map(|_| recv(&mut rx).pts).collect();
+        // Each frame takes at least SLOW_FRAME to make, and is stamped with the slot it was
+        // made in: the slots between are skipped, so consecutive stamps are at least
+        // SLOW_FRAME less one slot apart (they were one slot apart before).
+        for w in pts.windows(2) {
+            assert!(
+                w[1] - w[0] >= SLOW_FRAME - interval,
+                "stamps {pts:?} closer than the frames were made ({SLOW_FRAME:?} apart)"
+            );
+            assert_eq!(
+                (w[1] - w[0]).as_nanos() % interval.as_nanos(),
+                0,
+                "stamps {pts:?} off the rung's frame grid"
+            );
+        }
+        // Always behind, it still takes its controls: dropping it (Stop, then join) returns.
+        let (stopped_tx, stopped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(p);
+            let _ = stopped_tx.send(());
+        });
+        assert!(
+            stopped.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "a pipeline behind its clock did not stop"
+        );
     }
 
     fn clip(w: u32, h: u32, frames: usize, gop: u32) -> Vec<u8> {
