@@ -179,7 +179,9 @@ pub struct RtmpUrl {
 }
 
 impl RtmpUrl {
-    fn parse(s: &str) -> Result<RtmpUrl, UrlError> {
+    /// Parses an `rtmp://` or `rtmps://` url (already trimmed); the RTMP sink builds its
+    /// target from the result, so the cloud's check and the connection agree.
+    pub fn parse(s: &str) -> Result<RtmpUrl, UrlError> {
         let parsed = url::Url::parse(s).map_err(|e| UrlError::NotAUrl {
             reason: e.to_string(),
         })?;

@@ -137,14 +137,7 @@ pub fn spawn(
     }
     let sink = match &plan.url {
         StreamUrl::Rtmp(url) => {
-            let target = RtmpTarget {
-                tls: url.tls,
-                host: url.host.clone(),
-                port: url.port,
-                app: url.app.clone(),
-                stream_key: url.stream_key.clone(),
-                tc_url: url.tc_url.clone(),
-            };
+            let target = RtmpTarget::from(url);
             let mut opts = settings.rtmp.clone();
             opts.framerate = Some(rung.fps as f32);
             opts.bitrate_kbps = Some(rung.bitrate_kbps);

@@ -15,7 +15,7 @@ pub mod tls;
 
 pub use client::{Connector, Phase, RtmpError, RtmpErrorKind, RtmpStream};
 pub use flv::StreamMetadata;
-pub use target::{RtmpTarget, TargetError};
+pub use target::RtmpTarget;
 pub use tls::TlsConfigError;
 
 use crate::backoff::Backoff;

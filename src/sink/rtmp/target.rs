@@ -1,7 +1,7 @@
 //! Where an RTMP sink publishes, with the stream key kept out of logs.
 
+use crate::cloud::{RtmpUrl, UrlError};
 use std::fmt;
-use thiserror::Error;
 
 /// A parsed RTMP(S) publish target.
 ///
@@ -23,77 +23,12 @@ pub struct RtmpTarget {
     pub tc_url: String,
 }
 
-/// Why an RTMP URL was refused; the messages never contain the URL itself.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum TargetError {
-    /// Scheme other than rtmp/rtmps.
-    #[error("unsupported scheme {0:?} (expected rtmp or rtmps)")]
-    UnsupportedScheme(String),
-    /// No `scheme://` prefix at all.
-    #[error("not a URL: missing scheme://")]
-    NotAUrl,
-    /// The host/port part could not be parsed.
-    #[error("invalid host or port in RTMP URL")]
-    InvalidAuthority,
-    /// The path has no application segment.
-    #[error("RTMP URL has no application path")]
-    MissingApp,
-    /// The path has no stream key segment.
-    #[error("RTMP URL has no stream key")]
-    MissingStreamKey,
-}
-
 impl RtmpTarget {
-    /// Parses `rtmp://host[:port]/app[/more]/key[?query]` (or `rtmps://`, default port 443).
-    pub fn parse(input: &str) -> Result<Self, TargetError> {
-        let (scheme, rest) = input.trim().split_once("://").ok_or(TargetError::NotAUrl)?;
-        let (tls, default_port) = match scheme.to_ascii_lowercase().as_str() {
-            "rtmp" => (false, 1935),
-            "rtmps" => (true, 443),
-            other => return Err(TargetError::UnsupportedScheme(other.to_string())),
-        };
-        let (authority, path_and_query) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (rest, ""),
-        };
-        // The url crate handles IPv6 literals, userinfo and port ranges for us.
-        let parsed = url::Url::parse(&format!("rtmp://{authority}/"))
-            .map_err(|_| TargetError::InvalidAuthority)?;
-        let host = parsed
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or(TargetError::InvalidAuthority)?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = parsed.port().unwrap_or(default_port);
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (path_and_query, None),
-        };
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let (key, app_segments) = match segments.split_last() {
-            Some((key, app)) if !app.is_empty() => (*key, app),
-            Some(_) => return Err(TargetError::MissingStreamKey),
-            None => return Err(TargetError::MissingApp),
-        };
-        let app = app_segments.join("/");
-        let stream_key = match query {
-            Some(q) => format!("{key}?{q}"),
-            None => key.to_string(),
-        };
-        // Credentials in the authority must not end up in tcUrl (sent and logged) or redacted().
-        let bare_authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-        let tc_url = format!("{}://{bare_authority}/{app}", scheme.to_ascii_lowercase());
-        Ok(Self {
-            tls,
-            host,
-            port,
-            app,
-            stream_key,
-            tc_url,
-        })
+    /// Parses `rtmp://host[:port]/app[/more]/key[?query]` (or `rtmps://`, default port 443) by
+    /// the same rules as the cloud's `live_start_push` urls ([`RtmpUrl`]): one parser, so a url
+    /// the cloud accepts is the one the sink connects to.
+    pub fn parse(input: &str) -> Result<Self, UrlError> {
+        RtmpUrl::parse(input.trim()).map(|url| Self::from(&url))
     }
 
     /// The target as it may appear in logs and replies, the key masked by [`redact_key`].
@@ -117,6 +52,24 @@ impl RtmpTarget {
 pub fn redact_key(key: &str) -> String {
     let name = key.split_once('?').map_or(key, |(name, _)| name);
     crate::cloud::mask_keep_prefix(name)
+}
+
+impl From<&RtmpUrl> for RtmpTarget {
+    fn from(url: &RtmpUrl) -> Self {
+        Self {
+            tls: url.tls,
+            // The URL writes an IPv6 literal in brackets; a socket address wants it bare.
+            host: url
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: url.port,
+            app: url.app.clone(),
+            stream_key: url.stream_key.clone(),
+            tc_url: url.tc_url.clone(),
+        }
+    }
 }
 
 impl fmt::Debug for RtmpTarget {
@@ -171,23 +124,42 @@ mod tests {
     fn errors() {
         assert_eq!(
             RtmpTarget::parse("rtmp://h/live"),
-            Err(TargetError::MissingStreamKey)
+            Err(UrlError::NoStreamKey { segments: 1 })
         );
-        assert_eq!(RtmpTarget::parse("rtmp://h/"), Err(TargetError::MissingApp));
-        assert_eq!(RtmpTarget::parse("rtmp://h"), Err(TargetError::MissingApp));
+        assert_eq!(
+            RtmpTarget::parse("rtmp://h/"),
+            Err(UrlError::NoStreamKey { segments: 0 })
+        );
+        assert_eq!(
+            RtmpTarget::parse("rtmp://h"),
+            Err(UrlError::NoStreamKey { segments: 0 })
+        );
         assert_eq!(
             RtmpTarget::parse("http://h/a/k"),
-            Err(TargetError::UnsupportedScheme("http".into()))
+            Err(UrlError::BadScheme {
+                scheme: "http".into(),
+                expected: "rtmp or rtmps"
+            })
         );
-        assert_eq!(RtmpTarget::parse("h/a/k"), Err(TargetError::NotAUrl));
-        assert_eq!(
+        assert!(matches!(
+            RtmpTarget::parse("h/a/k"),
+            Err(UrlError::NotAUrl { .. })
+        ));
+        assert!(matches!(
             RtmpTarget::parse("rtmp://h:99999/a/k"),
-            Err(TargetError::InvalidAuthority)
-        );
-        assert_eq!(
-            RtmpTarget::parse("rtmp:///a/k"),
-            Err(TargetError::InvalidAuthority)
-        );
+            Err(UrlError::NotAUrl { .. })
+        ));
+        assert!(RtmpTarget::parse("rtmp:///a/k").is_err());
+    }
+
+    #[test]
+    fn an_ipv6_literal_is_connected_to_bare_and_named_in_brackets() {
+        let t = RtmpTarget::parse("rtmp://[::1]:1936/live/k").expect("valid");
+        assert_eq!(t.host, "::1");
+        assert_eq!(t.peer(), "[::1]:1936");
+        assert_eq!(t.tc_url, "rtmp://[::1]:1936/live");
+        let addr: std::net::SocketAddr = t.peer().parse().expect("a socket address");
+        assert_eq!(addr.port(), 1936);
     }
 
     #[test]
