@@ -131,25 +131,49 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.expect("no panic")
 }
 
-/// Cancels the sink and waits for its `Stopped` (a stop may still bring the events of a
-/// registration or an INVITE on the way) and for its task to return.
-async fn stop_sink(
-    cancel: &CancellationToken,
-    events: &mut mpsc::Receiver<SinkEvent>,
-    sink: JoinHandle<()>,
-) {
-    cancel.cancel();
-    loop {
-        match next_event(events, Duration::from_secs(10)).await {
-            SinkEvent::Stopped => break,
-            SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
-            other => panic!("unexpected {other:?} while stopping"),
-        }
+/// A sink under test, with the ends of its channels a test drives it through.
+struct Running {
+    frames: mpsc::Sender<EncodedFrame>,
+    events: mpsc::Receiver<SinkEvent>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+fn spawn_sink(target: GbTarget, opts: GbOptions) -> Running {
+    let (frames, frames_rx) = mpsc::channel(8);
+    let (events_tx, events) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run(target, opts, frames_rx, events_tx, cancel.clone()));
+    Running {
+        frames,
+        events,
+        cancel,
+        task,
     }
-    timeout(Duration::from_secs(5), sink)
-        .await
-        .expect("sink returned")
-        .expect("no panic");
+}
+
+impl Running {
+    /// Cancels the sink and waits for its `Stopped` (a stop may still bring the events of a
+    /// registration or an INVITE on the way) and for its task to return.
+    async fn stop(mut self) {
+        self.cancel.cancel();
+        loop {
+            match next_event(&mut self.events, Duration::from_secs(10)).await {
+                SinkEvent::Stopped => break,
+                SinkEvent::KeyframeWanted | SinkEvent::Publishing => continue,
+                other => panic!("unexpected {other:?} while stopping"),
+            }
+        }
+        self.returned().await;
+    }
+
+    /// Waits for the sink's task to return by itself.
+    async fn returned(self) {
+        timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("sink returned")
+            .expect("no panic");
+    }
 }
 
 /// Waits for the platform to log the device's unregister (`Expires: 0`).
@@ -283,21 +307,12 @@ async fn registers_answers_queries_streams_on_invite_and_unregisters() {
     let uas = blocking(move || PlatformUas::start(platform_port)).await;
     let clip = blocking(encode_clip).await;
 
-    let (tx, frames) = mpsc::channel(8);
-    let (ev_tx, mut events) = mpsc::channel(64);
-    let cancel = CancellationToken::new();
-    let sink = tokio::spawn(run(
-        target(uas.port(), device_port, PASSWORD),
-        options(0),
-        frames,
-        ev_tx,
-        cancel.clone(),
-    ));
+    let mut sink = spawn_sink(target(uas.port(), device_port, PASSWORD), options(0));
     let tally = Arc::new(Tally::default());
-    let feeder = feed(clip, tx, tally.clone());
+    let feeder = feed(clip, sink.frames.clone(), tally.clone());
 
     assert_eq!(
-        next_event(&mut events, Duration::from_secs(10)).await,
+        next_event(&mut sink.events, Duration::from_secs(10)).await,
         SinkEvent::Publishing
     );
     let uas = blocking(move || {
@@ -351,13 +366,13 @@ async fn registers_answers_queries_streams_on_invite_and_unregisters() {
         device,
         0,
         Mode::Udp,
-        &mut events,
+        &mut sink.events,
         &tally,
         "0100000001",
     )
     .await;
 
-    stop_sink(&cancel, &mut events, sink).await;
+    sink.stop().await;
     feeder.abort();
     assert_unregistered(uas).await;
 }
@@ -366,26 +381,18 @@ async fn registers_answers_queries_streams_on_invite_and_unregisters() {
 async fn wrong_password_fails_the_sink() {
     let _serial = SERIAL.lock().await;
     let uas = blocking(|| PlatformUas::start(free_port())).await;
-    let (_tx, frames) = mpsc::channel(8);
-    let (ev_tx, mut events) = mpsc::channel(16);
-    let sink = tokio::spawn(run(
+    let mut sink = spawn_sink(
         target(uas.port(), free_port(), "not-the-password"),
         options(0),
-        frames,
-        ev_tx,
-        CancellationToken::new(),
-    ));
-    match next_event(&mut events, Duration::from_secs(10)).await {
+    );
+    match next_event(&mut sink.events, Duration::from_secs(10)).await {
         SinkEvent::Failed { reason } => {
             assert!(reason.contains("403"), "{reason}");
             assert!(!reason.contains("not-the-password"));
         }
         other => panic!("expected Failed, got {other:?}"),
     }
-    timeout(Duration::from_secs(5), sink)
-        .await
-        .expect("sink returned")
-        .expect("no panic");
+    sink.returned().await;
     assert!(
         uas.wait_log("AUTH_BAD", Duration::from_secs(5)),
         "{}",
@@ -413,29 +420,19 @@ async fn an_h265_source_is_refused_before_the_device_registers() {
         .await
         .expect("bind");
     let platform_port = platform.local_addr().expect("addr").port();
-    let (tx, frames) = mpsc::channel(8);
-    let (ev_tx, mut events) = mpsc::channel(16);
-    let sink = tokio::spawn(run(
-        target(platform_port, free_port(), PASSWORD),
-        options(0),
-        frames,
-        ev_tx,
-        CancellationToken::new(),
-    ));
-    tx.send(h265_frame(Duration::ZERO))
+    let mut sink = spawn_sink(target(platform_port, free_port(), PASSWORD), options(0));
+    sink.frames
+        .send(h265_frame(Duration::ZERO))
         .await
         .expect("sink alive");
-    match next_event(&mut events, Duration::from_secs(5)).await {
+    match next_event(&mut sink.events, Duration::from_secs(5)).await {
         SinkEvent::Refused { reason } => {
             assert!(reason.contains("H.265"), "{reason}");
             assert!(reason.contains("H.264 only"), "{reason}");
         }
         other => panic!("expected Refused, got {other:?}"),
     }
-    timeout(Duration::from_secs(5), sink)
-        .await
-        .expect("sink returned")
-        .expect("no panic");
+    sink.returned().await;
     // Loopback delivers a datagram before `send_to` returns, and the sink has returned: a
     // REGISTER, had one been sent, would be waiting here.
     let mut buf = [0u8; 2048];
@@ -456,30 +453,27 @@ async fn a_source_that_turns_h265_is_refused_and_the_device_unregisters() {
     let _serial = SERIAL.lock().await;
     let uas = blocking(|| PlatformUas::start(free_port())).await;
     let clip = blocking(encode_clip).await;
-    let (tx, frames) = mpsc::channel(8);
-    let (ev_tx, mut events) = mpsc::channel(16);
-    let cancel = CancellationToken::new();
-    let sink = tokio::spawn(run(
-        target(uas.port(), free_port(), PASSWORD),
-        options(0),
-        frames,
-        ev_tx,
-        cancel.clone(),
-    ));
-    tx.send(clip[0].clone()).await.expect("sink alive");
+    let mut sink = spawn_sink(target(uas.port(), free_port(), PASSWORD), options(0));
+    sink.frames.send(clip[0].clone()).await.expect("sink alive");
     assert_eq!(
-        next_event(&mut events, Duration::from_secs(10)).await,
+        next_event(&mut sink.events, Duration::from_secs(10)).await,
         SinkEvent::Publishing
     );
-    tx.send(clip[1].clone()).await.expect("sink alive");
-    tx.send(h265_frame(FRAME * 2)).await.expect("sink alive");
-    match next_event(&mut events, Duration::from_secs(5)).await {
+    sink.frames.send(clip[1].clone()).await.expect("sink alive");
+    sink.frames
+        .send(h265_frame(FRAME * 2))
+        .await
+        .expect("sink alive");
+    match next_event(&mut sink.events, Duration::from_secs(5)).await {
         SinkEvent::Refused { reason } => assert!(reason.contains("H.265"), "{reason}"),
         other => panic!("expected Refused, got {other:?}"),
     }
     // Refused once, not once a frame.
-    tx.send(h265_frame(FRAME * 3)).await.expect("sink alive");
-    stop_sink(&cancel, &mut events, sink).await;
+    sink.frames
+        .send(h265_frame(FRAME * 3))
+        .await
+        .expect("sink alive");
+    sink.stop().await;
     assert_unregistered(uas).await;
 }
 
@@ -493,20 +487,14 @@ async fn streams_over_tcp_active_and_passive() {
     let media_port = free_port();
     let uas = blocking(move || PlatformUas::start(platform_port)).await;
     let clip = blocking(encode_clip).await;
-    let (tx, frames) = mpsc::channel(8);
-    let (ev_tx, mut events) = mpsc::channel(64);
-    let cancel = CancellationToken::new();
-    let sink = tokio::spawn(run(
+    let mut sink = spawn_sink(
         target(uas.port(), device_port, PASSWORD),
         options(media_port),
-        frames,
-        ev_tx,
-        cancel.clone(),
-    ));
+    );
     let tally = Arc::new(Tally::default());
-    let feeder = feed(clip, tx, tally.clone());
+    let feeder = feed(clip, sink.frames.clone(), tally.clone());
     assert_eq!(
-        next_event(&mut events, Duration::from_secs(10)).await,
+        next_event(&mut sink.events, Duration::from_secs(10)).await,
         SinkEvent::Publishing
     );
     let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
@@ -515,7 +503,7 @@ async fn streams_over_tcp_active_and_passive() {
         device,
         media_port,
         Mode::TcpListen,
-        &mut events,
+        &mut sink.events,
         &tally,
         "0100000011",
     )
@@ -525,12 +513,12 @@ async fn streams_over_tcp_active_and_passive() {
         device,
         media_port,
         Mode::TcpDial,
-        &mut events,
+        &mut sink.events,
         &tally,
         "0100000012",
     )
     .await;
-    stop_sink(&cancel, &mut events, sink).await;
+    sink.stop().await;
     feeder.abort();
     assert_unregistered(uas).await;
 }
@@ -543,18 +531,9 @@ async fn re_registers_after_the_platform_restarts() {
     let _serial = SERIAL.lock().await;
     let platform_port = free_port();
     let mut uas = blocking(move || PlatformUas::start_with(platform_port, false, false)).await;
-    let (_tx, frames) = mpsc::channel(8);
-    let (ev_tx, mut events) = mpsc::channel(64);
-    let cancel = CancellationToken::new();
-    let sink = tokio::spawn(run(
-        target(platform_port, free_port(), PASSWORD),
-        options(0),
-        frames,
-        ev_tx,
-        cancel.clone(),
-    ));
+    let mut sink = spawn_sink(target(platform_port, free_port(), PASSWORD), options(0));
     assert_eq!(
-        next_event(&mut events, Duration::from_secs(10)).await,
+        next_event(&mut sink.events, Duration::from_secs(10)).await,
         SinkEvent::Publishing
     );
     assert!(uas.messages().contains("response="));
@@ -563,7 +542,7 @@ async fn re_registers_after_the_platform_restarts() {
     assert!(uas_log.contains("REGISTERED"), "{uas_log}");
     uas.kill();
     let outage = tokio::time::Instant::now();
-    match next_event(&mut events, Duration::from_secs(15)).await {
+    match next_event(&mut sink.events, Duration::from_secs(15)).await {
         SinkEvent::Reconnecting {
             reason, attempt, ..
         } => {
@@ -578,7 +557,7 @@ async fn re_registers_after_the_platform_restarts() {
     );
     let uas = blocking(move || PlatformUas::start_with(platform_port, true, false)).await;
     loop {
-        match next_event(&mut events, Duration::from_secs(15)).await {
+        match next_event(&mut sink.events, Duration::from_secs(15)).await {
             SinkEvent::Publishing => break,
             SinkEvent::Reconnecting { .. } => continue,
             other => panic!("expected Publishing again, got {other:?}"),
@@ -594,7 +573,7 @@ async fn re_registers_after_the_platform_restarts() {
     })
     .await;
     assert!(uas.messages().contains("qop=auth"));
-    stop_sink(&cancel, &mut events, sink).await;
+    sink.stop().await;
     assert_unregistered(uas).await;
 }
 
@@ -607,20 +586,11 @@ async fn second_invite_replaces_the_first() {
     let device_port = free_port();
     let uas = blocking(move || PlatformUas::start(platform_port)).await;
     let clip = blocking(encode_clip).await;
-    let (tx, frames) = mpsc::channel(8);
-    let (ev_tx, mut events) = mpsc::channel(64);
-    let cancel = CancellationToken::new();
-    let sink = tokio::spawn(run(
-        target(uas.port(), device_port, PASSWORD),
-        options(0),
-        frames,
-        ev_tx,
-        cancel.clone(),
-    ));
+    let mut sink = spawn_sink(target(uas.port(), device_port, PASSWORD), options(0));
     let tally = Arc::new(Tally::default());
-    let feeder = feed(clip, tx, tally.clone());
+    let feeder = feed(clip, sink.frames.clone(), tally.clone());
     assert_eq!(
-        next_event(&mut events, Duration::from_secs(10)).await,
+        next_event(&mut sink.events, Duration::from_secs(10)).await,
         SinkEvent::Publishing
     );
     let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
@@ -642,7 +612,7 @@ async fn second_invite_replaces_the_first() {
         ],
     );
     assert_eq!(
-        next_event(&mut events, Duration::from_secs(10)).await,
+        next_event(&mut sink.events, Duration::from_secs(10)).await,
         SinkEvent::KeyframeWanted
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -653,7 +623,7 @@ async fn second_invite_replaces_the_first() {
         device,
         0,
         Mode::Udp,
-        &mut events,
+        &mut sink.events,
         &tally,
         "0100000022",
     )
@@ -681,7 +651,7 @@ async fn second_invite_replaces_the_first() {
         first_probe.frames
     );
 
-    stop_sink(&cancel, &mut events, sink).await;
+    sink.stop().await;
     feeder.abort();
 }
 
@@ -696,19 +666,10 @@ async fn rtp_on_the_wire_carries_the_offered_ssrc() {
     let device_port = free_port();
     let uas = blocking(move || PlatformUas::start(platform_port)).await;
     let clip = blocking(encode_clip).await;
-    let (tx, frames) = mpsc::channel(8);
-    let (ev_tx, mut events) = mpsc::channel(64);
-    let cancel = CancellationToken::new();
-    let sink = tokio::spawn(run(
-        target(uas.port(), device_port, PASSWORD),
-        options(0),
-        frames,
-        ev_tx,
-        cancel.clone(),
-    ));
-    let feeder = feed(clip, tx, Arc::new(Tally::default()));
+    let mut sink = spawn_sink(target(uas.port(), device_port, PASSWORD), options(0));
+    let feeder = feed(clip, sink.frames.clone(), Arc::new(Tally::default()));
     assert_eq!(
-        next_event(&mut events, Duration::from_secs(10)).await,
+        next_event(&mut sink.events, Duration::from_secs(10)).await,
         SinkEvent::Publishing
     );
     let media = tokio::net::UdpSocket::bind("127.0.0.1:0")
@@ -773,7 +734,7 @@ async fn rtp_on_the_wire_carries_the_offered_ssrc() {
         packets.len() > frames_seen + frames_seen / 2,
         "frames should span several packets"
     );
-    stop_sink(&cancel, &mut events, sink).await;
+    sink.stop().await;
     feeder.abort();
 }
 
@@ -787,24 +748,15 @@ async fn signals_over_tcp() {
     let device_port = free_port();
     let uas = blocking(move || PlatformUas::start_with(platform_port, true, true)).await;
     let clip = blocking(encode_clip).await;
-    let (tx, frames) = mpsc::channel(8);
-    let (ev_tx, mut events) = mpsc::channel(64);
-    let cancel = CancellationToken::new();
     let opts = GbOptions {
         sip_transport: SipTransport::Tcp,
         ..options(0)
     };
-    let sink = tokio::spawn(run(
-        target(platform_port, device_port, PASSWORD),
-        opts,
-        frames,
-        ev_tx,
-        cancel.clone(),
-    ));
+    let mut sink = spawn_sink(target(platform_port, device_port, PASSWORD), opts);
     let tally = Arc::new(Tally::default());
-    let feeder = feed(clip, tx, tally.clone());
+    let feeder = feed(clip, sink.frames.clone(), tally.clone());
     assert_eq!(
-        next_event(&mut events, Duration::from_secs(10)).await,
+        next_event(&mut sink.events, Duration::from_secs(10)).await,
         SinkEvent::Publishing
     );
     let uas = blocking(move || {
@@ -842,12 +794,12 @@ async fn signals_over_tcp() {
         device,
         0,
         Mode::Udp,
-        &mut events,
+        &mut sink.events,
         &tally,
         "0100000031",
     )
     .await;
-    stop_sink(&cancel, &mut events, sink).await;
+    sink.stop().await;
     feeder.abort();
     assert_unregistered(uas).await;
 }
