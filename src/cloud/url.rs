@@ -542,8 +542,9 @@ impl fmt::Debug for RtspUrl {
 
 /// Masks secrets in an arbitrary url-ish string for logging when it could not be parsed (or its
 /// type is unknown): the userinfo password, the values of query keys that look secret (containing
-/// token, key, password, secret, auth or sign, case-insensitively) and, for rtmp/rtmps, the
-/// stream key and every query value. A bare `k=v&k=v` string is treated as a query. Best effort: a secret in a place
+/// token, key, password, secret, auth or sign, case-insensitively), for rtmp/rtmps the
+/// stream key and every query value, and for other schemes every path segment that is not a
+/// plain endpoint word ([`mask_path_segments`]). A bare `k=v&k=v` string is treated as a query. Best effort: a secret in a place
 /// none of these rules covers is not found.
 pub fn redact_url_str(s: &str) -> String {
     let (head, query) = match s.split_once('?') {
@@ -586,7 +587,7 @@ pub fn redact_url_str(s: &str) -> String {
                 _ => out.push_str(path),
             }
         } else {
-            out.push_str(path);
+            out.push_str(&mask_path_segments(path));
         }
     } else {
         out.push_str(head);
@@ -627,6 +628,43 @@ pub fn redact_url_str(s: &str) -> String {
         }
     }
     out
+}
+
+/// Path segments of an http(s) url that are plainly not secrets: the words WHIP servers build
+/// their endpoints from.
+const PLAIN_PATH_WORDS: [&str; 14] = [
+    "whip",
+    "whep",
+    "endpoint",
+    "endpoints",
+    "publish",
+    "webrtc",
+    "api",
+    "live",
+    "stream",
+    "streams",
+    "ingest",
+    "session",
+    "sessions",
+    "resource",
+];
+
+/// Masks every path segment but the short ones (`v1`, `rtc`) and [`PLAIN_PATH_WORDS`]: some
+/// WHIP services put the stream's secret in the path (`/<secret>/webRTC/publish`), and no rule
+/// tells a stream name from a key there, so anything else keeps only its first characters.
+fn mask_path_segments(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            if seg.chars().count() <= 3
+                || PLAIN_PATH_WORDS.iter().any(|w| w.eq_ignore_ascii_case(seg))
+            {
+                seg.to_owned()
+            } else {
+                mask_keep_prefix(seg)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Keys whose values are treated as secrets by [`redact_url_str`].
@@ -1059,6 +1097,14 @@ mod tests {
                 "http://h:1985/rtc/v1/whip/?app=live&stream=do***",
             ),
             ("https://h/whip?abcsecret&x=1", "https://h/whip?***&x=***"),
+            (
+                "https://customer-x.example.com/0123456789abcdef0123/webRTC/publish",
+                "https://customer-x.example.com/01***/webRTC/publish",
+            ),
+            (
+                "https://h/v2/whip/endpoint/dock-cam-7",
+                "https://h/v2/whip/endpoint/do***",
+            ),
             ("not a url", "not a url"),
             ("", ""),
         ];
@@ -1135,11 +1181,13 @@ mod tests {
             let ag = format!("channel=c&sn=S&token={secret}&uid=1");
             let rt = format!("rtmp://h/live/{secret}?k={secret}");
             let wh = format!("https://h/whip?app=live&token={secret}");
+            let wh_path = format!("https://h/{secret}/webRTC/publish");
             for (t, s) in [
                 (UrlType::Gb28181, gb),
                 (UrlType::Agora, ag),
                 (UrlType::Rtmp, rt),
                 (UrlType::Whip, wh),
+                (UrlType::Whip, wh_path),
             ] {
                 let u = StreamUrl::parse(t, &s).unwrap();
                 proptest::prop_assert!(!u.redacted().contains(&secret));
