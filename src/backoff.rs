@@ -52,6 +52,16 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
+
+    /// A connection that had succeeded has ended after `held`: the schedule starts over only
+    /// if it held for at least the largest delay. A server that accepts and drops at once (a
+    /// broker kicking a duplicate client id, a media server refusing after the handshake) thus
+    /// keeps the delays climbing instead of being reconnected to every `initial`.
+    pub fn connection_ended(&mut self, held: Duration) {
+        if held >= self.max {
+            self.reset();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -61,6 +71,20 @@ mod tests {
     use rand::SeedableRng;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn only_a_connection_that_held_starts_the_schedule_over() {
+        let mut b = Backoff::new(250 * MS, 10_000 * MS);
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..3 {
+            b.next_delay(&mut rng);
+            b.connection_ended(100 * MS);
+        }
+        assert_eq!(b.attempt(), 3);
+        assert_eq!(b.ceiling(), 2000 * MS);
+        b.connection_ended(10_000 * MS);
+        assert_eq!((b.attempt(), b.ceiling()), (0, 250 * MS));
+    }
 
     #[test]
     fn ceiling_doubles_then_caps() {

@@ -153,6 +153,7 @@ pub async fn run(
     let mut announced: BTreeMap<(String, &'static str), (Vec<u8>, bool)> = BTreeMap::new();
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let mut connected = false;
+    let mut connected_at: Option<tokio::time::Instant> = None;
     let publish = |topic: &str, payload: &[u8], retain: bool| {
         if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, retain, payload.to_vec()) {
             warn!("MQTT publish to {topic} dropped: {e}");
@@ -181,8 +182,8 @@ pub async fn run(
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     info!(code = ?ack.code, "connected to the MQTT broker");
                     connected = true;
+                    connected_at = Some(tokio::time::Instant::now());
                     connected_tx.send_replace(true);
-                    backoff.reset();
                     if let Err(e) = client.try_subscribe(&settings.services_topic, QoS::AtLeastOnce) {
                         warn!("subscribe to {} failed: {e}", settings.services_topic);
                     }
@@ -206,6 +207,9 @@ pub async fn run(
                 Err(e) => {
                     connected = false;
                     connected_tx.send_replace(false);
+                    if let Some(at) = connected_at.take() {
+                        backoff.connection_ended(at.elapsed());
+                    }
                     let delay = backoff.next_delay(&mut rand::rng());
                     warn!(
                         attempt = backoff.attempt(),

@@ -861,6 +861,41 @@ fn broker_restart_republishes_capacity_and_stream_continues() {
     );
 }
 
+/// Two docks configured with one client id (a copied config): the broker lets one connection
+/// hold the id and drops the other as each connects. A connection dropped at once must not
+/// earn a fresh backoff schedule, or the two take the id from each other every quarter second
+/// for as long as the mistake stands, on the broker and on both uplinks. With the schedule
+/// climbing, 8 s hold about a dozen connections between them; reconnecting every
+/// 0–250 ms they would be about sixty.
+#[test]
+fn two_daemons_with_one_client_id_back_off_instead_of_taking_it_in_turns() {
+    let _serial = peers::exclusive();
+    let broker = Mosquitto::start();
+    let cfg = DaemonConfig::new(&broker.url());
+    let mut a = Daemon::start(&cfg);
+    let mut b = Daemon::start(&cfg);
+    std::thread::sleep(Duration::from_secs(8));
+    let connects = |d: &Daemon| d.logs().matches("connected to the MQTT broker").count();
+    let (na, nb) = (connects(&a), connects(&b));
+    eprintln!("connections in 8 s: {na} + {nb}");
+    assert!(
+        a.is_running() && b.is_running(),
+        "a daemon exited:\n{}\n{}",
+        a.log_tail(20),
+        b.log_tail(20)
+    );
+    assert!(
+        na >= 1 && nb >= 1 && na + nb >= 3,
+        "the daemons did not take the id from each other, so this shows nothing: {na} + {nb}\n{}",
+        broker.logs()
+    );
+    assert!(
+        na + nb <= 24,
+        "{na} + {nb} connections in 8 s: the backoff starts over on every ConnAck\n{}",
+        a.log_tail(20)
+    );
+}
+
 #[test]
 fn sigterm_stops_sessions_and_exits_zero() {
     let mut rig = Rig::start(true);

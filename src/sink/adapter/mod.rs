@@ -377,8 +377,8 @@ pub async fn run(
         }
         // Only a process that held for a while earns a fresh schedule; one that crashes at once
         // keeps backing off.
-        if was_ready && ran >= spec.backoff_max {
-            backoff.reset();
+        if was_ready {
+            backoff.connection_ended(ran);
         }
         let retry_in = backoff.next_delay(&mut rng);
         tracing::warn!(adapter = %spec.name, %reason, ?retry_in, "adapter lost; restarting");

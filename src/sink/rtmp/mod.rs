@@ -189,11 +189,7 @@ pub async fn run_with_stats(
                         return;
                     }
                     Ended::Lost(e) => {
-                        // Only a connection that held for a while earns a fresh schedule; a
-                        // server that accepts and drops at once keeps backing off.
-                        if started.elapsed() >= opts.backoff_max {
-                            backoff.reset();
-                        }
+                        backoff.connection_ended(started.elapsed());
                         e
                     }
                 }

@@ -300,8 +300,8 @@ pub async fn run(
                         if let Some(del) = del {
                             log_delete(&session.session_url, del);
                         }
-                        if published && started.elapsed() >= opts.backoff_max {
-                            backoff.reset();
+                        if published {
+                            backoff.connection_ended(started.elapsed());
                         }
                         (error, published, fatal)
                     }
