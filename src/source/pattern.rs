@@ -219,7 +219,8 @@ fn draw_bars(frame: &mut RawFrame, t: usize) {
     fill_rows(u, cw, &row_u);
     fill_rows(v, cw, &row_v);
     // A box bouncing along the bottom third shows motion even where the bars look alike.
-    let size = (h / 6).max(2) & !1;
+    // At most half the width: a portrait rung (240x1920) passes the ladder's checks too.
+    let size = (h / 6).min(w / 2).max(2) & !1;
     let span = (w - size).max(1);
     let pos = t * 8 % (2 * span);
     let x0 = if pos < span { pos } else { 2 * span - pos } & !1;
@@ -691,5 +692,25 @@ mod tests {
             "clock".parse::<PatternOptions>(),
             Err(PatternOptionError::NotKeyValue("clock".into()))
         );
+    }
+
+    #[test]
+    fn every_style_draws_every_shape_the_ladder_accepts() {
+        for (w, h) in [(16, 16), (16, 2160), (240, 1920), (3840, 16), (3840, 2160)] {
+            let rung = Rung {
+                width: w,
+                height: h,
+                fps: 30,
+                bitrate_kbps: 1000,
+            };
+            assert!(rung.validate().is_ok(), "{w}x{h}");
+            for style in [Style::Normal, Style::Wide, Style::Zoom, Style::Ir] {
+                let mut s = PatternSource::new(style);
+                // Long enough for every moving part to cross the picture more than once.
+                for _ in 0..(if w * h > 1_000_000 { 5 } else { 300 }) {
+                    assert!(s.next_frame(&rung).is_ok(), "{style:?} at {w}x{h}");
+                }
+            }
+        }
     }
 }
