@@ -530,6 +530,11 @@ impl Worker {
     }
 
     fn promote(&mut self, next: Active) {
+        // A reopen scheduled for an input the session has since switched away from (it failed
+        // while the new one was waiting for its keyframe) must not take over again later.
+        if self.retry.as_ref().is_some_and(|r| r.name != next.name) {
+            self.retry = None;
+        }
         self.active = Some(next);
         self.want_key = true;
         self.stats.switches.fetch_add(1, Ordering::Relaxed);
@@ -1121,6 +1126,70 @@ mod tests {
             })
         );
         assert_eq!(p.stats.input_failures.load(Ordering::Relaxed), 1);
+    }
+
+    /// An encoded live source whose first keyframe comes 120 ms after it opens, each of its
+    /// units marked `B`.
+    struct LateKey {
+        opened: Instant,
+    }
+
+    impl VideoSource for LateKey {
+        fn next_frame(&mut self, _rung: &Rung) -> Result<SourceFrame<'_>, SourceError> {
+            std::thread::sleep(Duration::from_millis(10));
+            Ok(SourceFrame::Encoded {
+                data: Bytes::from_static(b"\x00\x00\x00\x01\x65BBBB"),
+                keyframe: self.opened.elapsed() > Duration::from_millis(120),
+            })
+        }
+        fn is_live(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn an_input_that_fails_while_leaving_it_is_not_reopened_over_the_new_one() {
+        // Input a fails after 5 frames, just after the switch to b, before b's first keyframe.
+        let opens_a = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let o = Arc::clone(&opens_a);
+        let a = crate::source::FakeSpec(Arc::new(move || {
+            let n = o.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Flaky {
+                left: if n == 0 { 5 } else { 100_000 },
+                frame: RawFrame::black(32, 24),
+                t: Duration::from_secs(100 * n as u64),
+            }) as Box<dyn VideoSource>)
+        }));
+        let b = crate::source::FakeSpec(Arc::new(|| {
+            Ok(Box::new(LateKey {
+                opened: Instant::now(),
+            }) as Box<dyn VideoSource>)
+        }));
+        let mut s = spec();
+        s.inputs.insert("normal".into(), SourceSpec::Fake(a));
+        s.inputs.insert("zoom".into(), SourceSpec::Fake(b));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
+        let (etx, _erx) = tokio::sync::mpsc::channel(64);
+        let p = Pipeline::spawn(s, tx, etx).unwrap();
+        let _ = recv(&mut rx);
+        p.send(Control::Input("zoom".into()));
+        let is_b = |f: &EncodedFrame| f.data.ends_with(b"BBBB");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !is_b(&recv(&mut rx)) {
+            assert!(Instant::now() < deadline, "the switch to b never happened");
+        }
+        // Past any reopen a's failure could have scheduled (at most RETRY_INITIAL away).
+        std::thread::sleep(RETRY_INITIAL * 3);
+        let mut from_a = 0;
+        while let Ok(f) = rx.try_recv() {
+            from_a += usize::from(!is_b(&f));
+        }
+        assert_eq!(
+            from_a,
+            0,
+            "input a came back over b ({} opens of a)",
+            opens_a.load(Ordering::SeqCst)
+        );
     }
 
     /// A clocked source slower than the rung's rate, as a big test pattern is on a small board.
