@@ -126,6 +126,8 @@ pub struct PipelineStats {
     pub transcoded: AtomicU64,
     /// Access units the decoder rejected.
     pub decode_errors: AtomicU64,
+    /// Frames a device delivered that could not be read (a truncated JPEG), skipped.
+    pub bad_frames: AtomicU64,
     /// Times the input failed while running.
     pub input_failures: AtomicU64,
     /// True while the input is failed and being retried: the session is in error.
@@ -185,6 +187,10 @@ impl Drop for Pipeline {
     }
 }
 
+/// Unreadable frames in a row after which a device counts as failed and is reopened: a second
+/// of them at 30 fps. Fewer are skipped one by one.
+const BAD_FRAMES_TO_FAIL: u32 = 30;
+
 /// Backoff of device reopen attempts: quick for a glitch, capped for a camera that is gone.
 const RETRY_INITIAL: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -219,6 +225,8 @@ struct Active {
     asked_key: Option<Instant>,
     /// The source delivers raw pictures (known from its first frame).
     raw: bool,
+    /// Frames in a row the device delivered but could not be read.
+    bad_in_row: u32,
 }
 
 impl Active {
@@ -234,6 +242,7 @@ impl Active {
             decoder: None,
             asked_key: None,
             raw: false,
+            bad_in_row: 0,
         }
     }
 
@@ -655,6 +664,8 @@ impl Worker {
             Ok(Some(SourceFrame::Encoded { data, keyframe })) => Pulled::Encoded { data, keyframe },
             Ok(Some(SourceFrame::Raw(_))) => Pulled::Raw,
             Ok(None) => Pulled::Nothing,
+            // An unreadable frame of the input being switched to: wait for the next one.
+            Err(SourceError::BadFrame { .. }) => Pulled::Nothing,
             Err(e) => {
                 let name = p.name.clone();
                 self.pending = None;
@@ -728,6 +739,18 @@ impl Worker {
         }
         let (pulled, ts) = match pulled {
             Ok(p) => p,
+            Err(SourceError::BadFrame { device, why }) if a.bad_in_row + 1 < BAD_FRAMES_TO_FAIL => {
+                // A corrupt JPEG now and then is a USB camera's normal life: skip the frame,
+                // keep the device. Only a run of them (a device that sends nothing readable)
+                // is treated as a failure below.
+                a.bad_in_row += 1;
+                let total = self.stats.bad_frames.fetch_add(1, Ordering::Relaxed) + 1;
+                if total.is_power_of_two() {
+                    tracing::warn!(input = %a.name, device, total, "skipped a frame that could not be read: {why}");
+                }
+                self.active = Some(a);
+                return Step::Continue;
+            }
             Err(e) => {
                 let e: SourceError = e;
                 let (name, spec) = (a.name.clone(), a.spec.clone());
@@ -740,6 +763,7 @@ impl Worker {
             self.active = Some(a);
             return Step::Continue;
         }
+        a.bad_in_row = 0;
         if self.stats.input_down.swap(false, Ordering::Relaxed) {
             tracing::info!(input = %a.name, "input delivers again");
             self.report(PipelineEvent::InputUp {
@@ -1189,6 +1213,107 @@ mod tests {
             0,
             "input a came back over b ({} opens of a)",
             opens_a.load(Ordering::SeqCst)
+        );
+    }
+
+    /// A 16x16 MJPEG camera whose frames are truncated where `bad` says, as a USB hiccup
+    /// leaves them.
+    struct MjpegCam {
+        n: usize,
+        jpeg: Vec<u8>,
+        bad: fn(usize) -> bool,
+        t: Duration,
+    }
+
+    impl crate::source::v4l2::CaptureDevice for MjpegCam {
+        fn negotiated(&self) -> crate::source::v4l2::Negotiated {
+            crate::source::v4l2::Negotiated {
+                format: crate::source::v4l2::PixelFormat::Mjpeg,
+                width: 16,
+                height: 16,
+                stride: 0,
+            }
+        }
+        fn capture(&mut self) -> std::io::Result<crate::source::v4l2::Captured<'_>> {
+            self.n += 1;
+            self.t += Duration::from_millis(33);
+            std::thread::sleep(Duration::from_millis(5));
+            let data = if (self.bad)(self.n) {
+                &self.jpeg[..self.jpeg.len() / 2]
+            } else {
+                &self.jpeg[..]
+            };
+            Ok(crate::source::v4l2::Captured {
+                data,
+                timestamp: self.t,
+            })
+        }
+    }
+
+    /// Runs a pipeline on an [`MjpegCam`] until `frames` frames came out or `within` passed;
+    /// the pipeline's counters and the events it sent.
+    fn run_mjpeg_cam(
+        bad: fn(usize) -> bool,
+        frames: usize,
+        within: Duration,
+    ) -> (Arc<PipelineStats>, Vec<PipelineEvent>, usize) {
+        let cam = crate::source::FakeSpec(Arc::new(move || {
+            Ok(Box::new(crate::source::v4l2::V4l2Source::new(
+                "/dev/video9",
+                MjpegCam {
+                    n: 0,
+                    jpeg: crate::source::v4l2::tests::jpeg(3),
+                    bad,
+                    t: Duration::ZERO,
+                },
+            )) as Box<dyn VideoSource>)
+        }));
+        let mut s = spec();
+        s.inputs.insert("normal".into(), SourceSpec::Fake(cam));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
+        let (etx, mut erx) = tokio::sync::mpsc::channel(64);
+        let p = Pipeline::spawn(s, tx, etx).unwrap();
+        let deadline = Instant::now() + within;
+        let mut got = 0;
+        while got < frames && Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(_) => got += 1,
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+        let stats = Arc::clone(&p.stats);
+        drop(p);
+        let mut events = Vec::new();
+        while let Ok(e) = erx.try_recv() {
+            events.push(e);
+        }
+        (stats, events, got)
+    }
+
+    #[test]
+    fn a_corrupt_camera_frame_is_skipped_without_reopening_the_device() {
+        let (stats, events, got) = run_mjpeg_cam(|n| n % 5 == 0, 40, Duration::from_secs(10));
+        assert_eq!(got, 40, "{events:?}");
+        assert!(stats.bad_frames.load(Ordering::Relaxed) >= 8);
+        assert_eq!(stats.input_failures.load(Ordering::Relaxed), 0);
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, PipelineEvent::InputDown { .. })),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_camera_that_sends_nothing_readable_is_reported_down_and_reopened() {
+        let (stats, events, got) = run_mjpeg_cam(|_| true, 1, Duration::from_secs(2));
+        assert_eq!(got, 0);
+        assert!(stats.input_failures.load(Ordering::Relaxed) >= 1);
+        assert!(
+            events.iter().any(
+                |e| matches!(e, PipelineEvent::InputDown { reason, .. } if reason.contains("MJPEG"))
+            ),
+            "{events:?}"
         );
     }
 

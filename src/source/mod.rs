@@ -51,6 +51,15 @@ pub enum SourceError {
         /// What is wrong with it.
         why: String,
     },
+    /// One frame could not be read (a truncated JPEG, a short buffer after a USB hiccup); the
+    /// device goes on, and the pipeline skips the frame instead of reopening it.
+    #[error("{device}: {why}")]
+    BadFrame {
+        /// The device node.
+        device: String,
+        /// What is wrong with the frame.
+        why: String,
+    },
     /// A capture device or feed endpoint failed (unplugged, closed, refused); the pipeline
     /// retries opening it with backoff.
     #[error("{device}: {source}")]

@@ -229,8 +229,8 @@ impl<D: CaptureDevice> VideoSource for V4l2Source<D> {
             })?;
         self.last_ts = Some(got.timestamp);
         self.last_frame = Instant::now();
-        let invalid = |why: String| SourceError::Invalid {
-            path: path.clone(),
+        let invalid = |why: String| SourceError::BadFrame {
+            device: path.clone(),
             why,
         };
         match n.format {
@@ -390,13 +390,20 @@ pub fn mjpeg_to_i420(src: &[u8], dst: &mut RawFrame) -> Result<(), String> {
         .set_max_height(4320);
     let mut dec = zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(src), opts);
     dec.decode_headers().map_err(|e| format!("MJPEG: {e:?}"))?;
+    // Monochrome cameras (IR, some industrial UVC ones) send one-component JPEGs, which the
+    // decoder does not turn into YCbCr: take the luma as it is and grey chroma.
+    let luma_only = dec.input_colorspace() == Some(ColorSpace::Luma);
+    if luma_only {
+        dec.set_options(opts.jpeg_set_out_colorspace(ColorSpace::Luma));
+    }
+    let channels = if luma_only { 1 } else { 3 };
     let info = dec.info().ok_or("MJPEG: no image header")?;
     let size = dec.output_buffer_size().ok_or("MJPEG: no output size")?;
     let mut ycc = vec![0u8; size];
     dec.decode_into(&mut ycc)
         .map_err(|e| format!("MJPEG: {e:?}"))?;
     let (width, height) = (usize::from(info.width), usize::from(info.height));
-    need("MJPEG", &ycc, width * height * 3)?;
+    need("MJPEG", &ycc, width * height * channels)?;
     let (w, h) = (width & !1, height & !1);
     if dst.width != w || dst.height != h {
         *dst = RawFrame::black(w, h);
@@ -404,8 +411,13 @@ pub fn mjpeg_to_i420(src: &[u8], dst: &mut RawFrame) -> Result<(), String> {
     let (y, u, v) = dst.planes_mut();
     for row in 0..h {
         for col in 0..w {
-            y[row * w + col] = ycc[(row * width + col) * 3];
+            y[row * w + col] = ycc[(row * width + col) * channels];
         }
+    }
+    if luma_only {
+        u.fill(128);
+        v.fill(128);
+        return Ok(());
     }
     for crow in 0..h / 2 {
         for ccol in 0..w / 2 {
@@ -585,7 +597,7 @@ impl CaptureDevice for V4lDevice {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A device that serves YUYV frames until "unplugged".
@@ -674,11 +686,72 @@ mod tests {
         assert!(nv12_to_i420(&nv[..13], 4, 2, 6, &mut g).is_err());
     }
 
+    /// A 16x16 baseline JPEG, flat grey, in three components (as a colour UVC camera sends)
+    /// and in one (as a monochrome or IR camera does); the smallest valid files: one
+    /// quantisation table of ones, Huffman tables with a single zero-length code.
+    const JPEG_HEAD: [u8; 73] = {
+        let mut h = [1u8; 73];
+        let start = [0xff, 0xd8, 0xff, 0xdb, 0x00, 0x43, 0x00];
+        let mut i = 0;
+        while i < start.len() {
+            h[i] = start[i];
+            i += 1;
+        }
+        h
+    };
+    const HUFFMAN: [u8; 44] = [
+        0xff, 0xc4, 0x00, 0x14, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff,
+        0xc4, 0x00, 0x14, 0x10, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+
+    pub(crate) fn jpeg(components: u8) -> Vec<u8> {
+        let mut j = JPEG_HEAD.to_vec();
+        let n = usize::from(components);
+        // SOF0: 8-bit, 16x16, each component 1x1 sampled on table 0.
+        j.extend_from_slice(&[
+            0xff,
+            0xc0,
+            0x00,
+            (8 + 3 * n) as u8,
+            8,
+            0,
+            16,
+            0,
+            16,
+            components,
+        ]);
+        for c in 1..=components {
+            j.extend_from_slice(&[c, 0x11, 0]);
+        }
+        j.extend_from_slice(&HUFFMAN);
+        // SOS: every component on Huffman tables 0/0, then an all-zero scan.
+        j.extend_from_slice(&[0xff, 0xda, 0x00, (6 + 2 * n) as u8, components]);
+        for c in 1..=components {
+            j.extend_from_slice(&[c, 0x00]);
+        }
+        j.extend_from_slice(&[0, 63, 0, 0, 0, 0, 0, 0xff, 0xd9]);
+        j
+    }
+
     #[test]
-    fn mjpeg_decodes_and_garbage_is_an_error() {
+    fn mjpeg_decodes_colour_and_monochrome_and_garbage_is_an_error() {
         let mut f = RawFrame::black(2, 2);
+        mjpeg_to_i420(&jpeg(3), &mut f).expect("a colour JPEG decodes");
+        assert_eq!((f.width, f.height), (16, 16));
+        let mut g = RawFrame::black(2, 2);
+        mjpeg_to_i420(&jpeg(1), &mut g).expect("a monochrome JPEG decodes");
+        assert_eq!((g.width, g.height), (16, 16));
+        let (gy, gu, gv) = g.planes_mut();
+        assert!(
+            gu.iter().chain(gv.iter()).all(|&c| c == 128),
+            "chroma not grey"
+        );
+        let (fy, _, _) = f.planes_mut();
+        assert_eq!(gy, fy, "the same picture gives the same luma either way");
         assert!(mjpeg_to_i420(b"not a jpeg", &mut f).is_err());
         assert!(mjpeg_to_i420(&[0xff, 0xd8, 0xff], &mut f).is_err());
+        let colour = jpeg(3);
+        assert!(mjpeg_to_i420(&colour[..colour.len() / 2], &mut f).is_err());
     }
 
     #[test]
