@@ -410,6 +410,39 @@ fn h265_frame(pts: Duration) -> EncodedFrame {
     }
 }
 
+/// An H.264 IDR slice header, enough for a sink to take it as its first frame before any
+/// INVITE (which it then discards).
+fn h264_frame() -> EncodedFrame {
+    EncodedFrame {
+        data: bytes::Bytes::from_static(&[0, 0, 0, 1, 0x65, 0x88, 0x84, 0x00]),
+        pts: Duration::ZERO,
+        keyframe: true,
+        codec: Codec::H264,
+    }
+}
+
+/// A start right after a stop of the same video: the old session may still hold the url's
+/// `localPort` while it unregisters. The new sink waits for the port instead of failing with
+/// "address in use".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_port_still_held_by_a_stopping_session_is_waited_for() {
+    let _serial = SERIAL.lock().await;
+    let uas = blocking(|| PlatformUas::start(free_port())).await;
+    let device_port = free_port();
+    let old_session = std::net::UdpSocket::bind(("127.0.0.1", device_port)).expect("bind");
+    let mut sink = spawn_sink(target(uas.port(), device_port, PASSWORD), options(0));
+    // The first frame sends the sink straight on to binding, while the port is still held.
+    sink.frames.send(h264_frame()).await.expect("sink alive");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    drop(old_session);
+    assert_eq!(
+        next_event(&mut sink.events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    sink.stop().await;
+    assert_unregistered(uas).await;
+}
+
 /// A source that is H.265 from the start is refused before the device registers: the cloud is
 /// told the transport cannot carry it, and the platform never hears of a device that could not
 /// play. A bare UDP socket stands in for the platform, to show nothing at all was sent to it.

@@ -21,7 +21,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// How long a stopping sink may take to unpublish before it is abandoned.
+/// How long a stopping sink may take to unpublish before it is abandoned. Every sink's own
+/// stop budget fits inside it (RTMP 2 s, WHIP's DELETE 2 s, GB/T 28181's BYE and unregister
+/// 2.5 s), so a slow server gets the unpublish it is owed rather than an abandoned socket.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Sink settings shared by every session.
@@ -413,6 +415,14 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::adaptive_bitrate;
+
+    #[test]
+    fn every_sinks_stop_fits_in_the_sessions_grace() {
+        use super::STOP_GRACE;
+        assert!(crate::sink::rtmp::STOP_GRACE < STOP_GRACE);
+        assert!(crate::sink::whip::WhipOptions::default().delete_timeout < STOP_GRACE);
+        assert!(crate::sink::gb28181::GbOptions::default().stop_timeout < STOP_GRACE);
+    }
 
     #[test]
     fn adaptive_bitrate_follows_the_estimate_within_the_rung() {

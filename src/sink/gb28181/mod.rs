@@ -162,7 +162,8 @@ impl Default for GbOptions {
             transaction_timeout: Duration::from_secs(32),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
-            stop_timeout: Duration::from_secs(5),
+            // Inside the session's stop grace (3 s), so the unregister is not cut short.
+            stop_timeout: Duration::from_millis(2500),
             tcp_media_timeout: Duration::from_secs(10),
             name: "DJI Dock Camera".into(),
         }
@@ -351,12 +352,11 @@ struct Shell {
 impl Shell {
     async fn setup(target: &GbTarget, opts: &GbOptions) -> Result<Shell, String> {
         let server = resolve(&target.server_host, target.server_port).await?;
-        let sip = SipIo::bind(
-            opts.sip_transport,
-            SocketAddr::new(opts.bind_ip, target.local_port),
-            opts.tcp_media_timeout,
-        )
-        .await?;
+        let local = SocketAddr::new(opts.bind_ip, target.local_port);
+        let sip =
+            while_port_busy(|| SipIo::bind(opts.sip_transport, local, opts.tcp_media_timeout))
+                .await
+                .map_err(|e| format!("bind SIP {:?} {local}: {e}", opts.sip_transport))?;
         let local_sip = sip
             .local_addr()
             .map_err(|e| format!("SIP socket address: {e}"))?;
@@ -645,20 +645,47 @@ async fn route_ip(server: SocketAddr) -> Result<IpAddr, String> {
         .map_err(|e| format!("probe socket address: {e}"))
 }
 
+/// How long a bind of a fixed port keeps being retried while the port is in use: a session
+/// for the same video that was just stopped may still hold it while it unregisters, for up to
+/// the session's stop grace. A start right after a stop must not fail for that.
+const PORT_BUSY_WAIT: Duration = Duration::from_secs(3);
+
+/// Runs `bind` until it does not fail with "address in use", for up to [`PORT_BUSY_WAIT`].
+async fn while_port_busy<T, F, Fut>(mut bind: F) -> std::io::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    let deadline = Instant::now() + PORT_BUSY_WAIT;
+    loop {
+        match bind().await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A UDP socket and a TCP listener on the same port, so the SDP answer names one port for
 /// every transport.
 async fn bind_media(ip: IpAddr, port: u16) -> Result<(UdpSocket, TcpListener), String> {
     let attempts = if port == 0 { 20 } else { 1 };
     let mut last = String::new();
     for _ in 0..attempts {
-        let udp = UdpSocket::bind(SocketAddr::new(ip, port))
+        let udp = while_port_busy(|| UdpSocket::bind(SocketAddr::new(ip, port)))
             .await
             .map_err(|e| format!("bind media UDP {ip}:{port}: {e}"))?;
         let bound = udp
             .local_addr()
             .map_err(|e| format!("media socket address: {e}"))?
             .port();
-        match TcpListener::bind(SocketAddr::new(ip, bound)).await {
+        let tcp = if port == 0 {
+            TcpListener::bind(SocketAddr::new(ip, bound)).await
+        } else {
+            while_port_busy(|| TcpListener::bind(SocketAddr::new(ip, bound))).await
+        };
+        match tcp {
             Ok(tcp) => return Ok((udp, tcp)),
             Err(e) => last = format!("bind media TCP {ip}:{bound}: {e}"),
         }

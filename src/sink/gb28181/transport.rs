@@ -67,21 +67,17 @@ impl SipIo {
         transport: SipTransport,
         local: SocketAddr,
         timeout: Duration,
-    ) -> Result<SipIo, String> {
+    ) -> std::io::Result<SipIo> {
         match transport {
             SipTransport::Udp => {
-                let socket = UdpSocket::bind(local)
-                    .await
-                    .map_err(|e| format!("bind SIP UDP {local}: {e}"))?;
+                let socket = UdpSocket::bind(local).await?;
                 Ok(SipIo::Udp {
                     socket,
                     buf: vec![0; MAX_DATAGRAM],
                 })
             }
             SipTransport::Tcp => {
-                let listener = TcpListener::bind(local)
-                    .await
-                    .map_err(|e| format!("bind SIP TCP {local}: {e}"))?;
+                let listener = TcpListener::bind(local).await?;
                 let (inbound_tx, inbound) = mpsc::channel(CONN_QUEUE);
                 Ok(SipIo::Tcp {
                     listener,

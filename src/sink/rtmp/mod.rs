@@ -364,7 +364,7 @@ impl Publish<'_> {
 
 /// How long a stop may spend writing what is queued and unpublishing: an operator's stop must
 /// be quick even when the server reads slowly; past it the socket is just dropped.
-const STOP_GRACE: Duration = Duration::from_secs(2);
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Writes what is still queued, so that frames the sink took reach the server, then
 /// unpublishes; all within [`STOP_GRACE`].

@@ -106,7 +106,8 @@ pub struct WhipOptions {
     pub http_timeout: Duration,
     /// Limit from the answer to an established ICE+DTLS connection.
     pub connect_timeout: Duration,
-    /// Limit for the best-effort DELETE of a dead session before reconnecting.
+    /// Limit for the DELETE of a session: on stop, and best-effort for a dead session before
+    /// reconnecting.
     pub delete_timeout: Duration,
     /// First reconnect backoff ceiling.
     pub backoff_initial: Duration,
@@ -273,8 +274,10 @@ pub async fn run(
                 .await;
                 match ended {
                     Ended::Stopped => {
+                        // Bounded inside the session's stop grace, so the DELETE is not cut
+                        // off half-way and the server does not keep the session.
                         let del = tokio::time::timeout(
-                            opts.http_timeout,
+                            opts.delete_timeout,
                             client.delete_session(&session.session_url, target.token.as_deref()),
                         )
                         .await;
