@@ -132,7 +132,8 @@ pub async fn run(
                 actions
             }
         };
-        for action in actions {
+        let mut actions = std::collections::VecDeque::from(actions);
+        while let Some(action) = actions.pop_front() {
             match action {
                 Action::Reply { header, result } => send(LinkCommand::Publish {
                     topic: reply_topic.clone(),
@@ -146,8 +147,12 @@ pub async fn run(
                             handles.insert(id, handle);
                         }
                         Err(reason) => {
-                            // Feed the failure back so the waiting start gets its reply.
-                            let _ = events_tx.try_send((id, SessionEvent::Failed { reason }));
+                            // Handled at once, so the waiting start gets its reply: a session
+                            // event queued behind a full channel could be lost.
+                            actions.extend(manager.handle(Input::Session {
+                                id,
+                                event: SessionEvent::Failed { reason },
+                            }));
                         }
                     }
                 }
