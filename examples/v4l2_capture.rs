@@ -4,6 +4,10 @@
 //!
 //! `v4l2_capture SOURCE_URI WIDTHxHEIGHT FRAMES OUT.h264` — prints every pipeline event and
 //! the counters, one per line, so the host can judge the unplug/replug path from the log.
+//! First it opens the source on its own and asks for a frame without waiting, as the pipeline
+//! does with a lens it is switching to, and prints whether one came (`FIRST_WAIT frame`) or not
+//! yet (`FIRST_WAIT none`): a camera just opened has no frame yet, and the ask must not block
+//! until it has.
 
 use dockcast::media::pipeline::{Pipeline, PipelineEvent, PipelineSpec};
 use dockcast::media::quality::Rung;
@@ -24,17 +28,26 @@ fn main() -> anyhow::Result<()> {
         .split_once('x')
         .ok_or_else(|| anyhow::anyhow!("size is WIDTHxHEIGHT"))?;
     let frames: usize = args[3].parse()?;
+    let rung = Rung {
+        width: w.parse()?,
+        height: h.parse()?,
+        fps: 30,
+        bitrate_kbps: 800,
+    };
+    {
+        let mut src = spec.open("normal")?;
+        let first = src.wait_frame(&rung, Duration::ZERO)?;
+        println!(
+            "FIRST_WAIT {}",
+            if first.is_some() { "frame" } else { "none" }
+        );
+    }
     let mut inputs = BTreeMap::new();
     inputs.insert("normal".to_string(), spec);
     let pipeline_spec = PipelineSpec {
         inputs,
         input: "normal".into(),
-        rung: Rung {
-            width: w.parse()?,
-            height: h.parse()?,
-            fps: 30,
-            bitrate_kbps: 800,
-        },
+        rung,
         gop_frames: 30,
         backend: Default::default(),
     };

@@ -107,7 +107,7 @@ timeout 300 qemu-system-x86_64 -accel tcg -cpu max -m 768 -nographic -no-reboot 
     -serial "file:$WORK/console.log" -serial "file:$WORK/data.b64" -monitor none \
     >/dev/null 2>&1 || die "qemu failed or timed out; console:$(tail -n 30 "$WORK/console.log")"
 say "VM ran $(( $(date +%s) - started )) s"
-grep -E '^(===|EVENT|DONE|UNPLUGGED|REPLUGGED|FRAMES)' "$WORK/console.log" | tr -d '\r' >&2 || true
+grep -E '^(===|EVENT|DONE|UNPLUGGED|REPLUGGED|FRAMES|FIRST_WAIT)' "$WORK/console.log" | tr -d '\r' >&2 || true
 
 # Cuts stream NAME out of the second serial port's base64.
 extract() {
@@ -130,6 +130,10 @@ for name in yuyv nv12 unplug; do
         say "$name: expected 320x240 and $want decoded frames"; fail=1
     fi
 done
+# A lens being switched to is asked for frames without waiting; just opened, it has none yet,
+# and the ask must say so rather than block the pipeline until the camera's first frame.
+[ "$(tr -d '\r' <"$WORK/console.log" | grep -c '^FIRST_WAIT none')" = 3 ] \
+    || { say "a zero-wait ask of a camera just opened did not come back empty"; fail=1; }
 tr -d '\r' <"$WORK/console.log" | grep -q '^UNPLUGGED' || { say "the device was not unplugged"; fail=1; }
 tr -d '\r' <"$WORK/console.log" | grep -q '^EVENT input-down normal: /dev/video0' \
     || { say "no input-down event for the unplugged device"; fail=1; }

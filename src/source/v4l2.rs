@@ -196,6 +196,9 @@ pub struct V4l2Source<D: CaptureDevice> {
 /// Longest wait for one buffer before the device is treated as gone.
 pub const CAPTURE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// mmap buffers shared with the driver: one being read, the rest for the driver to fill.
+const BUFFERS: u32 = 4;
+
 /// Opens, negotiates and starts streaming a real device.
 pub fn open(spec: &V4l2Spec) -> Result<V4l2Source<V4lDevice>, SourceError> {
     let device = V4lDevice::open(spec)?;
@@ -532,7 +535,7 @@ impl V4lDevice {
             _ => 0,
         };
         let mut stream =
-            v4l::io::mmap::Stream::with_buffers(&dev, v4l::buffer::Type::VideoCapture, 4)
+            v4l::io::mmap::Stream::with_buffers(&dev, v4l::buffer::Type::VideoCapture, BUFFERS)
                 .map_err(dev_err)?;
         stream.set_timeout(CAPTURE_TIMEOUT);
         tracing::info!(
@@ -566,8 +569,17 @@ impl CaptureDevice for V4lDevice {
 
     fn wait_ready(&mut self, timeout: Duration) -> std::io::Result<bool> {
         if !self.started {
-            // Nothing is queued before the first capture, which starts the stream itself.
-            return Ok(true);
+            // Start streaming here rather than in the first capture, which would block until
+            // the camera's first frame (up to a second for many UVC cameras): a lens being
+            // switched to is polled without waiting, and the active one must keep flowing.
+            // Every buffer but the first is queued; the first capture queues that one, as
+            // it re-queues the previous buffer on every later capture.
+            use v4l::io::traits::{CaptureStream, Stream};
+            for index in 1..BUFFERS as usize {
+                CaptureStream::queue(&mut self.stream, index)?;
+            }
+            self.stream.start()?;
+            self.started = true;
         }
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // Three of the four buffers are queued here (the last one is re-queued by the next
@@ -577,6 +589,7 @@ impl CaptureDevice for V4lDevice {
 
     fn capture(&mut self) -> std::io::Result<Captured<'_>> {
         use v4l::io::traits::CaptureStream;
+        // Not started by wait_ready, the stream queues every buffer and starts by itself.
         let (buf, meta) = self.stream.next()?;
         self.started = true;
         let used = meta.bytesused as usize;
