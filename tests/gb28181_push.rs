@@ -443,6 +443,45 @@ async fn a_local_port_still_held_by_a_stopping_session_is_waited_for() {
     assert_unregistered(uas).await;
 }
 
+/// SIP over TCP to a platform whose address takes no connections (its accept queue is full, as
+/// a wedged server's is): the connect runs beside the sink, which still sees a stop at once
+/// instead of sitting in the connect until it times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_platform_that_never_accepts_does_not_hold_up_a_stop() {
+    let _serial = SERIAL.lock().await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let wedged = socket.listen(1).expect("listen");
+    let platform_port = wedged.local_addr().expect("addr").port();
+    // Fill the accept queue (backlog + 1 on Linux): later SYNs go unanswered.
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        queued.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", platform_port))
+                .await
+                .expect("queued connection"),
+        );
+    }
+    let opts = GbOptions {
+        sip_transport: SipTransport::Tcp,
+        tcp_media_timeout: Duration::from_secs(20),
+        ..options(0)
+    };
+    let mut sink = spawn_sink(target(platform_port, free_port(), PASSWORD), opts);
+    sink.frames.send(h264_frame()).await.expect("sink alive");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sink.cancel.cancel();
+    // Well inside the 20 s the connect may take, and than the sink's own stop budget.
+    match next_event(&mut sink.events, Duration::from_secs(5)).await {
+        SinkEvent::Stopped => {}
+        other => panic!("expected Stopped, got {other:?}"),
+    }
+    sink.returned().await;
+    drop(queued);
+}
+
 /// A source that is H.265 from the start is refused before the device registers: the cloud is
 /// told the transport cannot carry it, and the platform never hears of a device that could not
 /// play. A bare UDP socket stands in for the platform, to show nothing at all was sent to it.

@@ -4,7 +4,6 @@
 
 use super::sip;
 use bytes::{Bytes, BytesMut};
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -50,13 +49,16 @@ pub enum SipIo {
     Tcp {
         /// Listener on `localPort`.
         listener: TcpListener,
-        /// Writers of open connections.
-        conns: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
-        /// What the connection tasks read.
-        inbound: mpsc::Receiver<Inbound>,
+        /// Writers of open (or opening) connections, with the generation that tells a
+        /// connection's late close notice from its replacement's.
+        conns: HashMap<SocketAddr, (u64, mpsc::Sender<Bytes>)>,
+        /// The next connection's generation.
+        next_gen: u64,
+        /// What the connection tasks read, tagged with their generation.
+        inbound: mpsc::Receiver<(u64, Inbound)>,
         /// Handed to each new connection task.
-        inbound_tx: mpsc::Sender<Inbound>,
-        /// Limit for connecting and for one write.
+        inbound_tx: mpsc::Sender<(u64, Inbound)>,
+        /// Limit for connecting.
         timeout: Duration,
     },
 }
@@ -82,6 +84,7 @@ impl SipIo {
                 Ok(SipIo::Tcp {
                     listener,
                     conns: HashMap::new(),
+                    next_gen: 0,
                     inbound,
                     inbound_tx,
                     timeout,
@@ -112,21 +115,28 @@ impl SipIo {
                 SipIo::Tcp {
                     listener,
                     conns,
+                    next_gen,
                     inbound,
                     inbound_tx,
                     ..
                 } => {
                     tokio::select! {
-                        Some(msg) = inbound.recv() => {
+                        Some((gen, msg)) = inbound.recv() => {
                             if let Inbound::Closed(peer, _) = &msg {
+                                // A connection already replaced (it was stuck, or the peer
+                                // connected again) reports its end late: not news.
+                                if conns.get(peer).is_none_or(|(g, _)| *g != gen) {
+                                    continue;
+                                }
                                 conns.remove(peer);
                             }
                             return msg;
                         }
                         accepted = listener.accept() => match accepted {
                             Ok((stream, peer)) => {
-                                let tx = spawn_conn(stream, peer, inbound_tx.clone());
-                                conns.insert(peer, tx);
+                                *next_gen += 1;
+                                let tx = spawn_conn(peer, *next_gen, inbound_tx.clone(), async { Ok(stream) });
+                                conns.insert(peer, (*next_gen, tx));
                             }
                             Err(e) => tracing::debug!(error = %e, "gb28181 SIP accept"),
                         },
@@ -136,7 +146,9 @@ impl SipIo {
         }
     }
 
-    /// Sends `data` to `dest`, connecting first over TCP when no connection to `dest` exists.
+    /// Sends `data` to `dest`. Over TCP without a connection to `dest`, one is opened in the
+    /// background and `data` waits in its queue: the sink goes on meanwhile (its media, its
+    /// timers, a stop), and a connect that fails arrives as [`Inbound::Closed`].
     pub async fn send(&mut self, dest: SocketAddr, data: Bytes) -> Result<(), String> {
         match self {
             SipIo::Udp { socket, .. } => socket
@@ -146,20 +158,25 @@ impl SipIo {
                 .map_err(|e| format!("send to {dest}: {e}")),
             SipIo::Tcp {
                 conns,
+                next_gen,
                 inbound_tx,
                 timeout,
                 ..
             } => {
-                let tx = match conns.entry(dest) {
-                    Entry::Occupied(o) => o.into_mut(),
-                    Entry::Vacant(v) => {
-                        let stream = tokio::time::timeout(*timeout, TcpStream::connect(dest))
+                let (_, tx) = conns.entry(dest).or_insert_with(|| {
+                    *next_gen += 1;
+                    let limit = *timeout;
+                    let connect = async move {
+                        tokio::time::timeout(limit, TcpStream::connect(dest))
                             .await
-                            .map_err(|_| format!("connect to {dest} timed out"))?
-                            .map_err(|e| format!("connect to {dest}: {e}"))?;
-                        v.insert(spawn_conn(stream, dest, inbound_tx.clone()))
-                    }
-                };
+                            .map_err(|_| format!("connect to {dest} timed out after {limit:?}"))?
+                            .map_err(|e| format!("connect to {dest}: {e}"))
+                    };
+                    (
+                        *next_gen,
+                        spawn_conn(dest, *next_gen, inbound_tx.clone(), connect),
+                    )
+                });
                 let sent = tx
                     .try_send(data)
                     .map_err(|e| format!("connection to {dest} is stuck or closed: {e}"));
@@ -172,55 +189,126 @@ impl SipIo {
     }
 }
 
-/// Runs one TCP connection: a reader task framing SIP messages by Content-Length and a writer
-/// task draining the returned queue.
-fn spawn_conn(
-    stream: TcpStream,
+/// Runs one TCP connection once `connect` gives it a stream: a reader task framing SIP
+/// messages by Content-Length and a writer draining the returned queue, which takes messages
+/// from the start (they wait while connecting). Everything the connection reports carries
+/// `gen`.
+fn spawn_conn<C>(
     peer: SocketAddr,
-    inbound: mpsc::Sender<Inbound>,
-) -> mpsc::Sender<Bytes> {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    gen: u64,
+    inbound: mpsc::Sender<(u64, Inbound)>,
+    connect: C,
+) -> mpsc::Sender<Bytes>
+where
+    C: std::future::Future<Output = Result<TcpStream, String>> + Send + 'static,
+{
     let (tx, mut rx) = mpsc::channel::<Bytes>(CONN_QUEUE);
-    let closed = inbound.clone();
     tokio::spawn(async move {
+        let stream = match connect.await {
+            Ok(s) => s,
+            Err(why) => {
+                let _ = inbound.send((gen, Inbound::Closed(peer, why))).await;
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        let reader_inbound = inbound.clone();
+        tokio::spawn(async move {
+            let inbound = reader_inbound;
+            let mut buf = BytesMut::with_capacity(8192);
+            let reason = loop {
+                loop {
+                    match sip::stream_message_len(&buf) {
+                        Ok(Some(n)) => {
+                            let msg = buf.split_to(n).freeze();
+                            if inbound
+                                .send((gen, Inbound::Message(peer, msg)))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            let why = format!("unframeable SIP: {e}");
+                            let _ = inbound.send((gen, Inbound::Closed(peer, why))).await;
+                            return;
+                        }
+                    }
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) => break "closed by peer".to_owned(),
+                    Ok(_) => {}
+                    Err(e) => break format!("read: {e}"),
+                }
+            };
+            let _ = inbound.send((gen, Inbound::Closed(peer, reason))).await;
+        });
         while let Some(data) = rx.recv().await {
             if let Err(e) = wr.write_all(&data).await {
-                let _ = closed
-                    .send(Inbound::Closed(peer, format!("write: {e}")))
+                let _ = inbound
+                    .send((gen, Inbound::Closed(peer, format!("write: {e}"))))
                     .await;
                 return;
             }
         }
         let _ = wr.shutdown().await;
     });
-    tokio::spawn(async move {
-        let mut buf = BytesMut::with_capacity(8192);
-        let reason = loop {
-            loop {
-                match sip::stream_message_len(&buf) {
-                    Ok(Some(n)) => {
-                        let msg = buf.split_to(n).freeze();
-                        if inbound.send(Inbound::Message(peer, msg)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = inbound
-                            .send(Inbound::Closed(peer, format!("unframeable SIP: {e}")))
-                            .await;
-                        return;
-                    }
-                }
-            }
-            match rd.read_buf(&mut buf).await {
-                Ok(0) => break "closed by peer".to_owned(),
-                Ok(_) => {}
-                Err(e) => break format!("read: {e}"),
-            }
-        };
-        let _ = inbound.send(Inbound::Closed(peer, reason)).await;
-    });
     tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection that got stuck is replaced; when the old one's end is finally reported, the
+    /// replacement stays (the notice names a connection that is already gone).
+    #[tokio::test]
+    async fn a_replaced_connections_late_close_leaves_its_replacement_alone() {
+        let platform = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let dest = platform.local_addr().expect("addr");
+        let mut io = SipIo::bind(
+            SipTransport::Tcp,
+            "127.0.0.1:0".parse().expect("addr"),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("bind");
+        // The platform accepts and never reads: the socket buffers fill, then the queue.
+        io.send(dest, Bytes::from_static(b"first"))
+            .await
+            .expect("queued");
+        let (stuck, _) = platform.accept().await.expect("accept");
+        let big = Bytes::from(vec![b'x'; 256 * 1024]);
+        let mut replaced = false;
+        for _ in 0..(CONN_QUEUE + 200) {
+            if io.send(dest, big.clone()).await.is_err() {
+                replaced = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(replaced, "the stuck connection never filled its queue");
+        // The next message opens a second connection.
+        io.send(dest, Bytes::from_static(b"second"))
+            .await
+            .expect("queued");
+        let (mut fresh, _) = platform.accept().await.expect("accept");
+        // Only now does the first one end: its close notice comes late.
+        drop(stuck);
+        let mut got = [0u8; 6];
+        fresh.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"second");
+        // The late notice is not reported; the replacement still carries messages.
+        let quiet = tokio::time::timeout(Duration::from_millis(500), io.recv()).await;
+        assert!(quiet.is_err(), "reported {:?}", quiet.ok());
+        io.send(dest, Bytes::from_static(b"third"))
+            .await
+            .expect("queued");
+        let mut got = [0u8; 5];
+        fresh.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"third");
+    }
 }
