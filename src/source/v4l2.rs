@@ -236,6 +236,9 @@ impl<D: CaptureDevice> VideoSource for V4l2Source<D> {
             device: path.clone(),
             why,
         };
+        if got.data.is_empty() {
+            return Err(invalid("the driver marked the buffer as failed".into()));
+        }
         match n.format {
             PixelFormat::H264 => {
                 let keyframe = nal_units(got.data)
@@ -593,7 +596,12 @@ impl CaptureDevice for V4lDevice {
         let (buf, meta) = self.stream.next()?;
         self.started = true;
         let used = meta.bytesused as usize;
-        let data = if used == 0 || used > buf.len() {
+        // A buffer the driver marks as failed (a USB transfer error) holds stale or partial
+        // data: handed on empty, it is skipped as an unreadable frame. A driver that leaves
+        // `bytesused` at zero fills the whole buffer (some older ones do).
+        let data = if meta.flags.contains(v4l::buffer::Flags::ERROR) {
+            &buf[..0]
+        } else if used == 0 || used > buf.len() {
             buf
         } else {
             &buf[..used]
@@ -765,6 +773,28 @@ pub(crate) mod tests {
         assert!(mjpeg_to_i420(&[0xff, 0xd8, 0xff], &mut f).is_err());
         let colour = jpeg(3);
         assert!(mjpeg_to_i420(&colour[..colour.len() / 2], &mut f).is_err());
+    }
+
+    #[test]
+    fn a_failed_buffer_is_a_bad_frame_not_a_device_failure() {
+        let rung = Rung {
+            width: 8,
+            height: 4,
+            fps: 30,
+            bitrate_kbps: 100,
+        };
+        for buf in [Vec::new(), vec![128; 10]] {
+            let cam = FakeCamera {
+                frames_left: 1,
+                buf,
+                t: Duration::ZERO,
+            };
+            let mut src = V4l2Source::new("/dev/video9", cam);
+            match src.next_frame(&rung) {
+                Err(SourceError::BadFrame { device, .. }) => assert_eq!(device, "/dev/video9"),
+                other => panic!("expected a bad frame, got {:?}", other.map(|_| ())),
+            }
+        }
     }
 
     #[test]
