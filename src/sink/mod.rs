@@ -61,34 +61,41 @@ pub enum SinkEvent {
 /// start for long.
 pub(crate) const FIRST_FRAME_WAIT: Duration = Duration::from_secs(1);
 
-/// What [`first_frame`] saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FirstFrame {
-    /// Stop requested, or the producer went away: report [`SinkEvent::Stopped`] and return.
-    Ended,
-    /// The first frame came, in this codec. The frame itself is dropped: a sink asks for a
-    /// keyframe once it is up anyway.
-    Codec(Codec),
-    /// Nothing within the wait; the sink goes on and checks frames as they come.
-    NoneYet,
-}
-
-/// Waits up to `wait` for the first frame and tells its codec, so that a sink that cannot
-/// carry it refuses at the start — answered "transport not supported" at once — instead of
-/// registering or offering a session the platform would then see fail.
-pub(crate) async fn first_frame(
+/// For a sink that carries only `carried`: waits up to [`FIRST_FRAME_WAIT`] for the first
+/// frame and, if it is in another codec, refuses at the start — the cloud is answered
+/// "transport not supported" at once, and nothing is registered or offered on a server that
+/// would then see it fail. The frame itself is dropped: a sink asks for a keyframe once it is
+/// up anyway, and checks later frames as they come. False when the sink must return, with
+/// [`SinkEvent::Refused`] or (stop requested, producer gone) [`SinkEvent::Stopped`] reported.
+pub(crate) async fn first_frame_carried(
     frames: &mut mpsc::Receiver<EncodedFrame>,
     cancel: &CancellationToken,
-    wait: Duration,
-) -> FirstFrame {
-    tokio::select! {
+    events: &mpsc::Sender<SinkEvent>,
+    carried: Codec,
+    refusal: impl FnOnce(Codec) -> String,
+    target: &str,
+) -> bool {
+    let first = tokio::select! {
         biased;
-        _ = cancel.cancelled() => FirstFrame::Ended,
-        f = tokio::time::timeout(wait, frames.recv()) => match f {
-            Ok(Some(frame)) => FirstFrame::Codec(frame.codec),
-            Ok(None) => FirstFrame::Ended,
-            Err(_) => FirstFrame::NoneYet,
+        _ = cancel.cancelled() => None,
+        f = tokio::time::timeout(FIRST_FRAME_WAIT, frames.recv()) => match f {
+            Ok(Some(frame)) => Some(Some(frame.codec)),
+            Ok(None) => None,
+            Err(_) => Some(None),
         },
+    };
+    match first {
+        None => {
+            let _ = events.send(SinkEvent::Stopped).await;
+            false
+        }
+        Some(Some(codec)) if codec != carried => {
+            let reason = refusal(codec);
+            tracing::warn!(target, %reason, "sink refuses this video");
+            let _ = events.send(SinkEvent::Refused { reason }).await;
+            false
+        }
+        Some(_) => true,
     }
 }
 

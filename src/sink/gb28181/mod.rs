@@ -23,7 +23,7 @@ pub mod ua;
 
 use crate::cloud::url::Gb28181Url;
 use crate::media::frame::{Codec, EncodedFrame};
-use crate::sink::{FirstFrame, SinkEvent};
+use crate::sink::SinkEvent;
 use bytes::Bytes;
 use dialog::MediaPlan;
 use rand::Rng;
@@ -204,18 +204,17 @@ pub async fn run(
     // PS here carries H.264 only: an H.265 source is refused before the device registers, so
     // the cloud is answered "transport not supported" and the platform never lists a device
     // that could not play. A frame that comes later is still checked as it arrives.
-    match super::first_frame(&mut frames, &cancel, super::FIRST_FRAME_WAIT).await {
-        FirstFrame::Ended => {
-            let _ = events.send(SinkEvent::Stopped).await;
-            return;
-        }
-        FirstFrame::Codec(codec) if codec != Codec::H264 => {
-            let reason = codec_refusal(codec);
-            tracing::warn!(target = %label, %reason, "gb28181 cannot send this video");
-            let _ = events.send(SinkEvent::Refused { reason }).await;
-            return;
-        }
-        FirstFrame::Codec(_) | FirstFrame::NoneYet => {}
+    if !super::first_frame_carried(
+        &mut frames,
+        &cancel,
+        &events,
+        Codec::H264,
+        codec_refusal,
+        &label,
+    )
+    .await
+    {
+        return;
     }
     let setup = tokio::select! {
         biased;

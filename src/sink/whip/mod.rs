@@ -23,7 +23,7 @@ pub use http::{Phase, WhipError};
 use crate::backoff::Backoff;
 use crate::cloud::{redact_url_str, WhipUrl};
 use crate::media::frame::{Codec, EncodedFrame};
-use crate::sink::{FirstFrame, SinkEvent};
+use crate::sink::SinkEvent;
 use http::IceServerKind;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -229,21 +229,16 @@ pub async fn run(
     // WHIP here carries H.264 only: look at the first frame before offering a session, so that
     // an H.265 source is refused at the start (and no session is set up on the server), not
     // once ICE has connected. A frame that comes later is still checked as it is written.
-    match super::first_frame(&mut frames, &cancel, super::FIRST_FRAME_WAIT).await {
-        FirstFrame::Ended => {
-            let _ = events.send(SinkEvent::Stopped).await;
-            return;
+    let refusal = |codec: Codec| {
+        WhipError::UnsupportedCodec {
+            codec: codec.name(),
         }
-        FirstFrame::Codec(codec) if codec != Codec::H264 => {
-            let reason = WhipError::UnsupportedCodec {
-                codec: codec.name(),
-            }
-            .to_string();
-            tracing::warn!(target = %target.redacted(), %reason, "whip publish refused");
-            let _ = events.send(SinkEvent::Refused { reason }).await;
-            return;
-        }
-        FirstFrame::Codec(_) | FirstFrame::NoneYet => {}
+        .to_string()
+    };
+    let label = target.redacted();
+    if !super::first_frame_carried(&mut frames, &cancel, &events, Codec::H264, refusal, label).await
+    {
+        return;
     }
 
     let mut link_stun: Vec<(String, u16)> = Vec::new();
