@@ -232,12 +232,14 @@ impl<D: CaptureDevice> VideoSource for V4l2Source<D> {
             })?;
         self.last_ts = Some(got.timestamp);
         self.last_frame = Instant::now();
-        let invalid = |why: String| SourceError::BadFrame {
+        let bad_frame = |why: String| SourceError::BadFrame {
             device: path.clone(),
             why,
         };
         if got.data.is_empty() {
-            return Err(invalid("the driver marked the buffer as failed".into()));
+            return Err(bad_frame(
+                "an empty or failed buffer from the driver".into(),
+            ));
         }
         match n.format {
             PixelFormat::H264 => {
@@ -250,16 +252,16 @@ impl<D: CaptureDevice> VideoSource for V4l2Source<D> {
             }
             PixelFormat::Yuyv => {
                 yuyv_to_i420(got.data, n.width, n.height, n.stride, &mut self.frame)
-                    .map_err(invalid)?;
+                    .map_err(bad_frame)?;
                 Ok(SourceFrame::Raw(&self.frame))
             }
             PixelFormat::Nv12 => {
                 nv12_to_i420(got.data, n.width, n.height, n.stride, &mut self.frame)
-                    .map_err(invalid)?;
+                    .map_err(bad_frame)?;
                 Ok(SourceFrame::Raw(&self.frame))
             }
             PixelFormat::Mjpeg => {
-                mjpeg_to_i420(got.data, &mut self.frame).map_err(invalid)?;
+                mjpeg_to_i420(got.data, &mut self.frame).map_err(bad_frame)?;
                 Ok(SourceFrame::Raw(&self.frame))
             }
         }
@@ -707,26 +709,18 @@ pub(crate) mod tests {
         assert!(nv12_to_i420(&nv[..13], 4, 2, 6, &mut g).is_err());
     }
 
-    /// A 16x16 baseline JPEG, flat grey, in three components (as a colour UVC camera sends)
-    /// and in one (as a monochrome or IR camera does); the smallest valid files: one
-    /// quantisation table of ones, Huffman tables with a single zero-length code.
-    const JPEG_HEAD: [u8; 73] = {
-        let mut h = [1u8; 73];
-        let start = [0xff, 0xd8, 0xff, 0xdb, 0x00, 0x43, 0x00];
-        let mut i = 0;
-        while i < start.len() {
-            h[i] = start[i];
-            i += 1;
-        }
-        h
-    };
+    /// DHT: a DC and an AC table, each with a single zero-length code.
     const HUFFMAN: [u8; 44] = [
         0xff, 0xc4, 0x00, 0x14, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff,
         0xc4, 0x00, 0x14, 0x10, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ];
 
+    /// A 16x16 baseline JPEG, flat grey, in three components (as a colour UVC camera sends)
+    /// or in one (as a monochrome or IR camera does); the smallest valid files.
     pub(crate) fn jpeg(components: u8) -> Vec<u8> {
-        let mut j = JPEG_HEAD.to_vec();
+        // SOI, then DQT: table 0, all ones.
+        let mut j = vec![0xff, 0xd8, 0xff, 0xdb, 0x00, 0x43, 0x00];
+        j.extend_from_slice(&[1; 64]);
         let n = usize::from(components);
         // SOF0: 8-bit, 16x16, each component 1x1 sampled on table 0.
         j.extend_from_slice(&[
