@@ -784,18 +784,11 @@ fn an_h265_file_passes_through_over_enhanced_rtmp_and_whip_and_gb28181_refuse_it
     // WHIP carries H.264 only: the start is refused with a reply that names the transport
     // (513013), not a mislabelled stream and not "cannot reach the server" (513010).
     let whip = peers::whip::WhipServer::start(peers::whip::WhipServerOptions::default());
-    let (tid, _) = rig.cloud.send_service(
-        "live_start_push",
-        json!({ "url_type": 4, "url": whip.url("cam"), "video_id": vid, "video_quality": 0 }),
-    );
-    let reply = rig.cloud.wait_reply(&tid, REPLY_TIMEOUT);
-    assert_eq!(reply["data"]["result"], 513013, "{reply}");
-    assert!(
-        rig.daemon
-            .log_tail(80)
-            .contains("WHIP here carries H.264 only"),
-        "no log line says why:\n{}",
-        rig.daemon.log_tail(80)
+    start_is_refused_as_unsupported(
+        &mut rig,
+        4,
+        &whip.url("cam"),
+        "WHIP here carries H.264 only",
     );
 
     // Nor does GB/T 28181's PS here: refused the same way, before the device registers. A bare
@@ -809,25 +802,31 @@ fn an_h265_file_passes_through_over_enhanced_rtmp_and_whip_and_gb28181_refuse_it
          &channel=34020000001310000001",
         peers::free_port()
     );
-    let (tid, _) = rig.cloud.send_service(
-        "live_start_push",
-        json!({ "url_type": 3, "url": gb_url, "video_id": vid, "video_quality": 0 }),
-    );
-    let reply = rig.cloud.wait_reply(&tid, REPLY_TIMEOUT);
-    assert_eq!(reply["data"]["result"], 513013, "{reply}");
-    assert!(
-        rig.daemon
-            .log_tail(80)
-            .contains("GB/T 28181 here carries H.264 only"),
-        "no log line says why:\n{}",
-        rig.daemon.log_tail(80)
-    );
+    start_is_refused_as_unsupported(&mut rig, 3, &gb_url, "GB/T 28181 here carries H.264 only");
     let mut buf = [0u8; 2048];
     match platform.recv_from(&mut buf) {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         Ok((n, _)) => panic!("the platform got: {}", String::from_utf8_lossy(&buf[..n])),
         Err(e) => panic!("platform socket: {e}"),
     }
+}
+
+/// A start of the rig's video over `url_type` is answered 513013 (the transport cannot carry
+/// this video) — not a mislabelled stream, not 513010 "cannot reach the server" — and the log
+/// says `why`.
+fn start_is_refused_as_unsupported(rig: &mut Rig, url_type: u8, url: &str, why: &str) {
+    let vid = rig.cfg.video_id();
+    let (tid, _) = rig.cloud.send_service(
+        "live_start_push",
+        json!({ "url_type": url_type, "url": url, "video_id": vid, "video_quality": 0 }),
+    );
+    let reply = rig.cloud.wait_reply(&tid, REPLY_TIMEOUT);
+    assert_eq!(reply["data"]["result"], 513013, "{reply}");
+    assert!(
+        rig.daemon.log_tail(80).contains(why),
+        "no log line says why:\n{}",
+        rig.daemon.log_tail(80)
+    );
 }
 
 /// Where each picture of an H.265 Annex-B stream ends (before the next picture's first NAL),
