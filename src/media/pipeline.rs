@@ -374,22 +374,15 @@ impl Worker {
                 // is behind has its frame due already; what is queued is still applied, or a
                 // board too slow for the rung could never be stopped or given a lower one.
                 loop {
-                    let now = Instant::now();
-                    let next = if now >= due {
-                        match control.try_recv() {
-                            Ok(c) => c,
-                            Err(TryRecvError::Empty) => break,
-                            Err(TryRecvError::Disconnected) => return,
+                    // A zero wait still takes what is queued.
+                    match control.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                        Ok(c) => {
+                            if let Step::Stop = self.apply(c) {
+                                return;
+                            }
                         }
-                    } else {
-                        match control.recv_timeout(due - now) {
-                            Ok(c) => c,
-                            Err(RecvTimeoutError::Timeout) => break,
-                            Err(RecvTimeoutError::Disconnected) => return,
-                        }
-                    };
-                    if let Step::Stop = self.apply(next) {
-                        return;
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return,
                     }
                 }
             } else if self.active.is_some() || self.pending.is_some() {
