@@ -152,7 +152,7 @@ pub async fn run(
     eventloop.set_network_options(network_options());
     let mut announced: BTreeMap<(String, &'static str), (Vec<u8>, bool)> = BTreeMap::new();
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
-    let mut connected = false;
+    // Since when the broker has accepted us; `None` while it has not.
     let mut connected_at: Option<tokio::time::Instant> = None;
     let publish = |topic: &str, payload: &[u8], retain: bool| {
         if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, retain, payload.to_vec()) {
@@ -164,14 +164,14 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             cmd = commands.recv() => match cmd {
                 Some(LinkCommand::Publish { topic, payload, retain }) => {
-                    if connected {
+                    if connected_at.is_some() {
                         publish(&topic, &payload, retain);
                     } else {
                         debug!("broker unreachable; reply on {topic} dropped");
                     }
                 }
                 Some(LinkCommand::Announce { topic, key, payload, retain }) => {
-                    if connected {
+                    if connected_at.is_some() {
                         publish(&topic, &payload, retain);
                     }
                     announced.insert((topic, key), (payload, retain));
@@ -181,7 +181,6 @@ pub async fn run(
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     info!(code = ?ack.code, "connected to the MQTT broker");
-                    connected = true;
                     connected_at = Some(tokio::time::Instant::now());
                     connected_tx.send_replace(true);
                     if let Err(e) = client.try_subscribe(&settings.services_topic, QoS::AtLeastOnce) {
@@ -205,7 +204,6 @@ pub async fn run(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    connected = false;
                     connected_tx.send_replace(false);
                     if let Some(at) = connected_at.take() {
                         backoff.connection_ended(at.elapsed());
@@ -240,7 +238,7 @@ pub async fn run(
         }
     }
     // Give the final status and the DISCONNECT a moment to leave.
-    if connected {
+    if connected_at.is_some() {
         while let Ok(cmd) = commands.try_recv() {
             let (LinkCommand::Publish {
                 topic,
