@@ -236,6 +236,9 @@ pub struct FeedStats {
     pub stalls: u64,
     /// Connections closed for breaking the framing.
     pub protocol_errors: u64,
+    /// `accept()` calls that failed for want of a resource (descriptors, memory); each one
+    /// rests the listener for [`ACCEPT_REST`].
+    pub accept_errors: u64,
 }
 
 /// Sans-IO feed parser: bytes in (any chunking), cleaned access units out.
@@ -502,6 +505,9 @@ pub struct FeedSource {
     last_ts: Option<Duration>,
     /// Unix socket file to remove when the source closes.
     socket_path: Option<String>,
+    /// Until when the listener is left out of the poll after a failed `accept()`; kept past
+    /// that time until a connection is taken, so that a shortage is logged once.
+    listener_rest: Option<Instant>,
 }
 
 enum Listener {
@@ -571,6 +577,10 @@ const TICK: Duration = Duration::from_millis(100);
 /// Reads of what the socket already holds before a unit is handed out: 16 × 64 KiB is more
 /// than a socket buffer holds by default.
 const DRAIN_READS: usize = 16;
+/// How long the listener is left alone after `accept()` failed for want of a resource. The
+/// connection it could not take stays queued, so the listener keeps polling readable: asked
+/// again at once, it would fail again at once for as long as the shortage lasts.
+pub const ACCEPT_REST: Duration = Duration::from_millis(500);
 
 impl FeedSource {
     /// Starts listening at the spec's endpoint; the app may connect at any time after.
@@ -582,14 +592,19 @@ impl FeedSource {
         };
         let mut socket_path = None;
         let listener = match &spec.endpoint {
+            // Listeners are non-blocking: a connection that poll announced may be gone by the
+            // time it is accepted, and the pipeline thread must not wait for the next one.
             FeedEndpoint::Unix(path) => {
                 remove_stale_socket(path);
                 let l = UnixListener::bind(path).map_err(dev_err)?;
                 socket_path = Some(path.clone());
+                l.set_nonblocking(true).map_err(dev_err)?;
                 Listener::Unix(l)
             }
             FeedEndpoint::Tcp { host, port } => {
-                Listener::Tcp(TcpListener::bind((host.as_str(), *port)).map_err(dev_err)?)
+                let l = TcpListener::bind((host.as_str(), *port)).map_err(dev_err)?;
+                l.set_nonblocking(true).map_err(dev_err)?;
+                Listener::Tcp(l)
             }
             FeedEndpoint::Fifo(path) => Listener::Fifo(open_fifo(path).map_err(dev_err)?),
         };
@@ -613,6 +628,7 @@ impl FeedSource {
             epoch: now,
             last_ts: None,
             socket_path,
+            listener_rest: None,
         })
     }
 
@@ -658,7 +674,17 @@ impl FeedSource {
         timeout: Duration,
         arrival_us: Option<u64>,
     ) -> Result<bool, SourceError> {
+        // A resting listener is left out (poll skips a negative descriptor), and the wait ends
+        // when its rest does.
+        let mut timeout = timeout;
         let mut fds = [self.listener.fd(), -1];
+        if let Some(until) = self.listener_rest {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                fds[0] = -1;
+                timeout = timeout.min(left);
+            }
+        }
         let n = if let Some((c, _)) = &self.conn {
             fds[1] = c.fd();
             2
@@ -680,15 +706,16 @@ impl FeedSource {
                         _ => Accepted::Nothing,
                     }
                 }
-                Listener::Unix(l) => l
-                    .accept()
-                    .map_or(Accepted::Nothing, |(s, _)| Accepted::Conn(Conn::Unix(s))),
+                Listener::Unix(l) => match l.accept() {
+                    Ok((s, _)) => Accepted::Conn(Conn::Unix(s)),
+                    Err(e) => Accepted::Failed(e),
+                },
                 Listener::Tcp(l) => match l.accept() {
                     Ok((s, _)) => {
                         let _ = s.set_nodelay(true);
                         Accepted::Conn(Conn::Tcp(s))
                     }
-                    Err(_) => Accepted::Nothing,
+                    Err(e) => Accepted::Failed(e),
                 },
             };
             match got {
@@ -696,6 +723,7 @@ impl FeedSource {
                 // A new connection replaces the old one: the app restarted and its old socket
                 // may never report closing. Poll again before reading.
                 Accepted::Conn(c) => self.connected(c),
+                Accepted::Failed(e) => self.accept_failed(e),
                 Accepted::Nothing => {}
             }
             return Ok(true);
@@ -741,12 +769,36 @@ impl FeedSource {
         Ok(false)
     }
 
+    /// `accept()` failed. A connection that went away before it was taken, or a signal, is
+    /// nothing; anything else is a shortage (descriptors, memory) that the next call would meet
+    /// too, so the listener rests and the app's connection waits in the queue meanwhile.
+    fn accept_failed(&mut self, e: std::io::Error) {
+        use std::io::ErrorKind;
+        if matches!(
+            e.kind(),
+            ErrorKind::WouldBlock | ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+        ) {
+            return;
+        }
+        self.stats.accept_errors += 1;
+        // Once per shortage, not once per rest: a connection taken ends the shortage.
+        if self.listener_rest.is_none() {
+            tracing::warn!(
+                feed = %self.name,
+                "cannot accept the payload app's connection, retrying every {} ms: {e}",
+                ACCEPT_REST.as_millis()
+            );
+        }
+        self.listener_rest = Some(Instant::now() + ACCEPT_REST);
+    }
+
     fn connected(&mut self, c: Conn) {
         if let Err(e) = c.set_nonblocking() {
             tracing::warn!(feed = %self.name, "payload app refused: {e}");
             return;
         }
         self.stats.connections += 1;
+        self.listener_rest = None;
         tracing::info!(feed = %self.name, "payload app connected");
         self.conn = Some((c, FeedParser::with_codec(self.spec.sei, self.spec.codec)));
     }
@@ -883,6 +935,8 @@ enum Accepted {
     Bytes(usize),
     /// A payload app connected.
     Conn(Conn),
+    /// The listener was readable and `accept()` failed.
+    Failed(std::io::Error),
     Nothing,
 }
 
