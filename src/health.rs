@@ -28,6 +28,13 @@ pub struct SessionCounters {
     pub encode_us: u64,
     /// Bitrate in force in kbit/s.
     pub bitrate_kbps: u32,
+    /// Frames the input delivered unreadable (a truncated camera JPEG, a failed buffer),
+    /// skipped without reopening it: a rising count is a failing cable or camera.
+    pub bad_frames: u64,
+    /// Times the input failed and was reopened.
+    pub input_failures: u64,
+    /// Access units the decoder rejected while transcoding.
+    pub decode_errors: u64,
 }
 
 /// Everything `/metrics` shows, assembled by the live manager's actor (the owner of the
@@ -86,7 +93,7 @@ pub fn render(snapshot: &Snapshot, mqtt_connected: bool) -> String {
         snapshot.sessions_started
     );
     type Field = fn(&SessionSummary, &SessionCounters) -> u64;
-    let per_session: [(&str, &str, &str, Field); 7] = [
+    let per_session: [(&str, &str, &str, Field); 10] = [
         (
             "frames_sent_total",
             "Frames handed to the sink.",
@@ -116,6 +123,24 @@ pub fn render(snapshot: &Snapshot, mqtt_connected: bool) -> String {
             "Times the sink lost its server after publishing.",
             "counter",
             |s, _| s.reconnects,
+        ),
+        (
+            "bad_frames_total",
+            "Unreadable frames from the input, skipped.",
+            "counter",
+            |_, c| c.bad_frames,
+        ),
+        (
+            "input_failures_total",
+            "Times the input failed and was reopened.",
+            "counter",
+            |_, c| c.input_failures,
+        ),
+        (
+            "decode_errors_total",
+            "Access units the decoder rejected while transcoding.",
+            "counter",
+            |_, c| c.decode_errors,
         ),
         (
             "input_down",
@@ -292,6 +317,9 @@ mod tests {
             bytes_sent: 12345,
             encode_us: 1_500_000,
             bitrate_kbps: 1000,
+            bad_frames: 7,
+            input_failures: 1,
+            decode_errors: 0,
         };
         let text = render(
             &Snapshot {
@@ -308,6 +336,9 @@ mod tests {
             "dockcast_frames_sent_total{video_id=\"DOCK/165-0-7/normal-0\",url_type=\"1\",lens=\"zoom\"} 90",
             "dockcast_reconnects_total{video_id=\"DOCK/165-0-7/normal-0\",url_type=\"1\",lens=\"zoom\"} 3",
             "dockcast_input_down{video_id=\"DOCK/165-0-7/normal-0\",url_type=\"1\",lens=\"zoom\"} 1",
+            "dockcast_bad_frames_total{video_id=\"DOCK/165-0-7/normal-0\",url_type=\"1\",lens=\"zoom\"} 7",
+            "dockcast_input_failures_total{video_id=\"DOCK/165-0-7/normal-0\",url_type=\"1\",lens=\"zoom\"} 1",
+            "dockcast_decode_errors_total{video_id=\"DOCK/165-0-7/normal-0\",url_type=\"1\",lens=\"zoom\"} 0",
             "dockcast_encode_seconds_total{video_id=\"DOCK/165-0-7/normal-0\",url_type=\"1\",lens=\"zoom\"} 1.500000",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");

@@ -80,6 +80,15 @@ fn metrics_show_the_live_session_and_status_reads_them() {
         (40.0..=80.0).contains(&frames),
         "~60 frames in 2 s, got {frames}\n{metrics}"
     );
+    // A test pattern never fails: the input's health reads clean, and is there to be read.
+    for healthy in [
+        "dockcast_input_down{",
+        "dockcast_bad_frames_total{",
+        "dockcast_input_failures_total{",
+        "dockcast_decode_errors_total{",
+    ] {
+        assert_eq!(sample(&metrics, healthy), Some(0.0), "{healthy}\n{metrics}");
+    }
     let rung = peers::daemon::rung_for_quality(1);
     assert_eq!(
         sample(&metrics, "dockcast_bitrate_kbps{"),

@@ -228,6 +228,9 @@ fn snapshot(
                     bytes_sent: h.stats.bytes_sent.load(Relaxed),
                     encode_us: h.stats.encode_us.load(Relaxed),
                     bitrate_kbps: h.stats.bitrate_kbps.load(Relaxed) as u32,
+                    bad_frames: h.stats.bad_frames.load(Relaxed),
+                    input_failures: h.stats.input_failures.load(Relaxed),
+                    decode_errors: h.stats.decode_errors.load(Relaxed),
                 })
                 .unwrap_or_default();
             (s, counters)
