@@ -16,6 +16,7 @@ use crate::media::quality::Rung;
 use crate::source::{SourceError, SourceFrame, VideoSource};
 use bytes::Bytes;
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -445,9 +446,13 @@ pub fn mjpeg_to_i420(src: &[u8], dst: &mut RawFrame) -> Result<(), String> {
 
 /// A real device: the `v4l` crate's mmap stream over a negotiated format.
 pub struct V4lDevice {
-    // Declared before `_dev` so the stream (and its buffers) is dropped first.
-    stream: v4l::io::mmap::Stream<'static>,
+    // Dropped by hand, before `_dev`: the v4l crate panics in its `Drop` when STREAMOFF or
+    // the buffer release fails with anything but ENODEV, and a driver left in a bad state
+    // must cost the camera a reopen, not the pipeline thread (see `Drop` below).
+    stream: ManuallyDrop<v4l::io::mmap::Stream<'static>>,
     _dev: v4l::Device,
+    /// The node, for the log.
+    path: String,
     negotiated: Negotiated,
     epoch: Instant,
     /// Buffers are queued and the stream runs (after the first capture).
@@ -553,8 +558,9 @@ impl V4lDevice {
             "capture negotiated"
         );
         Ok(V4lDevice {
-            stream,
+            stream: ManuallyDrop::new(stream),
             _dev: dev,
+            path: spec.path.clone(),
             negotiated: Negotiated {
                 format: want,
                 width: got.width as usize,
@@ -565,6 +571,30 @@ impl V4lDevice {
             started: false,
         })
     }
+}
+
+impl Drop for V4lDevice {
+    fn drop(&mut self) {
+        // SAFETY: `stream` is taken once, here, and not touched again.
+        let stream = unsafe { ManuallyDrop::take(&mut self.stream) };
+        if !drop_contained(stream) {
+            tracing::warn!(
+                device = %self.path,
+                "the driver refused to stop streaming or free its buffers; closing the device anyway"
+            );
+        }
+    }
+}
+
+/// Drops `value`, containing a panic from its `Drop`; false if it panicked or was leaked. On a
+/// thread that is already unwinding it is leaked instead, since a second panic would abort
+/// the daemon; what it holds is the kernel's to reclaim when the process ends.
+fn drop_contained<T>(value: T) -> bool {
+    if std::thread::panicking() {
+        std::mem::forget(value);
+        return false;
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(value))).is_ok()
 }
 
 impl CaptureDevice for V4lDevice {
@@ -581,7 +611,7 @@ impl CaptureDevice for V4lDevice {
             // it re-queues the previous buffer on every later capture.
             use v4l::io::traits::{CaptureStream, Stream};
             for index in 1..BUFFERS as usize {
-                CaptureStream::queue(&mut self.stream, index)?;
+                CaptureStream::queue(&mut *self.stream, index)?;
             }
             self.stream.start()?;
             self.started = true;
@@ -812,5 +842,47 @@ pub(crate) mod tests {
             Err(e @ SourceError::Device { .. }) => assert!(e.to_string().contains("/dev/video9")),
             other => panic!("expected a device error, got {:?}", other.map(|_| ())),
         }
+    }
+
+    /// Stands in for the v4l crate's stream, whose `Drop` panics when the driver refuses
+    /// STREAMOFF; a real driver cannot be made to refuse it on demand.
+    struct RefusesToStop<'a>(&'a std::sync::atomic::AtomicBool);
+
+    impl Drop for RefusesToStop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            panic!("Os {{ code: 5, kind: Uncategorized, message: \"Input/output error\" }}");
+        }
+    }
+
+    #[test]
+    fn a_stream_that_panics_on_close_costs_a_warning_not_the_thread() {
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        assert!(!drop_contained(RefusesToStop(&ran)));
+        assert!(
+            ran.load(std::sync::atomic::Ordering::Relaxed),
+            "its Drop ran"
+        );
+        assert!(
+            drop_contained(vec![0u8; 4]),
+            "a quiet Drop is reported as such"
+        );
+        // While unwinding, a second panic would abort: the stream is leaked, its Drop not run.
+        let leaked = std::sync::atomic::AtomicBool::new(false);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            struct OnUnwind<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for OnUnwind<'_> {
+                fn drop(&mut self) {
+                    assert!(!drop_contained(RefusesToStop(self.0)));
+                }
+            }
+            let _guard = OnUnwind(&leaked);
+            panic!("the pipeline thread unwinds");
+        }));
+        assert!(unwound.is_err());
+        assert!(
+            !leaked.load(std::sync::atomic::Ordering::Relaxed),
+            "not dropped while unwinding"
+        );
     }
 }
