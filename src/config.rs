@@ -307,6 +307,9 @@ pub struct Gb28181Settings {
     pub keepalive_max_missed: u32,
     /// Device name shown in the platform's catalog.
     pub name: String,
+    /// Addresses besides the platform's (the url's `serverIP`) whose SIP is answered, for a
+    /// platform that sends its INVITEs from another host. Everything else is ignored.
+    pub accept_from: Vec<String>,
 }
 
 impl Default for Gb28181Settings {
@@ -320,6 +323,7 @@ impl Default for Gb28181Settings {
             keepalive_secs: 60,
             keepalive_max_missed: 3,
             name: "DJI Dock Camera".into(),
+            accept_from: Vec::new(),
         }
     }
 }
@@ -656,6 +660,14 @@ impl Config {
             if ip.parse::<std::net::IpAddr>().is_err() {
                 return Err(invalid(
                     "gb28181.advertise_ip",
+                    format!("{ip:?} is not an IP address"),
+                ));
+            }
+        }
+        for ip in &gb.accept_from {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    "gb28181.accept_from",
                     format!("{ip:?} is not an IP address"),
                 ));
             }
@@ -1106,6 +1118,10 @@ mod tests {
         assert_eq!(
             err_key("[gb28181]\nadvertise_ip = \"host\""),
             "gb28181.advertise_ip"
+        );
+        assert_eq!(
+            err_key("[gb28181]\naccept_from = [\"10.0.0.0/8\"]"),
+            "gb28181.accept_from"
         );
     }
 

@@ -281,6 +281,11 @@ fn gb_options(gb: &dockcast::config::Gb28181Settings) -> GbOptions {
         keepalive_interval: Duration::from_secs(gb.keepalive_secs.into()),
         keepalive_max_missed: gb.keepalive_max_missed,
         name: gb.name.clone(),
+        accept_from: gb
+            .accept_from
+            .iter()
+            .filter_map(|ip| ip.parse().ok())
+            .collect(),
         ..defaults
     }
 }

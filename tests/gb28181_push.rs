@@ -727,6 +727,74 @@ async fn second_invite_replaces_the_first() {
     feeder.abort();
 }
 
+/// An INVITE from a host that is not the platform (127.0.0.9; the platform is 127.0.0.1) gets
+/// no answer, so it cannot be ACKed and no media goes where it asked; the platform's own
+/// INVITE afterwards plays as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_from_a_host_other_than_the_platform_is_ignored() {
+    let _serial = SERIAL.lock().await;
+    let platform_port = free_port();
+    let device_port = free_port();
+    let uas = blocking(move || PlatformUas::start(platform_port)).await;
+    let clip = blocking(encode_clip).await;
+    let mut sink = spawn_sink(target(uas.port(), device_port, PASSWORD), options(0));
+    let tally = Arc::new(Tally::default());
+    let feeder = feed(clip, sink.frames.clone(), tally.clone());
+    assert_eq!(
+        next_event(&mut sink.events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
+
+    let (answered, media) = blocking(move || {
+        let sip = std::net::UdpSocket::bind("127.0.0.9:0").expect("stranger's SIP socket");
+        let media = std::net::UdpSocket::bind("127.0.0.9:0").expect("stranger's media socket");
+        let (sip_addr, media_port) = (
+            sip.local_addr().expect("addr"),
+            media.local_addr().expect("addr").port(),
+        );
+        let sdp = format!(
+            "v=0\r\no=x 0 0 IN IP4 127.0.0.9\r\ns=Play\r\nc=IN IP4 127.0.0.9\r\nt=0 0\r\n\
+             m=video {media_port} RTP/AVP 96\r\na=rtpmap:96 PS/90000\r\na=recvonly\r\n\
+             y=0100000099\r\n"
+        );
+        let invite = format!(
+            "INVITE sip:{CHANNEL}@{device} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {sip_addr};rport;branch=z9hG4bKstranger\r\n\
+             From: <sip:{SERVER_ID}@3402000000>;tag=s1\r\nTo: <sip:{CHANNEL}@3402000000>\r\n\
+             Call-ID: stranger\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:{SERVER_ID}@{sip_addr}>\r\nSubject: {CHANNEL}:0100000099,{SERVER_ID}:0\r\n\
+             Content-Type: APPLICATION/SDP\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        sip.send_to(invite.as_bytes(), device).expect("send INVITE");
+        let mut buf = [0u8; 2048];
+        sip.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let answered = sip
+            .recv_from(&mut buf)
+            .ok()
+            .map(|(n, _)| String::from_utf8_lossy(&buf[..n]).into_owned());
+        media.set_nonblocking(true).expect("nonblocking");
+        (answered, media.recv_from(&mut buf).is_ok())
+    })
+    .await;
+    assert_eq!(answered, None, "the stranger's INVITE was answered");
+    assert!(!media, "media reached the stranger");
+
+    play_once(
+        false,
+        device,
+        0,
+        Mode::Udp,
+        &mut sink.events,
+        &tally,
+        "0100000031",
+    )
+    .await;
+    sink.stop().await;
+    feeder.abort();
+}
+
 /// The RTP packets themselves, read off a UDP socket standing in for the media server: SSRC =
 /// the offered `y=`, PT 96, no sequence gaps, one timestamp per frame with the marker on its
 /// last packet, packets within 1400 bytes, and the first frame a keyframe pack with system

@@ -146,6 +146,9 @@ pub struct GbOptions {
     pub tcp_media_timeout: Duration,
     /// Name shown in the platform's device and channel lists (ASCII: declared GB2312).
     pub name: String,
+    /// Addresses besides the platform's that may send SIP; requests from any other host
+    /// (an INVITE that would send the video elsewhere) are ignored.
+    pub accept_from: Vec<IpAddr>,
 }
 
 impl Default for GbOptions {
@@ -166,6 +169,7 @@ impl Default for GbOptions {
             stop_timeout: Duration::from_millis(2500),
             tcp_media_timeout: Duration::from_secs(10),
             name: "DJI Dock Camera".into(),
+            accept_from: Vec::new(),
         }
     }
 }
@@ -392,6 +396,7 @@ impl Shell {
             backoff_max: opts.backoff_max,
             name: opts.name.clone(),
             seed: rand::rng().random(),
+            accept_from: opts.accept_from.clone(),
         };
         Ok(Shell {
             sip,

@@ -50,6 +50,11 @@ pub struct UaConfig {
     pub name: String,
     /// Seed for tags, branches, Call-IDs and jitter; random in production, fixed in tests.
     pub seed: u64,
+    /// Addresses besides the platform's own that may send SIP (a platform whose SIP service
+    /// answers from another address than the one registered with). Anything else is ignored:
+    /// an INVITE from any host that reaches the port would point the camera's video where
+    /// that host asks.
+    pub accept_from: Vec<IpAddr>,
 }
 
 impl std::fmt::Debug for UaConfig {
@@ -60,6 +65,7 @@ impl std::fmt::Debug for UaConfig {
             .field("channel", &self.channel)
             .field("media_ip", &self.media_ip)
             .field("media_port", &self.media_port)
+            .field("accept_from", &self.accept_from)
             .field("expires", &self.expires)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("keepalive_max_missed", &self.keepalive_max_missed)
@@ -174,6 +180,8 @@ pub struct Ua {
     recent: VecDeque<(String, u32, String, Bytes)>,
     out: VecDeque<Transmit>,
     events: VecDeque<UaEvent>,
+    /// SIP messages ignored because they came from neither the platform nor `accept_from`.
+    foreign: u64,
 }
 
 /// RFC 3261 T2: the retransmission interval cap for non-INVITE requests and 2xx.
@@ -204,6 +212,7 @@ impl Ua {
             recent: VecDeque::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
+            foreign: 0,
             cfg,
         }
     }
@@ -358,6 +367,21 @@ impl Ua {
     /// Handles one received datagram from `source`. Malformed input yields at most a
     /// [`UaEvent::Refused`] and, for requests we can still address, a 400.
     pub fn handle_input(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        if !self.is_platform_source(source.ip()) {
+            self.foreign += 1;
+            // Logged at 1, 2, 4, 8 … so that a host flooding the port cannot flood the log.
+            if self.foreign.is_power_of_two() {
+                self.events.push_back(UaEvent::Refused {
+                    reason: format!(
+                        "SIP from {source} ignored: not the platform ({}) nor in \
+                         gb28181.accept_from ({} so far)",
+                        self.cfg.identity.server.ip(),
+                        self.foreign
+                    ),
+                });
+            }
+            return;
+        }
         if data.iter().all(|b| b.is_ascii_whitespace()) {
             return; // CRLF keepalive pings
         }
@@ -368,6 +392,14 @@ impl Ua {
                 reason: format!("unparseable SIP from {source}: {e}"),
             }),
         }
+    }
+
+    /// Whether `ip` may send SIP: the platform's address or one listed in `accept_from`
+    /// (an IPv4 source seen on a dual-stack socket as `::ffff:a.b.c.d` counts as IPv4).
+    fn is_platform_source(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip == self.cfg.identity.server.ip().to_canonical()
+            || self.cfg.accept_from.iter().any(|a| a.to_canonical() == ip)
     }
 
     fn token(&mut self) -> String {
@@ -848,6 +880,7 @@ mod tests {
             backoff_max: Duration::from_secs(30),
             name: "Dock".into(),
             seed: 1,
+            accept_from: Vec::new(),
         }
     }
 
@@ -1145,6 +1178,46 @@ mod tests {
             resp.headers.get("Content-Type"),
             Some("Application/MANSCDP+xml")
         );
+    }
+
+    #[test]
+    fn sip_from_a_host_other_than_the_platform_is_ignored_unless_listed() {
+        let t0 = Instant::now();
+        let mut ua = registered(t0);
+        let stranger: SocketAddr = "127.0.0.9:5064".parse().expect("addr");
+        let invite = invite_text("c1", "0100000001");
+        for _ in 0..5 {
+            ua.handle_input(t0, stranger, invite.as_bytes());
+            ua.handle_input(t0, stranger, b"garbage");
+        }
+        assert!(
+            ua.poll_transmit().is_none(),
+            "nothing is answered to a stranger"
+        );
+        // Ten ignored messages are logged four times (1, 2, 4, 8), each naming the sender.
+        let refused = events(&mut ua);
+        assert_eq!(refused.len(), 4, "{refused:?}");
+        assert!(refused.iter().all(
+            |e| matches!(e, UaEvent::Refused { reason } if reason.contains("127.0.0.9:5064"))
+        ));
+        // The platform's own INVITE still opens the dialog: the stranger's left no trace.
+        platform_request(&mut ua, t0, &invite);
+        assert_eq!(sent_responses(&mut ua)[0].status, 200);
+
+        // A listed address is served like the platform; an IPv4 platform seen through a
+        // dual-stack socket is still the platform.
+        let mut listed = cfg();
+        listed.accept_from = vec!["127.0.0.9".parse().expect("ip")];
+        let mut ua = Ua::new(listed);
+        ua.handle_input(t0, stranger, invite.as_bytes());
+        assert_eq!(sent_responses(&mut ua)[0].status, 200);
+        let mut ua = Ua::new(cfg());
+        ua.handle_input(
+            t0,
+            "[::ffff:127.0.0.1]:5064".parse().expect("addr"),
+            invite.as_bytes(),
+        );
+        assert_eq!(sent_responses(&mut ua)[0].status, 200);
     }
 
     #[test]
