@@ -223,13 +223,18 @@ pub async fn serve(
                 .and_then(|l| l.split_whitespace().next())
                 .unwrap_or("");
             debug!(%peer, path, "health request");
+            // The second covers the queueing too: with the manager wedged, its request queue
+            // fills, and a request waiting for room would hold its connection for good.
             let snapshot = async {
                 let (tx, rx) = oneshot::channel();
-                snapshots.send(tx).await.ok()?;
-                tokio::time::timeout(Duration::from_secs(1), rx)
+                let asked = async {
+                    snapshots.send(tx).await.ok()?;
+                    rx.await.ok()
+                };
+                tokio::time::timeout(Duration::from_secs(1), asked)
                     .await
-                    .ok()?
                     .ok()
+                    .flatten()
             };
             let (status, kind, body) = match path {
                 "/healthz" => match snapshot.await {
@@ -347,5 +352,32 @@ mod tests {
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             assert_eq!(l.split(' ').count(), 2, "{l}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_wedged_manager_gets_503_on_every_request_not_a_hang_once_its_queue_is_full() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // A manager that never answers, with a queue of two.
+        let (snapshots, _never_read) = mpsc::channel(2);
+        let (_connected, mqtt) = watch::channel(true);
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(listener, snapshots, mqtt, cancel.clone()));
+        for request in 0..4 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+                .await
+                .expect("request");
+            let mut answer = String::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut answer))
+                .await
+                .unwrap_or_else(|_| panic!("request {request} was never answered"))
+                .expect("read");
+            assert!(
+                answer.starts_with("HTTP/1.1 503"),
+                "request {request}: {answer}"
+            );
+        }
+        cancel.cancel();
     }
 }
