@@ -50,5 +50,32 @@ pub fn stopping() {
 /// How often to send WATCHDOG=1: half of `WatchdogSec=`, as sd_watchdog_enabled(3)
 /// recommends; `None` when no watchdog is configured.
 pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled().map(|d| d / 2)
+    feed_interval(sd_notify::watchdog_enabled())
+}
+
+/// Half the watchdog timeout, none for a zero timeout (`WATCHDOG_USEC=0` means no watchdog),
+/// and never under 50 ms: a timer of zero period panics, and a tighter one would only spin.
+fn feed_interval(timeout: Option<Duration>) -> Option<Duration> {
+    timeout
+        .filter(|d| !d.is_zero())
+        .map(|d| (d / 2).max(Duration::from_millis(50)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_is_fed_at_half_its_timeout_and_a_zero_timeout_is_none() {
+        assert_eq!(
+            feed_interval(Some(Duration::from_secs(20))),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(feed_interval(None), None);
+        assert_eq!(feed_interval(Some(Duration::ZERO)), None);
+        assert_eq!(
+            feed_interval(Some(Duration::from_micros(1))),
+            Some(Duration::from_millis(50))
+        );
+    }
 }
