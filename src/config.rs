@@ -141,7 +141,7 @@ impl Default for GatewayConfig {
 }
 
 /// `[mqtt]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// `mqtt://host[:port]` or `mqtts://host[:port]`.
@@ -277,7 +277,7 @@ impl WhipSettings {
 }
 
 /// `[health]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSettings {
     /// Address of the `/healthz` and `/metrics` endpoint, e.g. `127.0.0.1:9480`; off when
@@ -553,6 +553,39 @@ impl Config {
             .unwrap_or_else(|| format!("dockcast-{}", self.gateway.sn))
     }
 
+    /// The settings in `new` that a reload cannot apply to a running daemon, by key: the broker
+    /// link and the serial it answers for are set up once, as are the health endpoint's socket
+    /// and the encoder library. Named so that the operator is told instead of the change being
+    /// dropped silently.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if new.mqtt != self.mqtt {
+            changed.push("[mqtt]");
+        }
+        if new.gateway.sn != self.gateway.sn {
+            changed.push("gateway.sn");
+        }
+        if new.health != self.health {
+            changed.push("[health]");
+        }
+        if new.encoder.openh264_library != self.encoder.openh264_library {
+            changed.push("encoder.openh264_library");
+        }
+        changed
+    }
+
+    /// `new` as a reload applies it: what only a restart changes keeps its running value. The
+    /// serial above all: cameras without a serial of their own take the gateway's, and video
+    /// IDs built from a serial the link does not answer for would stop every stream and fail
+    /// every command until the restart.
+    pub fn for_reload(&self, mut new: Config) -> Config {
+        new.mqtt = self.mqtt.clone();
+        new.gateway.sn = self.gateway.sn.clone();
+        new.health = self.health.clone();
+        new.encoder.openh264_library = self.encoder.openh264_library.clone();
+        new
+    }
+
     /// Points every input of the first video at one source (`dockcast run --source`).
     pub fn override_source(&mut self, uri: &str) -> Result<(), ConfigError> {
         uri.parse::<SourceSpec>()
@@ -589,6 +622,20 @@ impl Config {
             return Err(invalid("gateway.max_streams", "must be at least 1"));
         }
         self.validate_mqtt()?;
+        // Under systemd the daemon runs in `/`: a relative path that worked when the file was
+        // tried by hand would name another file there, found missing only when first used
+        // (the RTMPS CA: at the first rtmps:// stream, hours later).
+        for (key, path) in [
+            ("mqtt.ca_file", &self.mqtt.ca_file),
+            ("mqtt.client_cert_file", &self.mqtt.client_cert_file),
+            ("mqtt.client_key_file", &self.mqtt.client_key_file),
+            ("rtmp.ca_file", &self.rtmp.ca_file),
+            ("encoder.openh264_library", &self.encoder.openh264_library),
+        ] {
+            if let Some(p) = path.as_deref().filter(|p| !Path::new(p).is_absolute()) {
+                return Err(invalid(key, format!("{p:?} must be an absolute path")));
+            }
+        }
         self.quality
             .validate()
             .map_err(|(key, why)| invalid(key, why))?;
@@ -925,6 +972,41 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_the_running_link_serial_and_endpoint_and_applies_the_rest() {
+        let running = Config::parse(
+            "[gateway]\nsn = \"DOCK1\"\n[mqtt]\nusername = \"dock\"\npassword = \"old\"\n[rtmp]\nconnect_timeout_ms = 1000",
+            "running",
+        )
+        .unwrap();
+        let same = Config::parse(
+            "[gateway]\nsn = \"DOCK1\"\n[mqtt]\nusername = \"dock\"\npassword = \"old\"\n[rtmp]\nconnect_timeout_ms = 2000",
+            "same",
+        )
+        .unwrap();
+        assert!(running.restart_only_changes(&same).is_empty());
+        let changed = Config::parse(
+            "[gateway]\nsn = \"DOCK2\"\nmax_streams = 1\n[mqtt]\nusername = \"dock\"\npassword = \"new\"\n\
+             [health]\nlisten = \"127.0.0.1:9480\"\n[rtmp]\nconnect_timeout_ms = 2000",
+            "changed",
+        )
+        .unwrap();
+        assert_eq!(
+            running.restart_only_changes(&changed),
+            ["[mqtt]", "gateway.sn", "[health]"]
+        );
+        let applied = running.for_reload(changed);
+        assert_eq!(
+            applied.gateway.sn, "DOCK1",
+            "video IDs keep the linked serial"
+        );
+        assert_eq!(applied.device_sn(0), "DOCK1");
+        assert_eq!(applied.mqtt, running.mqtt);
+        assert_eq!(applied.health.listen, None);
+        assert_eq!(applied.gateway.max_streams, 1, "the rest is applied");
+        assert_eq!(applied.rtmp.connect_timeout_ms, 2000);
+    }
+
+    #[test]
     fn empty_file_gives_the_builtin_test_pattern_camera() {
         let c = Config::parse("", "empty").unwrap();
         assert_eq!(c.gateway.sn, "DOCKCAST0000001");
@@ -1122,6 +1204,11 @@ mod tests {
         assert_eq!(
             err_key("[gb28181]\naccept_from = [\"10.0.0.0/8\"]"),
             "gb28181.accept_from"
+        );
+        assert_eq!(err_key("[rtmp]\nca_file = \"ca.pem\""), "rtmp.ca_file");
+        assert_eq!(
+            err_key("[mqtt]\nurl = \"mqtts://x\"\nca_file = \"./ca.pem\""),
+            "mqtt.ca_file"
         );
     }
 

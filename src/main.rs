@@ -65,8 +65,8 @@ enum Cmd {
         /// Broker password (or DOCKCAST_MQTT_PASSWORD).
         #[arg(long, env = "DOCKCAST_MQTT_PASSWORD", hide_env_values = true)]
         password: Option<String>,
-        /// How long to wait for the reply.
-        #[arg(long, default_value_t = 30)]
+        /// How long to wait for the reply (1 s to a day).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         timeout_secs: u64,
         #[command(subcommand)]
         request: CtlCmd,
@@ -212,13 +212,30 @@ impl ConfigSource {
     }
 }
 
-fn prepare(config: &Config) -> Prepared {
+/// The devices and feed endpoints a config's sources use: on a reload, those of the running
+/// config may be open in a session.
+fn held_devices(config: &Config) -> std::collections::BTreeSet<String> {
+    Catalog::from_config(config)
+        .videos
+        .iter()
+        .flat_map(|v| v.inputs.values().filter_map(|spec| spec.device_key()))
+        .collect()
+}
+
+/// `held`: devices and feeds left unopened, since a session may hold them (see
+/// [`held_devices`]); empty at start-up.
+fn prepare(config: &Config, held: &std::collections::BTreeSet<String>) -> Prepared {
     let catalog = Catalog::from_config(config);
     let capacity = catalog.capacity(config);
     // A source that cannot open now (a missing file) is reported at start-up but does not stop
-    // the daemon: the cloud gets an error for that video only, and the others work.
+    // the daemon: the cloud gets an error for that video only, and the others work. A source
+    // a session may have open is not opened again: a camera would answer "busy", and a feed's
+    // socket would take the connection of the app that streams into the session.
     for video in &catalog.videos {
         for (name, spec) in &video.inputs {
+            if spec.device_key().is_some_and(|key| held.contains(&key)) {
+                continue;
+            }
             if let Err(e) = spec.open(name) {
                 warn!(video_id = %video.id, input = %name, "source unavailable: {e}");
             }
@@ -326,13 +343,19 @@ fn adapter_spec(
 const READY_WAIT: Duration = Duration::from_secs(15);
 
 async fn run_daemon(from: ConfigSource) -> Result<()> {
-    let config = from.load()?;
+    // Signals are taken over first: until then SIGHUP's default action ends the process, and a
+    // reload queued while the daemon waits for its broker (up to READY_WAIT) would kill it.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut config = from.load()?;
     let Prepared {
         catalog,
         capacity,
         sinks,
         routes,
-    } = prepare(&config);
+    } = prepare(&config, &Default::default());
     let gateway_sn = config.gateway.sn.clone();
     let settings = LinkSettings {
         mqtt: config.mqtt.clone(),
@@ -373,7 +396,7 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
             stop_health.clone(),
         ));
     }
-    let link_task = tokio::spawn(link::run(
+    let mut link_task = tokio::spawn(link::run(
         settings,
         opts,
         services_tx,
@@ -381,7 +404,7 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
         connected_tx,
         stop_link.clone(),
     ));
-    let actor_task = tokio::spawn(actor::run(
+    let mut actor_task = tokio::spawn(actor::run(
         ActorSetup {
             manager,
             sinks,
@@ -405,25 +428,31 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
         systemd::ready("broker unreachable; retrying");
     }
 
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    loop {
+    // A signal that arrived during the wait above is still queued and taken here.
+    let failed = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break None,
+            _ = int.recv() => break None,
+            // Either task ending on its own is a defect: without the actor no command is
+            // served, without the link none arrives (while the actor would go on feeding
+            // systemd's watchdog). Exiting non-zero lets systemd restart the daemon.
+            ended = &mut actor_task => break Some(("live manager", ended)),
+            ended = &mut link_task => break Some(("broker link", ended)),
             _ = hup.recv() => {
                 systemd::reloading();
                 match from.load() {
                     Ok(new) => {
-                        if new.mqtt.url != config.mqtt.url
-                            || new.gateway.sn != config.gateway.sn
-                            || new.client_id() != config.client_id()
-                        {
-                            warn!("[mqtt] and [gateway] changes take effect at the next restart");
+                        let kept = config.restart_only_changes(&new);
+                        if !kept.is_empty() {
+                            warn!(
+                                "reload: {} changed; the running values are kept until the \
+                                 next restart",
+                                kept.join(", ")
+                            );
                         }
-                        let Prepared { catalog, capacity, sinks, routes } = prepare(&new);
+                        let new = config.for_reload(new);
+                        let Prepared { catalog, capacity, sinks, routes } =
+                            prepare(&new, &held_devices(&config));
                         let reload = ActorControl::Reload {
                             catalog,
                             routes,
@@ -433,8 +462,9 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
                             capacity,
                         };
                         if control_tx.send(reload).await.is_err() {
-                            break;
+                            continue; // the actor has ended: the next turn reports it
                         }
+                        config = new;
                     }
                     Err(e) => {
                         warn!("reload refused, keeping the running config: {e:#}");
@@ -443,6 +473,17 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
                 }
             }
         }
+    };
+    if let Some((task, ended)) = failed {
+        let how = match ended {
+            Ok(()) => "returned".to_string(),
+            Err(e) => format!("failed: {e}"),
+        };
+        systemd::stopping();
+        stop_health.cancel();
+        stop_actor.cancel();
+        stop_link.cancel();
+        anyhow::bail!("the {task} task {how}; exiting so that the service is restarted");
     }
     info!("shutting down");
     systemd::stopping();
@@ -508,12 +549,17 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run_daemon(ConfigSource {
+            let result = rt.block_on(run_daemon(ConfigSource {
                 path: config,
                 mqtt_url,
                 gateway_sn,
                 source,
-            })) {
+            }));
+            // Dropping the runtime would wait without limit for blocking tasks, such as a
+            // session joining a pipeline thread that is stuck in a driver call; systemd would
+            // then wait for its stop timeout and kill the daemon.
+            rt.shutdown_timeout(Duration::from_secs(2));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

@@ -420,10 +420,33 @@ fn feed_over_unix_passes_through_strips_private_sei_and_survives_an_app_restart(
         // Video flowing again clears the error by itself.
         rig.cloud
             .wait_state("live_status", |s| entry(s, 0), STATE_TIMEOUT);
+        // A reload while the app streams leaves its connection alone: the daemon does not
+        // open the socket a session is reading to check that it opens.
+        assert!(rig.daemon.send_signal("HUP"), "SIGHUP");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !rig.daemon.logs().contains("config reloaded") {
+            assert!(
+                Instant::now() < deadline,
+                "no reload: {}",
+                rig.daemon.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         app.join().expect("app thread")
     });
     restarted.expect("feed write");
     drop(s);
+    let logs = rig.daemon.logs();
+    assert_eq!(
+        logs.matches("payload app connected").count(),
+        2,
+        "the app's two runs and nothing else connected: {}",
+        rig.daemon.log_tail(30)
+    );
+    assert!(
+        !logs.contains("source unavailable"),
+        "the reload reported the feed in use as unavailable"
+    );
     let second_run = sent.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(300));
     let stopped = rig.stop_push();

@@ -150,3 +150,76 @@ fn speaks_the_notify_protocol() {
     };
     assert!(status.success(), "exit status {status}");
 }
+
+/// A reload asked for while start-up still waits for an unreachable broker (up to 15 s before
+/// READY=1, as at boot on a 4G link) is served once the daemon runs, instead of SIGHUP's
+/// default action ending the process; and `WATCHDOG_USEC=0` means no watchdog, not a live
+/// manager that dies on a timer of zero period (a reload's READY=1 comes from the manager).
+#[test]
+fn a_reload_during_start_up_is_served_and_a_zero_watchdog_is_none() {
+    let _serial = peers::exclusive();
+    let dir = peers::TestDir::new("notify-early");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    let config = dir.path().join("dockcast.toml");
+    // Nothing listens there: the broker stays unreachable throughout.
+    let broker = format!("mqtt://127.0.0.1:{}", peers::free_port());
+    std::fs::write(&config, format!("[mqtt]\nurl = \"{broker}\"\n")).expect("config");
+    let log = dir.path().join("daemon.log");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_dockcast"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "0")
+        .env_remove("WATCHDOG_PID")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn dockcast");
+    let pid = daemon.id();
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    // "starting" is logged once the config is loaded, which is after the signals are taken.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !logs().contains("starting") {
+        assert!(Instant::now() < deadline, "no start-up line: {}", logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(pid, "HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        daemon.try_wait().expect("try_wait").is_none(),
+        "a SIGHUP during start-up ended the daemon: {}",
+        logs()
+    );
+
+    let mut seen = Vec::new();
+    let ready = wait_for(&sock, Duration::from_secs(25), &mut seen, |m| {
+        m.contains("STATUS=broker unreachable")
+    });
+    assert!(ready, "no READY=1 with the broker down: {seen:?}");
+    let reloaded = wait_for(&sock, Duration::from_secs(5), &mut seen, |m| {
+        m.contains("STATUS=config reloaded")
+    });
+    assert!(
+        reloaded,
+        "the early reload was not served: {seen:?}\n{}",
+        logs()
+    );
+    assert!(
+        !seen.iter().any(|m| m.contains("WATCHDOG=1")),
+        "no watchdog was asked for: {seen:?}"
+    );
+
+    signal(pid, "TERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = daemon.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit within 5 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}: {}", logs());
+}
