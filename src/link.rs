@@ -1,7 +1,8 @@
 //! The MQTT link to the cloud's broker.
 //!
-//! One task owns the rumqttc event loop. It reconnects by itself with capped, jittered
-//! backoff (rumqttc has none of its own), subscribes again after every ConnAck (the session is
+//! A task of its own drives the rumqttc event loop, never interrupted (see `poll_loop`), and
+//! reconnects with capped, jittered backoff (rumqttc has none of its own). The link task beside
+//! it takes the daemon's commands, subscribes again after every ConnAck (the session is
 //! clean), and re-announces the latest `live_capacity` and `live_status` after every ConnAck, so
 //! a cloud that lost us sees the current state without asking. Media never waits on it: a
 //! stream keeps running while the broker is away.
@@ -139,6 +140,60 @@ pub fn network_options() -> rumqttc::NetworkOptions {
     net
 }
 
+/// What the poller task hands the link.
+enum Polled {
+    /// An event of the connection.
+    Event(Event),
+    /// The connection failed or could not be made; the poller tries again after `retry_in`.
+    Down {
+        /// Why.
+        error: rumqttc::ConnectionError,
+        /// Failures in a row.
+        attempt: u32,
+        /// Wait before the next attempt.
+        retry_in: Duration,
+    },
+}
+
+/// Drives rumqttc's event loop on a task of its own, reconnecting with backoff.
+///
+/// `EventLoop::poll` is not cancel-safe, so it is never raced against anything: a connect in
+/// progress that is dropped starts over from nothing (over a slow 4G link, again and again
+/// while the daemon has news to announce), and a publish given its packet id but dropped before
+/// it was written holds an in-flight slot for good, until none is left and replies stop.
+async fn poll_loop(mut eventloop: rumqttc::EventLoop, to_link: mpsc::Sender<Polled>) {
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+    // Since when the broker has accepted us; `None` while it has not.
+    let mut connected_at: Option<tokio::time::Instant> = None;
+    loop {
+        let polled = match eventloop.poll().await {
+            Ok(event) => {
+                if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                    connected_at = Some(tokio::time::Instant::now());
+                }
+                to_link.send(Polled::Event(event)).await
+            }
+            Err(error) => {
+                if let Some(at) = connected_at.take() {
+                    backoff.connection_ended(at.elapsed());
+                }
+                let retry_in = backoff.next_delay(&mut rand::rng());
+                let down = Polled::Down {
+                    error,
+                    attempt: backoff.attempt(),
+                    retry_in,
+                };
+                let sent = to_link.send(down).await;
+                tokio::time::sleep(retry_in).await;
+                sent
+            }
+        };
+        if polled.is_err() {
+            return; // the link has ended
+        }
+    }
+}
+
 /// Runs the link until `cancel` fires; services payloads go to `services`.
 pub async fn run(
     settings: LinkSettings,
@@ -150,10 +205,12 @@ pub async fn run(
 ) {
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     eventloop.set_network_options(network_options());
+    let (polled_tx, mut polled) = mpsc::channel(64);
+    let poller = tokio::spawn(poll_loop(eventloop, polled_tx));
+    // Aborted however the link ends, so the connection never outlives it.
+    let _poller = AbortOnDrop(poller);
     let mut announced: BTreeMap<(String, &'static str), (Vec<u8>, bool)> = BTreeMap::new();
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
-    // Since when the broker has accepted us; `None` while it has not.
-    let mut connected_at: Option<tokio::time::Instant> = None;
+    let mut connected = false;
     let publish = |topic: &str, payload: &[u8], retain: bool| {
         if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, retain, payload.to_vec()) {
             warn!("MQTT publish to {topic} dropped: {e}");
@@ -164,24 +221,26 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             cmd = commands.recv() => match cmd {
                 Some(LinkCommand::Publish { topic, payload, retain }) => {
-                    if connected_at.is_some() {
+                    if connected {
                         publish(&topic, &payload, retain);
                     } else {
                         debug!("broker unreachable; reply on {topic} dropped");
                     }
                 }
+                // Kept while the broker is away too, so the latest state is what gets
+                // announced on reconnect.
                 Some(LinkCommand::Announce { topic, key, payload, retain }) => {
-                    if connected_at.is_some() {
+                    if connected {
                         publish(&topic, &payload, retain);
                     }
                     announced.insert((topic, key), (payload, retain));
                 }
                 None => break,
             },
-            event = eventloop.poll() => match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            event = polled.recv() => match event {
+                Some(Polled::Event(Event::Incoming(Packet::ConnAck(ack)))) => {
                     info!(code = ?ack.code, "connected to the MQTT broker");
-                    connected_at = Some(tokio::time::Instant::now());
+                    connected = true;
                     connected_tx.send_replace(true);
                     if let Err(e) = client.try_subscribe(&settings.services_topic, QoS::AtLeastOnce) {
                         warn!("subscribe to {} failed: {e}", settings.services_topic);
@@ -190,7 +249,7 @@ pub async fn run(
                         publish(topic, payload, *retain);
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
+                Some(Polled::Event(Event::Incoming(Packet::Publish(p)))) => {
                     if p.topic == settings.services_topic {
                         if services.try_send(p.payload).is_err() {
                             warn!("live manager is busy; a services request was dropped");
@@ -199,46 +258,26 @@ pub async fn run(
                         debug!(topic = %p.topic, "ignored a message on an unexpected topic");
                     }
                 }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                Some(Polled::Event(Event::Incoming(Packet::SubAck(_)))) => {
                     debug!("subscribed to {}", settings.services_topic);
                 }
-                Ok(_) => {}
-                Err(e) => {
+                Some(Polled::Event(_)) => {}
+                Some(Polled::Down { error, attempt, retry_in }) => {
+                    connected = false;
                     connected_tx.send_replace(false);
-                    if let Some(at) = connected_at.take() {
-                        backoff.connection_ended(at.elapsed());
-                    }
-                    let delay = backoff.next_delay(&mut rand::rng());
                     warn!(
-                        attempt = backoff.attempt(),
-                        "MQTT link down ({e}); retrying in {} ms",
-                        delay.as_millis()
+                        attempt,
+                        "MQTT link down ({error}); retrying in {} ms",
+                        retry_in.as_millis()
                     );
-                    // Keep taking commands while waiting, so the latest state is what gets
-                    // announced on reconnect and senders never block.
-                    let sleep = tokio::time::sleep(delay);
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            _ = &mut sleep => break,
-                            _ = cancel.cancelled() => return,
-                            cmd = commands.recv() => match cmd {
-                                Some(LinkCommand::Announce { topic, key, payload, retain }) => {
-                                    announced.insert((topic, key), (payload, retain));
-                                }
-                                Some(LinkCommand::Publish { topic, .. }) => {
-                                    debug!("broker unreachable; reply on {topic} dropped");
-                                }
-                                None => return,
-                            },
-                        }
-                    }
                 }
+                // The poller cannot end while this end is open, short of a panic.
+                None => break,
             },
         }
     }
     // Give the final status and the DISCONNECT a moment to leave.
-    if connected_at.is_some() {
+    if connected {
         while let Ok(cmd) = commands.try_recv() {
             let (LinkCommand::Publish {
                 topic,
@@ -255,13 +294,25 @@ pub async fn run(
         }
         let _ = client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
+            while let Some(event) = polled.recv().await {
+                if matches!(
+                    event,
+                    Polled::Event(Event::Outgoing(rumqttc::Outgoing::Disconnect))
+                        | Polled::Down { .. }
+                ) {
+                    break;
                 }
             }
         })
         .await;
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
