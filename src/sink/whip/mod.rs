@@ -161,6 +161,15 @@ impl Default for WhipOptions {
 /// How long between two [`SinkEvent::Bandwidth`] reports at most.
 const BANDWIDTH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Shortest time between two keyframe requests forwarded because the receiver asked (PLI/FIR).
+///
+/// Each forwarded request makes the encoder send an IDR, several times the size of a P-frame.
+/// On a lossy mobile uplink a server relaying every viewer's PLI would otherwise close a loop:
+/// IDRs congest the link, congestion loses packets, loss brings more PLIs, more IDRs. One IDR
+/// answers every request sent before it arrived, so more than one per round trip or so buys
+/// nothing; 500 ms also bounds how long a viewer who lost a frame waits for the next IDR.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Largest UDP datagram read; WebRTC keeps datagrams under the path MTU.
 const RECV_BUF: usize = 2048;
 
@@ -198,10 +207,11 @@ struct Session {
 /// [`SinkEvent::Reconnecting`]; except when the answer has no H.264 payload type matching the
 /// stream's profile, which no new session would change ([`SinkEvent::Failed`]). On connect
 /// the sink reports [`SinkEvent::KeyframeWanted`] and [`SinkEvent::Publishing`] and drops
-/// frames until a keyframe; PLI/FIR from the receiver become [`SinkEvent::KeyframeWanted`], and the transport-wide bandwidth estimate becomes
-/// [`SinkEvent::Bandwidth`] at most once a second. On stop the session is DELETEd with the
-/// token and [`SinkEvent::Stopped`] is sent. Frames arriving while not connected are discarded
-/// so the producer never blocks.
+/// frames until a keyframe; PLI/FIR from the receiver become [`SinkEvent::KeyframeWanted`] at
+/// most once per [`KEYFRAME_REQUEST_INTERVAL`] (see there why), and the transport-wide
+/// bandwidth estimate becomes [`SinkEvent::Bandwidth`] at most once a second. On stop the
+/// session is DELETEd with the token and [`SinkEvent::Stopped`] is sent. Frames arriving while
+/// not connected are discarded so the producer never blocks.
 pub async fn run(
     target: WhipTarget,
     opts: WhipOptions,
@@ -553,6 +563,57 @@ impl BandwidthReports {
     }
 }
 
+/// Limits the keyframe requests forwarded for the receiver (PLI/FIR) to one per
+/// [`KEYFRAME_REQUEST_INTERVAL`].
+///
+/// A request arriving inside the interval is held, not dropped: the IDR already asked for may
+/// have left before the loss the new request is about, and with long GOPs that receiver would
+/// stay frozen for seconds. However many arrive, one is held, and it is forwarded when the
+/// interval ends. Requests the sink makes itself (on connect) are never held; they restart the
+/// interval, since the IDR they bring answers the receiver as well.
+#[derive(Debug, Default)]
+struct KeyframeRequests {
+    /// When a request was last forwarded.
+    last: Option<std::time::Instant>,
+    /// A receiver request is waiting for the interval to end.
+    held: bool,
+}
+
+impl KeyframeRequests {
+    /// The sink asked for a keyframe itself at `now` (and forwards that request at once).
+    fn own(&mut self, now: std::time::Instant) {
+        self.last = Some(now);
+        self.held = false;
+    }
+
+    /// The receiver asked at `now`: true to forward the request now, false when it is held.
+    fn receiver(&mut self, now: std::time::Instant) -> bool {
+        self.held = true;
+        self.poll(now)
+    }
+
+    /// True, once, when a held request is due at `now`: the caller forwards it.
+    fn poll(&mut self, now: std::time::Instant) -> bool {
+        let due = self
+            .last
+            .is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_REQUEST_INTERVAL);
+        if !self.held || !due {
+            return false;
+        }
+        self.held = false;
+        self.last = Some(now);
+        true
+    }
+
+    /// When the held request becomes due, for the caller's timer; `None` when none is held.
+    fn deadline(&self) -> Option<std::time::Instant> {
+        if !self.held {
+            return None;
+        }
+        self.last.map(|t| t + KEYFRAME_REQUEST_INTERVAL)
+    }
+}
+
 /// Per-session streaming state.
 #[derive(Debug, Default)]
 struct StreamState {
@@ -561,6 +622,7 @@ struct StreamState {
     profile: Option<StreamProfile>,
     pt: Option<H264Pt>,
     bandwidth: BandwidthReports,
+    keyframes: KeyframeRequests,
 }
 
 /// One session: ICE/DTLS, then frames out until stop or failure.
@@ -601,7 +663,9 @@ async fn stream(
                     }
                 }
                 Ok(Output::Event(e)) => {
-                    if let Err(error) = on_event(e, &mut st, &mut to_send) {
+                    if let Err(error) =
+                        on_event(e, std::time::Instant::now(), &mut st, &mut to_send)
+                    {
                         return lost(error, &st);
                     }
                 }
@@ -624,6 +688,9 @@ async fn stream(
         if let Some(bps) = st.bandwidth.poll(std::time::Instant::now()) {
             to_send.push(SinkEvent::Bandwidth { bps });
         }
+        if st.keyframes.poll(std::time::Instant::now()) {
+            to_send.push(SinkEvent::KeyframeWanted);
+        }
         for ev in to_send {
             match ev {
                 // Lossy hints: never let a slow consumer stall the media loop on them.
@@ -638,6 +705,7 @@ async fn stream(
         // str0m may ask to be woken "now" again and again while it paces; a 1 ms floor keeps
         // that from becoming a busy loop and costs at most 1 ms of pacing precision.
         let wake = Instant::from_std(deadline).max(Instant::now() + Duration::from_millis(1));
+        let keyframe_due = st.keyframes.deadline().map(Instant::from_std);
         let input_time = std::time::Instant::now();
         tokio::select! {
             biased;
@@ -681,6 +749,8 @@ async fn stream(
                     return lost(WhipError::Disconnected { phase: Phase::Stream, why: e.to_string() }, &st);
                 }
             }
+            // A held keyframe request is due; the loop's top forwards it.
+            _ = tokio::time::sleep_until(keyframe_due.unwrap_or(wake)), if keyframe_due.is_some() => {}
             frame = frames.recv() => {
                 let Some(frame) = frame else {
                     s.rtc.disconnect();
@@ -694,8 +764,13 @@ async fn stream(
     }
 }
 
-/// Turns a str0m event into state changes and events for the session.
-fn on_event(e: Event, st: &mut StreamState, out: &mut Vec<SinkEvent>) -> Result<(), WhipError> {
+/// Turns a str0m event, seen at `now`, into state changes and events for the session.
+fn on_event(
+    e: Event,
+    now: std::time::Instant,
+    st: &mut StreamState,
+    out: &mut Vec<SinkEvent>,
+) -> Result<(), WhipError> {
     let phase = if st.connected {
         Phase::Stream
     } else {
@@ -705,6 +780,7 @@ fn on_event(e: Event, st: &mut StreamState, out: &mut Vec<SinkEvent>) -> Result<
         Event::Connected => {
             st.connected = true;
             st.waiting_for_keyframe = true;
+            st.keyframes.own(now);
             out.push(SinkEvent::KeyframeWanted);
             out.push(SinkEvent::Publishing);
         }
@@ -721,8 +797,11 @@ fn on_event(e: Event, st: &mut StreamState, out: &mut Vec<SinkEvent>) -> Result<
             });
         }
         Event::KeyframeRequest(r) => {
-            tracing::debug!(kind = ?r.kind, "whip: keyframe requested by the receiver");
-            out.push(SinkEvent::KeyframeWanted);
+            let forwarded = st.keyframes.receiver(now);
+            tracing::debug!(kind = ?r.kind, forwarded, "whip: keyframe requested by the receiver");
+            if forwarded {
+                out.push(SinkEvent::KeyframeWanted);
+            }
         }
         Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
             st.bandwidth.estimate(estimate.as_u64());
@@ -873,6 +952,52 @@ mod tests {
         assert_eq!(b.poll(t0 + Duration::from_millis(3000)), None, "no repeats");
     }
 
+    #[test]
+    fn receiver_keyframe_requests_one_per_interval_none_lost() {
+        let ms = |n: u64| Duration::from_millis(n);
+        let t0 = std::time::Instant::now();
+        let mut k = KeyframeRequests::default();
+        assert_eq!(k.deadline(), None);
+        assert!(!k.poll(t0), "nothing asked, nothing due");
+        assert!(k.receiver(t0), "the first request goes out at once");
+        assert_eq!(k.deadline(), None);
+        // A storm inside the interval: all held, as one.
+        for n in 1..50 {
+            assert!(!k.receiver(t0 + ms(n * 5)), "request {n} forwarded");
+        }
+        assert_eq!(k.deadline(), Some(t0 + KEYFRAME_REQUEST_INTERVAL));
+        assert!(!k.poll(t0 + ms(499)));
+        assert!(
+            k.poll(t0 + ms(500)),
+            "the held request goes out when the interval ends"
+        );
+        assert!(!k.poll(t0 + ms(5000)), "and only once");
+        assert_eq!(k.deadline(), None);
+        // The interval restarts from the held request's release.
+        assert!(!k.receiver(t0 + ms(900)));
+        assert_eq!(k.deadline(), Some(t0 + ms(1000)));
+        // Late polling (a busy loop elsewhere) releases it late, not never.
+        assert!(k.poll(t0 + ms(1700)));
+        assert!(
+            k.receiver(t0 + ms(2200)),
+            "quiet for a whole interval: at once"
+        );
+
+        // The sink's own request (connect) is the caller's to send; it restarts the interval
+        // and answers what was held.
+        let mut k = KeyframeRequests::default();
+        assert!(k.receiver(t0));
+        assert!(!k.receiver(t0 + ms(100)));
+        k.own(t0 + ms(200));
+        assert_eq!(
+            k.deadline(),
+            None,
+            "the connect's IDR answers the held request"
+        );
+        assert!(!k.receiver(t0 + ms(300)));
+        assert_eq!(k.deadline(), Some(t0 + ms(700)));
+    }
+
     /// A datagram in flight: source, destination, bytes.
     type Datagram = (SocketAddr, SocketAddr, Vec<u8>);
 
@@ -968,18 +1093,21 @@ mod tests {
             let (oa, ea, ta) = Wire::drain(&mut a);
             to_b.extend(oa);
             for e in ea {
-                on_event(e, &mut st, &mut sink_events).unwrap();
+                on_event(e, wire.now, &mut st, &mut sink_events).unwrap();
             }
             let (ob, _, tb) = Wire::drain(&mut b);
             to_a.extend(ob);
             if let Some(bps) = st.bandwidth.poll(wire.now) {
                 sink_events.push(SinkEvent::Bandwidth { bps });
             }
+            if st.keyframes.poll(wire.now) {
+                sink_events.push(SinkEvent::KeyframeWanted);
+            }
             if !to_a.is_empty() || !to_b.is_empty() {
                 let (o, ev) = wire.deliver(&mut a, std::mem::take(&mut to_a));
                 to_b.extend(o);
                 for e in ev {
-                    on_event(e, &mut st, &mut sink_events).unwrap();
+                    on_event(e, wire.now, &mut st, &mut sink_events).unwrap();
                 }
                 let (o, _) = wire.deliver(&mut b, std::mem::take(&mut to_b));
                 to_a.extend(o);
@@ -1035,7 +1163,7 @@ mod tests {
             let (oa, ea, _) = Wire::drain(&mut a);
             to_b.extend(oa);
             for e in ea {
-                on_event(e, &mut st, &mut sink_events).unwrap();
+                on_event(e, wire.now, &mut st, &mut sink_events).unwrap();
             }
             b.handle_input(Input::Timeout(wire.now)).unwrap();
         }
@@ -1059,6 +1187,143 @@ mod tests {
         assert!(
             keyframe_wanted >= 2,
             "connect + PLI should each ask for a keyframe: {sink_events:?}"
+        );
+    }
+
+    /// A receiver (or a server relaying many viewers) that sends a PLI every 20 ms over real
+    /// UDP must not make the sink ask the encoder for an IDR every 20 ms; it must still get
+    /// keyframes while it keeps asking.
+    #[tokio::test]
+    async fn pli_storm_is_rate_limited() {
+        use crate::media::encoder::H264Encoder;
+        use crate::media::frame::RawFrame;
+        use crate::media::quality::Rung;
+        use str0m::change::SdpOffer;
+        use str0m::media::KeyframeRequestKind;
+
+        const STORM: Duration = Duration::from_secs(3);
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let b_socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b_addr = b_socket.local_addr().unwrap();
+        let settings = RtcSettings {
+            initial_bitrate_bps: 300_000,
+            desired_bitrate_bps: 2_000_000,
+            ice_max_rto: Duration::from_secs(1),
+            ice_max_retransmits: 7,
+        };
+        let offered = rtc::make_offer(local, None, &settings, std::time::Instant::now()).unwrap();
+        let mut a = offered.rtc;
+        let mid = offered.mid;
+        let mut b = Rtc::builder()
+            .clear_codecs()
+            .enable_h264(true)
+            .build(std::time::Instant::now());
+        b.add_local_candidate(str0m::Candidate::host(b_addr, "udp").unwrap());
+        let offer = SdpOffer::from_sdp_string(&offered.offer_sdp).unwrap();
+        let answer = b.sdp_api().accept_offer(offer).unwrap();
+        rtc::accept_answer(&mut a, offered.pending, &answer.to_sdp_string()).unwrap();
+        let mut session = Session {
+            rtc: a,
+            mid,
+            socket,
+            local,
+            session_url: Url::parse("http://127.0.0.1:9/whip/session/1").unwrap(),
+            link_stun: Vec::new(),
+        };
+
+        // 30 fps from a plain thread (encoding blocks); it ends when the receiver is dropped.
+        let (frame_tx, mut frame_rx) = mpsc::channel(8);
+        let feeder = std::thread::spawn(move || {
+            let rung = Rung {
+                width: 320,
+                height: 180,
+                fps: 30,
+                bitrate_kbps: 500,
+            };
+            let mut enc = H264Encoder::new(rung, 300).unwrap();
+            let mut raw = RawFrame::black(320, 180);
+            for n in 0u64.. {
+                for (i, px) in raw.planes_mut().0.iter_mut().enumerate() {
+                    *px = ((i as u64 + n * 7) % 251) as u8;
+                }
+                let pts = Duration::from_micros(33_333 * n);
+                if let Some(f) = enc.encode(&raw, pts).unwrap() {
+                    if frame_tx.blocking_send(f).is_err() {
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(33_333));
+            }
+        });
+
+        let cancel = CancellationToken::new();
+        let (ev_tx, mut ev_rx) = mpsc::channel(4096);
+        let receiver = async {
+            let mut buf = vec![0u8; RECV_BUF];
+            let mut connected = false;
+            let mut plis = 0u32;
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let end = Instant::now() + STORM;
+            loop {
+                let timeout = loop {
+                    match b.poll_output().unwrap() {
+                        Output::Timeout(t) => break t,
+                        Output::Transmit(t) => {
+                            let _ = b_socket.try_send_to(&t.contents, t.destination);
+                        }
+                        Output::Event(Event::Connected) => connected = true,
+                        Output::Event(_) => {}
+                    }
+                };
+                let wake =
+                    Instant::from_std(timeout).max(Instant::now() + Duration::from_millis(1));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(end) => break,
+                    r = b_socket.recv_from(&mut buf) => {
+                        let (n, source) = r.unwrap();
+                        let r = Receive::new(Protocol::Udp, source, b_addr, &buf[..n]).unwrap();
+                        b.handle_input(Input::Receive(std::time::Instant::now(), r)).unwrap();
+                    }
+                    _ = tokio::time::sleep_until(wake) => {
+                        b.handle_input(Input::Timeout(std::time::Instant::now())).unwrap();
+                    }
+                    _ = tick.tick() => {
+                        // Refused until the first RTP packet arrived (no receive stream yet).
+                        if connected && b.writer(mid).expect("receiver media")
+                            .request_keyframe(None, KeyframeRequestKind::Pli).is_ok() {
+                            plis += 1;
+                        }
+                    }
+                }
+            }
+            cancel.cancel();
+            plis
+        };
+        let opts = WhipOptions::default();
+        let (ended, plis) = tokio::join!(
+            stream(&mut session, &opts, None, &mut frame_rx, &ev_tx, &cancel),
+            receiver
+        );
+        drop(frame_rx);
+        feeder.join().unwrap();
+        assert!(matches!(ended, Ended::Stopped), "session lost");
+        let mut events = Vec::new();
+        while let Ok(e) = ev_rx.try_recv() {
+            events.push(e);
+        }
+        let wanted = events
+            .iter()
+            .filter(|e| **e == SinkEvent::KeyframeWanted)
+            .count();
+        println!("{plis} PLIs sent, {wanted} keyframe requests");
+        assert!(events.contains(&SinkEvent::Publishing), "{events:?}");
+        assert!(plis >= 50, "the storm did not happen: {plis} PLIs");
+        // The connect's own request, then at most one per interval and a held one at the end.
+        let most = 1 + (STORM.as_millis() / KEYFRAME_REQUEST_INTERVAL.as_millis()) as usize + 1;
+        assert!(
+            (2..=most).contains(&wanted),
+            "{wanted} keyframe requests for {plis} PLIs in {STORM:?}, want 2..={most}"
         );
     }
 
