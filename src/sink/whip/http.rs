@@ -533,6 +533,12 @@ pub fn resolve_location(base: &Url, location: &str) -> Result<Url, WhipError> {
     Ok(url)
 }
 
+/// True when a request to `to` would send in clear what went to `from` over TLS (https to
+/// anything else): the bearer token must never take that step.
+fn downgrades(from: &Url, to: &Url) -> bool {
+    from.scheme() == "https" && to.scheme() != "https"
+}
+
 /// What the server granted: everything the rest of the session needs from the 201.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Created {
@@ -540,10 +546,32 @@ pub struct Created {
     pub answer_sdp: String,
     /// The WHIP session url (for DELETE), resolved to absolute.
     pub session_url: Url,
+    /// The offer went over https but `session_url` is plain http: requests to it go without
+    /// the bearer token (see [`Created::session_token`]), which would otherwise cross the
+    /// network in clear.
+    pub token_withheld: bool,
     /// ICE servers offered in `Link` headers.
     pub ice_servers: Vec<IceServer>,
     /// `ETag` of the session, kept for a later ICE restart.
     pub etag: Option<String>,
+}
+
+impl Created {
+    /// The token to send with requests to [`Created::session_url`] (DELETE, and any future
+    /// PATCH): `token`, or none when that url would carry it in clear.
+    ///
+    /// Withheld rather than failing the session: the server has already made the session and
+    /// the media is DTLS-SRTP either way, and a server answering like this (typically behind a
+    /// TLS-terminating proxy that builds its urls as http) would answer every new session the
+    /// same, so an error would take a working stream down for good. The cost is a DELETE the
+    /// server may refuse; it then drops the session when ICE consent stops.
+    pub fn session_token<'t>(&self, token: Option<&'t str>) -> Option<&'t str> {
+        if self.token_withheld {
+            None
+        } else {
+            token
+        }
+    }
 }
 
 /// The next thing the shell must do for an offer.
@@ -608,7 +636,7 @@ impl OfferFlow {
                     header: "Location",
                 })?;
                 let next = resolve_location(&self.request.url, location)?;
-                if self.request.url.scheme() == "https" && next.scheme() != "https" {
+                if downgrades(&self.request.url, &next) {
                     // Following would send the token and the offer in clear.
                     return Err(WhipError::BadHeader {
                         phase: Phase::Offer,
@@ -650,7 +678,8 @@ impl OfferFlow {
         }
     }
 
-    /// The token in use, for the DELETE that ends the session.
+    /// The token the offer is sent with. Requests to the session url take
+    /// [`Created::session_token`] instead, which may withhold it.
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
     }
@@ -680,6 +709,10 @@ impl OfferFlow {
             header: "Location",
         })?;
         let session_url = resolve_location(&self.request.url, location)?;
+        // Judged against the url the 201 came from, as redirects are; https→http redirects
+        // being refused, that url is https whenever the configured endpoint is. A session url
+        // on another https origin keeps the token, as a cross-origin redirect does.
+        let token_withheld = downgrades(&self.request.url, &session_url);
         if resp.body.trim().is_empty() {
             return Err(WhipError::BadAnswer {
                 why: "201 with an empty body".into(),
@@ -688,6 +721,7 @@ impl OfferFlow {
         Ok(Created {
             answer_sdp: resp.body.clone(),
             session_url,
+            token_withheld,
             ice_servers: ice_servers(resp),
             etag: resp.header("etag").map(str::to_owned),
         })
@@ -981,6 +1015,45 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.to_string().contains("https to http"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_session_url_of_an_https_offer_gets_no_token() {
+        let created = |endpoint: &str, location: &str| {
+            let mut f = OfferFlow::new(url(endpoint), Some("SECRET".into()), "v=0");
+            let r = resp(
+                201,
+                &[("Content-Type", "application/sdp"), ("Location", location)],
+                "v=0\r\n",
+            );
+            match f.on_response(&r, SystemTime::now()) {
+                Ok(OfferStep::Created(c)) => c,
+                other => panic!("{other:?}"),
+            }
+        };
+        let c = created("https://whip.example/ep", "http://whip.example/res/1");
+        assert_eq!(c.session_url.as_str(), "http://whip.example/res/1");
+        assert_eq!(c.session_token(Some("SECRET")), None);
+        let del = delete_request(&c.session_url, c.session_token(Some("SECRET")));
+        assert!(
+            !del.headers.iter().any(|(_, v)| v.contains("SECRET")),
+            "token in clear: {:?}",
+            del.headers
+        );
+        // Still https (relative, or another origin as with redirects), or http from the
+        // start (the operator's choice): the token goes along.
+        for (endpoint, location) in [
+            ("https://whip.example/ep", "/res/1"),
+            ("https://whip.example/ep", "https://cdn.example/res/1"),
+            ("http://whip.example/ep", "http://whip.example/res/1"),
+        ] {
+            let c = created(endpoint, location);
+            assert_eq!(
+                c.session_token(Some("SECRET")),
+                Some("SECRET"),
+                "{endpoint} -> {location}"
+            );
+        }
     }
 
     #[test]

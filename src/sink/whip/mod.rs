@@ -193,6 +193,9 @@ struct Session {
     socket: UdpSocket,
     local: SocketAddr,
     session_url: Url,
+    /// The bearer token for requests to `session_url`; none when that url would carry it in
+    /// clear (see [`http::Created::session_token`]).
+    session_token: Option<String>,
     /// STUN servers the 201 named, for the next session's reflexive candidate.
     link_stun: Vec<(String, u16)>,
 }
@@ -210,8 +213,9 @@ struct Session {
 /// frames until a keyframe; PLI/FIR from the receiver become [`SinkEvent::KeyframeWanted`] at
 /// most once per [`KEYFRAME_REQUEST_INTERVAL`] (see there why), and the transport-wide
 /// bandwidth estimate becomes [`SinkEvent::Bandwidth`] at most once a second. On stop the
-/// session is DELETEd with the token and [`SinkEvent::Stopped`] is sent. Frames arriving while
-/// not connected are discarded so the producer never blocks.
+/// session is DELETEd with the token (none when an https endpoint named a plain-http session
+/// url) and [`SinkEvent::Stopped`] is sent. Frames arriving while not connected are discarded
+/// so the producer never blocks.
 pub async fn run(
     target: WhipTarget,
     opts: WhipOptions,
@@ -283,7 +287,10 @@ pub async fn run(
                         // off half-way and the server does not keep the session.
                         let del = tokio::time::timeout(
                             opts.delete_timeout,
-                            client.delete_session(&session.session_url, target.token.as_deref()),
+                            client.delete_session(
+                                &session.session_url,
+                                session.session_token.as_deref(),
+                            ),
                         )
                         .await;
                         log_delete(&session.session_url, del);
@@ -302,7 +309,7 @@ pub async fn run(
                             _ = cancel.cancelled() => None,
                             r = super::discard_while(&mut frames, tokio::time::timeout(
                                 opts.delete_timeout,
-                                client.delete_session(&session.session_url, target.token.as_deref()),
+                                client.delete_session(&session.session_url, session.session_token.as_deref()),
                             )) => r,
                         };
                         if let Some(del) = del {
@@ -437,10 +444,20 @@ async fn establish(
             }
         }
     }
+    let session_token = created
+        .session_token(target.token.as_deref())
+        .map(str::to_owned);
+    if created.token_withheld && target.has_token() {
+        tracing::warn!(
+            target = %target.redacted(),
+            session = %redact_url_str(created.session_url.as_str()),
+            "whip: the https endpoint named a plain-http session url; its DELETE goes without the bearer token"
+        );
+    }
     if let Err(e) = rtc::accept_answer(&mut offered.rtc, offered.pending, &created.answer_sdp) {
         let _ = tokio::time::timeout(
             opts.delete_timeout,
-            client.delete_session(&created.session_url, target.token.as_deref()),
+            client.delete_session(&created.session_url, session_token.as_deref()),
         )
         .await;
         return Err(e);
@@ -451,6 +468,7 @@ async fn establish(
         socket,
         local,
         session_url: created.session_url,
+        session_token,
         link_stun: next_stun,
     })
 }
@@ -1229,6 +1247,7 @@ mod tests {
             socket,
             local,
             session_url: Url::parse("http://127.0.0.1:9/whip/session/1").unwrap(),
+            session_token: None,
             link_stun: Vec::new(),
         };
 
