@@ -116,6 +116,12 @@ pub struct AdapterOptions {
     /// Access units that may wait for the adapter's stdin; beyond this the sink drops frames up
     /// to the next keyframe instead of stalling the producer.
     pub queue_frames: usize,
+    /// Once publishing, how long the adapter may take no frame at all from a full queue before
+    /// it counts as lost and is killed and restarted. A process blocked on a dead uplink (ffmpeg
+    /// writing to a server that vanished without closing TCP) keeps running but stops reading;
+    /// without this the session would stay live with no video forever. Long enough to ride out
+    /// an uplink hiccup, short enough that viewers get the picture back soon.
+    pub stall_limit: Duration,
 }
 
 impl Default for AdapterOptions {
@@ -124,6 +130,7 @@ impl Default for AdapterOptions {
             ready_timeout: Duration::from_secs(15),
             stop_grace: Duration::from_secs(2),
             queue_frames: 60,
+            stall_limit: Duration::from_secs(10),
         }
     }
 }
@@ -191,6 +198,19 @@ pub enum AdapterError {
         pid: u32,
         /// The write error.
         source: std::io::Error,
+    },
+    /// The process kept running but took no frame from its full input queue for
+    /// [`AdapterOptions::stall_limit`] (most likely blocked on an uplink that went silent).
+    #[error("adapter {name} (pid {pid}) read no input for {after:?}{}", last_words_suffix(.last_words))]
+    Stalled {
+        /// Adapter name.
+        name: String,
+        /// Its pid.
+        pid: u32,
+        /// The stall limit.
+        after: Duration,
+        /// Its last error event, redacted and clipped.
+        last_words: Option<String>,
     },
     /// With [`Ready::OnPublishingEvent`]: no `publishing` event in time.
     #[error("adapter {name} (pid {pid}) did not report publishing within {after:?}{}", last_words_suffix(.last_words))]
@@ -592,6 +612,9 @@ async fn supervise(
     // the first keyframe after a start is not an overflow and is not reported).
     let mut overflow_drops: Option<u64> = None;
     let mut dropped_total: u64 = 0;
+    // When the adapter counts as stalled: armed when the queue is found full, cleared when a
+    // frame fits again. A deadline rather than a poll, so a healthy adapter costs nothing.
+    let mut stall_deadline: Option<Instant> = None;
     let mut status_open = true;
 
     let error = loop {
@@ -640,6 +663,11 @@ async fn supervise(
                 match event {
                     StatusEvent::Publishing if !ready => {
                         ready = true;
+                        // An adapter may leave stdin unread until its uplink is up (the ready
+                        // timeout covered that); the stall clock starts only now.
+                        if stall_deadline.is_some() {
+                            stall_deadline = Some(Instant::now() + opts.stall_limit);
+                        }
                         tracing::info!(adapter = %spec.name, pid, after = ?started.elapsed(), "adapter publishing");
                         let _ = events.send(SinkEvent::Publishing).await;
                     }
@@ -664,6 +692,19 @@ async fn supervise(
                     last_words: run.last_error.take(),
                 };
             }
+            _ = sleep_until_opt(stall_deadline), if ready => {
+                stall_deadline = None;
+                // Room in the queue means the writer took a frame since the deadline was armed:
+                // the adapter reads, only no keyframe has come to refill the queue yet.
+                if run.queue.as_ref().is_some_and(|q| q.capacity() == 0) {
+                    break AdapterError::Stalled {
+                        name: spec.name.clone(),
+                        pid,
+                        after: opts.stall_limit,
+                        last_words: run.last_error.take(),
+                    };
+                }
+            }
             frame = frames.recv() => {
                 let Some(frame) = frame else {
                     run.stop(opts.stop_grace).await;
@@ -679,12 +720,19 @@ async fn supervise(
                 }
                 match queue.try_send(frame) {
                     Ok(()) => {
+                        stall_deadline = None;
                         if let Some(dropped) = overflow_drops.take() {
                             tracing::warn!(adapter = %spec.name, pid, dropped, dropped_total, "adapter stdin was full; dropped frames up to this keyframe");
                         }
                         waiting_for_keyframe = false;
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
+                        // Said at the start of the streak: its end is logged only when a frame
+                        // fits again, which for an adapter that stopped reading is never.
+                        if overflow_drops.is_none() {
+                            tracing::warn!(adapter = %spec.name, pid, stall_limit = ?opts.stall_limit, "adapter is not reading its stdin fast enough; dropping frames up to the next keyframe");
+                        }
+                        stall_deadline.get_or_insert_with(|| Instant::now() + opts.stall_limit);
                         *overflow_drops.get_or_insert(0) += 1;
                         dropped_total += 1;
                         if !waiting_for_keyframe {
@@ -707,6 +755,14 @@ async fn supervise(
         error,
         was_ready: ready,
         ran: started.elapsed(),
+    }
+}
+
+/// Sleeps until `t`, or forever without one (a select! branch that is armed only sometimes).
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -890,6 +946,7 @@ mod tests {
             ready_timeout: Duration::from_secs(5),
             stop_grace: Duration::from_millis(500),
             queue_frames: 8,
+            stall_limit: Duration::from_secs(10),
         }
     }
 
@@ -1131,6 +1188,57 @@ mod tests {
         s.stop().await;
         // 0.5 s grace, then the kill.
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn an_adapter_that_publishes_then_stops_reading_is_restarted() {
+        // Like ffmpeg blocked on an uplink that vanished without closing TCP: alive, publishing,
+        // reading nothing. Every start leaves a line in `spawns`.
+        let dir = temp("stall");
+        let spawns = dir.join("spawns");
+        let script = format!(
+            r#"echo x >> {}; echo '{{"event":"publishing"}}'; exec sleep 60"#,
+            spawns.display()
+        );
+        let spec = sh(&script, Framing::RawAnnexB, Ready::OnPublishingEvent);
+        let opts = AdapterOptions {
+            stall_limit: Duration::from_millis(500),
+            ..quick()
+        };
+        let mut s = start(spec, Vec::new(), opts);
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut i = 0u64;
+        // 64 KiB frames at 100 fps fill the pipe and the queue at once, and keep coming as a
+        // camera's would, until the second start has reported publishing.
+        while seen.iter().filter(|e| **e == SinkEvent::Publishing).count() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "no restart within 10 s; events: {seen:?}"
+            );
+            let f = frame(i, i % 10 == 0, 64 * 1024);
+            i += 1;
+            tokio::time::timeout(Duration::from_secs(1), s.tx.send(f))
+                .await
+                .expect("producer not blocked")
+                .expect("sink alive");
+            while let Ok(e) = s.events.try_recv() {
+                seen.push(e);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let reason = seen
+            .iter()
+            .find_map(|e| match e {
+                SinkEvent::Reconnecting { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no Reconnecting in {seen:?}"));
+        assert!(reason.contains("read no input for 500ms"), "{reason}");
+        s.stop().await;
+        let starts = std::fs::read_to_string(&spawns).expect("spawns");
+        assert!(starts.lines().count() >= 2, "{starts:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
