@@ -400,6 +400,51 @@ fn missing_token_is_refused_with_401() {
     });
 }
 
+/// A stop that comes while the offer's 201 is still on its way (a slow uplink) leaves no
+/// session behind: the server made it, so the sink lets the offer finish in the background
+/// and DELETEs what it names.
+#[test]
+fn a_stop_during_the_offer_deletes_the_session_it_made() {
+    let _guard = peers::exclusive();
+    block_on(async {
+        let server = WhipServer::start(WhipServerOptions {
+            token: Some("tok".into()),
+            answer_delay: Some(Duration::from_millis(1500)),
+            ..Default::default()
+        });
+        let sink = Sink::start(&server.url("cam1"), Some("tok"), test_opts());
+        // The first frame lets the sink offer (it checks the codec first).
+        let producer = sink.producer(Some(3));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.stats()["posts"] == 0 {
+            assert!(Instant::now() < deadline, "no offer: {}", server.stats());
+            sleep(Duration::from_millis(20)).await;
+        }
+        let events = sink.stop().await;
+        drop(producer);
+        assert!(
+            !events.contains(&SinkEvent::Publishing),
+            "stopped before the answer: {events:?}"
+        );
+        // Bounded: the held 201, then the DELETE.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stats = server.stats();
+            if stats["deletes"] == 1 {
+                let session = only_session(&server);
+                assert_eq!(session["state"], "deleted", "{session}");
+                assert_eq!(session["delete_auth"], true, "{session}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the session the offer made was left on the server: {stats}"
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
 #[test]
 fn follows_a_307_redirect() {
     let _guard = peers::exclusive();

@@ -27,6 +27,8 @@ pub struct WhipServerOptions {
     /// Read the capture-time stamp (`pattern?clock=1`) of every decoded frame and keep its age
     /// per session (`stamp_ages_ms`, `stamp_misses` in the stats), for latency benchmarks.
     pub stamp: bool,
+    /// Hold each 201 this long after the session is made (a slow uplink).
+    pub answer_delay: Option<Duration>,
 }
 
 /// The venv's python: `$DOCKCAST_VENV/bin/python`, else `<repo>/.work/venv/bin/python`.
@@ -190,6 +192,10 @@ impl WhipServer {
                 .arg(&cert)
                 .arg("--key")
                 .arg(&key);
+        }
+        if let Some(delay) = self.opts.answer_delay {
+            cmd.arg("--answer-delay")
+                .arg(format!("{:.3}", delay.as_secs_f64()));
         }
         if let Some(secs) = self.opts.busy_once {
             cmd.arg("--busy-once")

@@ -170,6 +170,9 @@ async def post_offer(req):
 
     await pc.setRemoteDescription(RTCSessionDescription(sdp=await req.text(), type="offer"))
     await pc.setLocalDescription(await pc.createAnswer())  # gathers all candidates: no trickle
+    if ARGS.answer_delay:
+        # A slow uplink: the session exists here before the client has its 201.
+        await asyncio.sleep(ARGS.answer_delay)
     return web.Response(
         status=201,
         content_type="application/sdp",
@@ -214,6 +217,7 @@ def main():
     p.add_argument("--redirect-first", action="store_true", help="answer the first POST with 307")
     p.add_argument("--busy-once", action="store_true", help="answer the first POST with 503")
     p.add_argument("--retry-after", type=int, default=1)
+    p.add_argument("--answer-delay", type=float, help="hold each 201 this many seconds")
     p.add_argument("--tls-port", type=int, help="also serve HTTPS here (needs --cert/--key)")
     p.add_argument("--cert")
     p.add_argument("--key")

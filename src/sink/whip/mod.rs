@@ -257,16 +257,34 @@ pub async fn run(
 
     let mut link_stun: Vec<(String, u16)> = Vec::new();
     loop {
-        let attempt = establish(&client, &target, &opts, &link_stun);
+        // A task of its own, so that a stop during the offer does not drop its POST half-way:
+        // the server may already have made the session, and only the 201 says where to DELETE
+        // it. Such an attempt is left to finish, and undo, in the background.
+        let mut attempt = tokio::spawn({
+            let (client, target, opts, stun) = (
+                client.clone(),
+                target.clone(),
+                opts.clone(),
+                link_stun.clone(),
+            );
+            async move { establish(&client, &target, &opts, &stun).await }
+        });
         let result = tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
-            r = super::discard_while(&mut frames, attempt) => r,
+            r = super::discard_while(&mut frames, &mut attempt) => r,
         };
         let Some(result) = result else {
+            tokio::spawn(undo_attempt(attempt, client.clone(), opts.delete_timeout));
             let _ = events.send(SinkEvent::Stopped).await;
             return;
         };
+        let result = result.unwrap_or_else(|e| {
+            Err(WhipError::Local {
+                phase: Phase::Offer,
+                why: format!("session set-up task: {e}"),
+            })
+        });
         let (error, published, fatal) = match result {
             Ok(mut session) => {
                 link_stun = std::mem::take(&mut session.link_stun);
@@ -304,14 +322,20 @@ pub async fn run(
                     } => {
                         // Tell the server the session is over, in case it still thinks it
                         // is not; bounded, since the server may be the thing that died.
-                        let del = tokio::select! {
-                            biased;
-                            _ = cancel.cancelled() => None,
-                            r = super::discard_while(&mut frames, tokio::time::timeout(
+                        // Not raced against a stop: the DELETE is bounded by delete_timeout,
+                        // which the session's stop grace allows for, and cut short it would
+                        // leave the server holding a publisher nobody owns.
+                        let del = super::discard_while(
+                            &mut frames,
+                            tokio::time::timeout(
                                 opts.delete_timeout,
-                                client.delete_session(&session.session_url, session.session_token.as_deref()),
-                            )) => r,
-                        };
+                                client.delete_session(
+                                    &session.session_url,
+                                    session.session_token.as_deref(),
+                                ),
+                            ),
+                        )
+                        .await;
                         if let Some(del) = del {
                             log_delete(&session.session_url, del);
                         }
@@ -471,6 +495,24 @@ async fn establish(
         session_token,
         link_stun: next_stun,
     })
+}
+
+/// Waits for a session set-up that a stop overtook and, if it made a session on the server,
+/// DELETEs it, so that the stream is not left with a publisher nobody owns until the server's
+/// own timeout (servers that take one publisher per stream refuse the next start meanwhile).
+async fn undo_attempt(
+    attempt: tokio::task::JoinHandle<Result<Session, WhipError>>,
+    client: HttpClient,
+    delete_timeout: Duration,
+) {
+    if let Ok(Ok(session)) = attempt.await {
+        let del = tokio::time::timeout(
+            delete_timeout,
+            client.delete_session(&session.session_url, session.session_token.as_deref()),
+        )
+        .await;
+        log_delete(&session.session_url, del);
+    }
 }
 
 /// Asks the configured, then the server-named STUN servers for our reflexive address; the
