@@ -264,7 +264,6 @@ struct Retry {
     name: String,
     spec: SourceSpec,
     at: Instant,
-    backoff: Backoff,
 }
 
 /// What one pull from a source gave, detached from the source's borrow where it can be.
@@ -287,6 +286,13 @@ struct Worker {
     /// The input being switched to, until it is ready.
     pending: Option<Active>,
     retry: Option<Retry>,
+    /// Delays between reopens, kept across failures: a camera that opens but fails at once
+    /// (STREAMON refused for want of USB bandwidth, reads failing) must not be reopened every
+    /// `RETRY_INITIAL` for as long as the fault lasts, with a log line each time.
+    reopen: Backoff,
+    /// When an input last came back after a failure; how long it then held decides whether the
+    /// next failure starts the delays over.
+    back_at: Option<Instant>,
     encoder: Option<H264Encoder>,
     /// The session's picture at the rung's size, for scaled and decoded frames.
     canvas: RawFrame,
@@ -321,6 +327,8 @@ impl Worker {
             active: None,
             pending: None,
             retry: None,
+            reopen: Backoff::new(RETRY_INITIAL, RETRY_MAX),
+            back_at: None,
             encoder: None,
             canvas: RawFrame::black(rung.width as usize, rung.height as usize),
             rung,
@@ -556,17 +564,19 @@ impl Worker {
         self.stats.input_failures.fetch_add(1, Ordering::Relaxed);
         self.want_key = true;
         if spec.is_device() {
-            let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
-            let delay = backoff
+            if let Some(at) = self.back_at.take() {
+                self.reopen.connection_ended(at.elapsed());
+            }
+            let delay = self
+                .reopen
                 .next_delay(&mut rand::rng())
                 .max(Duration::from_millis(50));
-            tracing::warn!(input = name, "input failed, reopening: {reason}");
+            tracing::warn!(input = name, retry_in = ?delay, "input failed, reopening: {reason}");
             self.input_down(name, format!("{reason}; reopening with backoff"));
             self.retry = Some(Retry {
                 name: name.to_string(),
                 spec,
                 at: Instant::now() + delay,
-                backoff,
             });
         } else {
             self.report(PipelineEvent::InputFailed {
@@ -584,18 +594,19 @@ impl Worker {
         match r.spec.open(&r.name) {
             Ok(src) => {
                 let Some(r) = self.retry.take() else { return };
-                tracing::info!(input = %r.name, attempts = r.backoff.attempt(), "input is back");
+                tracing::info!(input = %r.name, attempts = self.reopen.attempt(), "input is back");
+                self.back_at = Some(Instant::now());
                 let mut a = Active::new(&r.name, r.spec, src);
                 a.ask_key();
                 self.promote(a);
             }
             Err(e) => {
-                let delay = r
-                    .backoff
+                let delay = self
+                    .reopen
                     .next_delay(&mut rand::rng())
                     .max(Duration::from_millis(50));
                 r.at = Instant::now() + delay;
-                tracing::debug!(input = %r.name, attempt = r.backoff.attempt(), ?delay, "reopen failed: {e}");
+                tracing::debug!(input = %r.name, attempt = self.reopen.attempt(), ?delay, "reopen failed: {e}");
             }
         }
     }
@@ -1143,6 +1154,33 @@ mod tests {
             })
         );
         assert_eq!(p.stats.input_failures.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_camera_that_opens_but_always_fails_is_reopened_at_growing_intervals() {
+        // Opens fine, fails on the first read: as a camera whose STREAMON is refused for want
+        // of USB bandwidth. The delays climb 0.25, 0.5, 1, 2 s (drawn below each ceiling)
+        // instead of starting over at 0.25 s with every reopen that succeeds.
+        let opens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let o = Arc::clone(&opens);
+        let cam = crate::source::FakeSpec(Arc::new(move || {
+            o.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Flaky {
+                left: 0,
+                frame: RawFrame::black(32, 24),
+                t: Duration::ZERO,
+            }) as Box<dyn VideoSource>)
+        }));
+        let mut s = spec();
+        s.inputs.insert("normal".into(), SourceSpec::Fake(cam));
+        let (tx, _rx) = tokio::sync::mpsc::channel(8);
+        let (etx, _erx) = tokio::sync::mpsc::channel(64);
+        let p = Pipeline::spawn(s, tx, etx).unwrap();
+        std::thread::sleep(Duration::from_millis(2600));
+        let n = opens.load(Ordering::SeqCst);
+        drop(p);
+        // Every 50–250 ms that would be about twenty.
+        assert!((2..=10).contains(&n), "{n} opens in 2.6 s");
     }
 
     /// An encoded live source whose first keyframe comes 120 ms after it opens, each of its
