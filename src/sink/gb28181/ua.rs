@@ -166,6 +166,9 @@ pub struct Ua {
     cfg: UaConfig,
     rng: StdRng,
     backoff: Backoff,
+    /// Since when the current registration holds (refreshes included); `None` while the device
+    /// is not registered. How long it held decides whether a loss starts the backoff over.
+    registered_since: Option<Instant>,
     reg: Registration,
     reg_state: RegState,
     ever_registered: bool,
@@ -197,6 +200,7 @@ impl Ua {
         let reg = Registration::new(call_id(&mut rng, cfg.identity.local), token(&mut rng));
         Self {
             backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max),
+            registered_since: None,
             rng,
             reg,
             reg_state: RegState::Idle,
@@ -492,7 +496,7 @@ impl Ua {
             return;
         }
         let was_registered = matches!(self.reg_state, RegState::Registered { .. })
-            || (self.ever_registered && self.backoff.attempt() == 0);
+            || self.registered_since.is_some();
         // Refresh at 75 % of the granted time, as rsipstack and most devices do; at least 1 s
         // so a platform granting 0-1 s cannot make us spin.
         let refresh_in =
@@ -502,7 +506,10 @@ impl Ua {
         };
         if !was_registered {
             self.ever_registered = true;
-            self.backoff.reset();
+            // No backoff reset here: a platform that takes the REGISTER and drops the device
+            // at once (its keepalive refused, the connection closed) would otherwise be
+            // registered with again every `backoff_initial`, for ever; see `lost`.
+            self.registered_since = Some(now);
             self.missed_keepalives = 0;
             self.events.push_back(UaEvent::Registered { expires });
             // Keepalive right away: platforms count the device online from it.
@@ -524,6 +531,10 @@ impl Ua {
         self.next_keepalive = None;
         self.txs
             .retain(|_, tx| !matches!(tx.kind, TxKind::Register | TxKind::Keepalive));
+        if let Some(since) = self.registered_since.take() {
+            self.backoff
+                .connection_ended(now.saturating_duration_since(since));
+        }
         let retry_in = self.backoff.next_delay(&mut self.rng);
         self.reg_state = RegState::RetryAt(now + retry_in);
         // The platform may have forgotten us: a fresh binding, not a refresh.
@@ -938,6 +949,43 @@ mod tests {
         assert!(String::from_utf8_lossy(&ka.body).contains("Keepalive"));
         answer(&mut ua, now, &ka, 200, "");
         ua
+    }
+
+    #[test]
+    fn a_registration_lost_right_after_it_succeeds_backs_off_further_each_time() {
+        // A platform that takes the REGISTER and drops the device at once: each loss must wait
+        // longer than the last, not start over at backoff_initial.
+        let t0 = Instant::now();
+        let mut ua = registered(t0);
+        let mut t = t0;
+        let mut attempts = Vec::new();
+        for _ in 0..4 {
+            ua.transport_lost(t, "closed by the platform");
+            let (attempt, retry_in) = events(&mut ua)
+                .into_iter()
+                .find_map(|e| match e {
+                    UaEvent::RegistrationLost {
+                        attempt, retry_in, ..
+                    } => Some((attempt, retry_in)),
+                    _ => None,
+                })
+                .expect("the loss is reported");
+            attempts.push(attempt);
+            t += retry_in;
+            ua.handle_timeout(t);
+            let r1 = sent(&mut ua).remove(0);
+            answer(&mut ua, t, &r1, 401, CHALLENGE);
+            let r2 = sent(&mut ua).remove(0);
+            answer(&mut ua, t, &r2, 200, "Expires: 3600\r\n");
+            assert!(events(&mut ua).contains(&UaEvent::Registered { expires: 3600 }));
+            let _ = sent(&mut ua);
+        }
+        assert_eq!(attempts, [1, 2, 3, 4]);
+        // One that held for the longest delay starts over.
+        ua.transport_lost(t + Duration::from_secs(31), "closed by the platform");
+        assert!(events(&mut ua)
+            .iter()
+            .any(|e| matches!(e, UaEvent::RegistrationLost { attempt: 1, .. })));
     }
 
     #[test]
