@@ -16,7 +16,7 @@ use crate::live::catalog::Catalog;
 use crate::media::pipeline::PipelineSpec;
 use crate::media::quality::{Ladder, Rung};
 use std::collections::BTreeMap;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Names a session for its whole life; never reused.
 pub type SessionId = u64;
@@ -662,20 +662,23 @@ impl Manager {
                 }
                 out
             }
+            // Said once per outage: each retry is logged by the sink or pipeline itself.
             SessionEvent::Reconnecting { reason } => {
-                warn!(session = id, video_id = %s.video_id, "reconnecting: {reason}");
                 if s.phase == Phase::Reconnecting {
+                    debug!(session = id, video_id = %s.video_id, "still reconnecting: {reason}");
                     return Vec::new();
                 }
+                warn!(session = id, video_id = %s.video_id, "reconnecting: {reason}");
                 s.phase = Phase::Reconnecting;
                 s.reconnects += 1;
                 vec![Action::PublishStatus]
             }
             SessionEvent::InputDown { reason } => {
-                warn!(session = id, video_id = %s.video_id, "no video: {reason}");
                 if std::mem::replace(&mut s.input_down, true) {
+                    debug!(session = id, video_id = %s.video_id, "still no video: {reason}");
                     return Vec::new();
                 }
+                warn!(session = id, video_id = %s.video_id, "no video: {reason}");
                 vec![Action::PublishStatus]
             }
             SessionEvent::InputUp => {
