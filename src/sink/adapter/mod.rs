@@ -887,7 +887,58 @@ async fn read_stdout<R: AsyncRead + Unpin>(
     }
 }
 
-/// Logs stderr lines, redacted; returns the last non-empty one to explain an exit.
+/// Stderr lines logged per [`STDERR_WINDOW`] at most; the rest are counted and summed up.
+const STDERR_BURST: u32 = 20;
+/// See [`STDERR_BURST`].
+const STDERR_WINDOW: Duration = Duration::from_secs(10);
+
+/// Caps how many of an adapter's stderr lines reach the log. An adapter that warns once per
+/// frame about a lasting condition (ffmpeg's non-monotonic DTS, an SDK's chatter) would
+/// otherwise write 30 lines a second to the journal of a board with little flash, for as long
+/// as the session runs.
+#[derive(Debug)]
+struct StderrBudget {
+    window_start: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl StderrBudget {
+    fn new() -> Self {
+        Self {
+            window_start: None,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// A line arrived at `now`: whether to log it, and how many lines the window that just
+    /// ended suppressed (to be said first).
+    fn admit(&mut self, now: Instant) -> (bool, Option<u64>) {
+        let mut ended = None;
+        let start = *self.window_start.get_or_insert(now);
+        if now.saturating_duration_since(start) >= STDERR_WINDOW {
+            self.window_start = Some(now);
+            self.logged = 0;
+            ended = Some(std::mem::take(&mut self.suppressed)).filter(|n| *n > 0);
+        }
+        if self.logged < STDERR_BURST {
+            self.logged += 1;
+            (true, ended)
+        } else {
+            self.suppressed += 1;
+            (false, ended)
+        }
+    }
+
+    /// Lines suppressed and not yet said, taken once (at the end of the stream).
+    fn take_suppressed(&mut self) -> Option<u64> {
+        Some(std::mem::take(&mut self.suppressed)).filter(|n| *n > 0)
+    }
+}
+
+/// Logs stderr lines, redacted and at most [`STDERR_BURST`] per [`STDERR_WINDOW`]; returns the
+/// last non-empty one (logged or not) to explain an exit.
 async fn read_stderr<R: AsyncRead + Unpin>(
     mut r: R,
     name: String,
@@ -897,6 +948,10 @@ async fn read_stderr<R: AsyncRead + Unpin>(
     let mut splitter = LineSplitter::default();
     let mut buf = vec![0u8; 8192];
     let mut last = None;
+    let mut budget = StderrBudget::new();
+    let say_suppressed = |n: u64| {
+        tracing::info!(adapter = %name, pid, suppressed = n, "{n} more stderr lines not logged");
+    };
     loop {
         let (lines, eof) = match read_lines(&mut r, &mut buf, &mut splitter).await {
             Some(lines) => (lines, false),
@@ -907,10 +962,19 @@ async fn read_stderr<R: AsyncRead + Unpin>(
             if text.trim().is_empty() {
                 continue;
             }
-            tracing::info!(adapter = %name, pid, "{text}");
+            let (log, ended) = budget.admit(Instant::now());
+            if let Some(n) = ended {
+                say_suppressed(n);
+            }
+            if log {
+                tracing::info!(adapter = %name, pid, "{text}");
+            }
             last = Some(text);
         }
         if eof {
+            if let Some(n) = budget.take_suppressed() {
+                say_suppressed(n);
+            }
             return last;
         }
     }
@@ -1188,6 +1252,32 @@ mod tests {
         s.stop().await;
         // 0.5 s grace, then the kill.
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn stderr_lines_are_logged_at_most_twenty_per_ten_seconds_and_the_rest_counted() {
+        let t0 = Instant::now();
+        let mut b = StderrBudget::new();
+        // 30 lines a second (one per frame) for 10 s: 20 logged, 280 counted.
+        let mut logged = 0;
+        for i in 0..300u64 {
+            let (log, ended) = b.admit(t0 + Duration::from_millis(i * 33));
+            logged += u32::from(log);
+            assert_eq!(ended, None);
+        }
+        assert_eq!(logged, STDERR_BURST);
+        // The next window opens with the count of the last one, and logs again.
+        assert_eq!(b.admit(t0 + STDERR_WINDOW), (true, Some(280)));
+        assert_eq!(b.take_suppressed(), None);
+        for i in 1..25u64 {
+            let _ = b.admit(t0 + STDERR_WINDOW + Duration::from_millis(i));
+        }
+        assert_eq!(
+            b.take_suppressed(),
+            Some(5),
+            "said at the end of the stream"
+        );
+        assert_eq!(b.take_suppressed(), None, "once");
     }
 
     #[tokio::test]
