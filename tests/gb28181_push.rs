@@ -176,6 +176,40 @@ impl Running {
     }
 }
 
+/// A device registered with a SIPp platform and fed the clip at 30 fps: where every streaming
+/// test starts.
+struct Registered {
+    uas: PlatformUas,
+    sink: Running,
+    feeder: JoinHandle<()>,
+    tally: Arc<Tally>,
+    /// The device's SIP address, for the platform's requests.
+    device: SocketAddr,
+}
+
+/// Starts the platform (SIP over TCP if `sip_tcp`, and `opts` telling the device the same) and
+/// the device, feeds the clip and waits for the registration (`Publishing`).
+async fn registered(sip_tcp: bool, opts: GbOptions) -> Registered {
+    let platform_port = free_port();
+    let device_port = free_port();
+    let uas = blocking(move || PlatformUas::start_with(platform_port, true, sip_tcp)).await;
+    let clip = blocking(encode_clip).await;
+    let mut sink = spawn_sink(target(uas.port(), device_port, PASSWORD), opts);
+    let tally = Arc::new(Tally::default());
+    let feeder = feed(clip, sink.frames.clone(), tally.clone());
+    assert_eq!(
+        next_event(&mut sink.events, Duration::from_secs(10)).await,
+        SinkEvent::Publishing
+    );
+    Registered {
+        uas,
+        sink,
+        feeder,
+        tally,
+        device: ([127, 0, 0, 1], device_port).into(),
+    }
+}
+
 /// Waits for the platform to log the device's unregister (`Expires: 0`).
 async fn assert_unregistered(uas: PlatformUas) {
     blocking(move || {
@@ -302,19 +336,13 @@ async fn play_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_answers_queries_streams_on_invite_and_unregisters() {
     let _serial = SERIAL.lock().await;
-    let platform_port = free_port();
-    let device_port = free_port();
-    let uas = blocking(move || PlatformUas::start(platform_port)).await;
-    let clip = blocking(encode_clip).await;
-
-    let mut sink = spawn_sink(target(uas.port(), device_port, PASSWORD), options(0));
-    let tally = Arc::new(Tally::default());
-    let feeder = feed(clip, sink.frames.clone(), tally.clone());
-
-    assert_eq!(
-        next_event(&mut sink.events, Duration::from_secs(10)).await,
-        SinkEvent::Publishing
-    );
+    let Registered {
+        uas,
+        mut sink,
+        feeder,
+        tally,
+        device,
+    } = registered(false, options(0)).await;
     let uas = blocking(move || {
         assert!(
             uas.wait_log("REGISTERED", Duration::from_secs(5)),
@@ -331,7 +359,6 @@ async fn registers_answers_queries_streams_on_invite_and_unregisters() {
     .await;
     assert!(!uas.log().contains("AUTH_BAD"));
 
-    let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
     for (cmd, sn) in [
         ("Catalog", "248136"),
         ("DeviceInfo", "17430"),
@@ -554,22 +581,14 @@ async fn a_source_that_turns_h265_is_refused_and_the_device_unregisters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_over_tcp_active_and_passive() {
     let _serial = SERIAL.lock().await;
-    let platform_port = free_port();
-    let device_port = free_port();
     let media_port = free_port();
-    let uas = blocking(move || PlatformUas::start(platform_port)).await;
-    let clip = blocking(encode_clip).await;
-    let mut sink = spawn_sink(
-        target(uas.port(), device_port, PASSWORD),
-        options(media_port),
-    );
-    let tally = Arc::new(Tally::default());
-    let feeder = feed(clip, sink.frames.clone(), tally.clone());
-    assert_eq!(
-        next_event(&mut sink.events, Duration::from_secs(10)).await,
-        SinkEvent::Publishing
-    );
-    let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
+    let Registered {
+        uas,
+        mut sink,
+        feeder,
+        tally,
+        device,
+    } = registered(false, options(media_port)).await;
     play_once(
         false,
         device,
@@ -654,18 +673,13 @@ async fn re_registers_after_the_platform_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_invite_replaces_the_first() {
     let _serial = SERIAL.lock().await;
-    let platform_port = free_port();
-    let device_port = free_port();
-    let uas = blocking(move || PlatformUas::start(platform_port)).await;
-    let clip = blocking(encode_clip).await;
-    let mut sink = spawn_sink(target(uas.port(), device_port, PASSWORD), options(0));
-    let tally = Arc::new(Tally::default());
-    let feeder = feed(clip, sink.frames.clone(), tally.clone());
-    assert_eq!(
-        next_event(&mut sink.events, Duration::from_secs(10)).await,
-        SinkEvent::Publishing
-    );
-    let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
+    let Registered {
+        uas: _uas,
+        mut sink,
+        feeder,
+        tally,
+        device,
+    } = registered(false, options(0)).await;
 
     let first_port = free_port();
     let mut first_rx = blocking(move || PsReceiver::start(Mode::Udp, first_port)).await;
@@ -733,18 +747,13 @@ async fn second_invite_replaces_the_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invite_from_a_host_other_than_the_platform_is_ignored() {
     let _serial = SERIAL.lock().await;
-    let platform_port = free_port();
-    let device_port = free_port();
-    let uas = blocking(move || PlatformUas::start(platform_port)).await;
-    let clip = blocking(encode_clip).await;
-    let mut sink = spawn_sink(target(uas.port(), device_port, PASSWORD), options(0));
-    let tally = Arc::new(Tally::default());
-    let feeder = feed(clip, sink.frames.clone(), tally.clone());
-    assert_eq!(
-        next_event(&mut sink.events, Duration::from_secs(10)).await,
-        SinkEvent::Publishing
-    );
-    let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
+    let Registered {
+        uas: _uas,
+        mut sink,
+        feeder,
+        tally,
+        device,
+    } = registered(false, options(0)).await;
 
     let (answered, media) = blocking(move || {
         let sip = std::net::UdpSocket::bind("127.0.0.9:0").expect("stranger's SIP socket");
@@ -802,23 +811,20 @@ async fn an_invite_from_a_host_other_than_the_platform_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtp_on_the_wire_carries_the_offered_ssrc() {
     let _serial = SERIAL.lock().await;
-    let platform_port = free_port();
-    let device_port = free_port();
-    let uas = blocking(move || PlatformUas::start(platform_port)).await;
-    let clip = blocking(encode_clip).await;
-    let mut sink = spawn_sink(target(uas.port(), device_port, PASSWORD), options(0));
-    let feeder = feed(clip, sink.frames.clone(), Arc::new(Tally::default()));
-    assert_eq!(
-        next_event(&mut sink.events, Duration::from_secs(10)).await,
-        SinkEvent::Publishing
-    );
+    let Registered {
+        uas: _uas,
+        sink,
+        feeder,
+        device,
+        ..
+    } = registered(false, options(0)).await;
     let media = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let media_port = media.local_addr().expect("addr").port().to_string();
     let mut uac = start_uac(
         "invite_uac.xml",
-        ([127, 0, 0, 1], device_port).into(),
+        device,
         free_port(),
         &[
             ("channel", CHANNEL),
@@ -884,21 +890,17 @@ async fn rtp_on_the_wire_carries_the_offered_ssrc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_over_tcp() {
     let _serial = SERIAL.lock().await;
-    let platform_port = free_port();
-    let device_port = free_port();
-    let uas = blocking(move || PlatformUas::start_with(platform_port, true, true)).await;
-    let clip = blocking(encode_clip).await;
     let opts = GbOptions {
         sip_transport: SipTransport::Tcp,
         ..options(0)
     };
-    let mut sink = spawn_sink(target(platform_port, device_port, PASSWORD), opts);
-    let tally = Arc::new(Tally::default());
-    let feeder = feed(clip, sink.frames.clone(), tally.clone());
-    assert_eq!(
-        next_event(&mut sink.events, Duration::from_secs(10)).await,
-        SinkEvent::Publishing
-    );
+    let Registered {
+        uas,
+        mut sink,
+        feeder,
+        tally,
+        device,
+    } = registered(true, opts).await;
     let uas = blocking(move || {
         assert!(
             uas.wait_log("MESSAGE CmdType=Keepalive", Duration::from_secs(5)),
@@ -911,7 +913,6 @@ async fn signals_over_tcp() {
     let messages = uas.messages();
     assert!(messages.contains("Via: SIP/2.0/TCP"), "{messages}");
     assert!(messages.contains(";transport=tcp>"), "{messages}");
-    let device: SocketAddr = ([127, 0, 0, 1], device_port).into();
     let uac = start_uac_over(
         true,
         "query_uac.xml",
