@@ -356,6 +356,10 @@ pub struct AdapterConfig {
     /// How long the first start may take before the cloud gets a connect error.
     #[serde(default = "default_adapter_ready_timeout")]
     pub ready_timeout_ms: u64,
+    /// How long a publishing adapter may take no input before it is restarted
+    /// (`AdapterOptions::stall_limit`).
+    #[serde(default = "default_adapter_stall_timeout")]
+    pub stall_timeout_ms: u64,
 }
 
 fn default_framing() -> String {
@@ -372,6 +376,9 @@ fn default_adapter_backoff_max() -> u64 {
 }
 fn default_adapter_ready_timeout() -> u64 {
     15_000
+}
+fn default_adapter_stall_timeout() -> u64 {
+    10_000
 }
 
 /// The placeholders an adapter command may use: the fields of every url type plus the video's.
@@ -777,6 +784,13 @@ impl Config {
                 return Err(invalid(
                     format!("{key}.ready_timeout_ms"),
                     "must be within 100..=60000",
+                ));
+            }
+            // Under a second, a hiccup of the adapter's uplink would restart it.
+            if !(1_000..=600_000).contains(&a.stall_timeout_ms) {
+                return Err(invalid(
+                    format!("{key}.stall_timeout_ms"),
+                    "must be within 1000..=600000",
                 ));
             }
         }
@@ -1185,6 +1199,10 @@ mod tests {
             "adapters.a.command"
         );
         assert_eq!(err_key("[adapters.a]\ncommand = []"), "adapters.a.command");
+        assert_eq!(
+            err_key("[adapters.a]\ncommand = [\"x\"]\nstall_timeout_ms = 500"),
+            "adapters.a.stall_timeout_ms"
+        );
         assert_eq!(
             err_key("[adapters.a]\ncommand = [\"x\"]\nframing = \"mp4\""),
             "adapters.a.framing"

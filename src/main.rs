@@ -332,6 +332,7 @@ fn adapter_spec(
     spec.backoff_max = Duration::from_millis(a.backoff_max_ms);
     let opts = AdapterOptions {
         ready_timeout: Duration::from_millis(a.ready_timeout_ms),
+        stall_limit: Duration::from_millis(a.stall_timeout_ms),
         queue_frames,
         ..AdapterOptions::default()
     };
