@@ -97,6 +97,20 @@ impl HttpClient {
             let resp = self.send(&req, Phase::Offer).await?;
             match flow.on_response(&resp, SystemTime::now())? {
                 OfferStep::Created(c) => return Ok(c),
+                OfferStep::Unusable {
+                    session_url,
+                    token,
+                    error,
+                } => {
+                    // Bounded by the client's request timeout.
+                    let deleted = self.delete_session(&session_url, token.as_deref()).await;
+                    tracing::info!(
+                        session = %redact_url_str(session_url.as_str()),
+                        deleted = deleted.is_ok(),
+                        "whip: the server's answer is unusable; deleting the session it made"
+                    );
+                    return Err(error);
+                }
                 OfferStep::Send(next) => {
                     tracing::info!(to = %redact_url_str(next.url.as_str()), status = resp.status, "whip: following redirect");
                     req = next;

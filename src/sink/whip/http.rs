@@ -583,6 +583,17 @@ pub enum OfferStep {
     SendAfter(Duration, HttpRequest),
     /// The session exists.
     Created(Created),
+    /// The server made a session (a 201 with a usable `Location`) but its answer cannot be
+    /// used: DELETE `session_url` with `token`, then fail with `error`. Left alone, it would
+    /// hold the stream on a server that takes one publisher per stream until its own timeout.
+    Unusable {
+        /// The session to DELETE.
+        session_url: Url,
+        /// The token for that request (none where it would go in clear).
+        token: Option<String>,
+        /// What was wrong with the answer.
+        error: WhipError,
+    },
 }
 
 /// The offer exchange as a state machine: POST, follow redirects, wait out 503s, until a 201
@@ -621,7 +632,7 @@ impl OfferFlow {
         now: SystemTime,
     ) -> Result<OfferStep, WhipError> {
         match resp.status {
-            201 => self.created(resp).map(OfferStep::Created),
+            201 => self.created(resp),
             // RFC 9725 §4.5 names 307; 308 and the older 301/302/303 would turn a POST into
             // a GET (or are not meant for it), so only the two method-preserving codes count.
             307 | 308 => {
@@ -689,20 +700,7 @@ impl OfferFlow {
         &self.request.url
     }
 
-    fn created(&self, resp: &HttpResponse) -> Result<Created, WhipError> {
-        let content_type = resp.header("content-type").unwrap_or("");
-        let mime = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        // Some servers omit the type; the SDP parser then decides. A wrong type is refused.
-        if !mime.is_empty() && mime != "application/sdp" {
-            return Err(WhipError::NotSdp {
-                found: content_type.chars().take(64).collect(),
-            });
-        }
+    fn created(&self, resp: &HttpResponse) -> Result<OfferStep, WhipError> {
         let location = resp.header("location").ok_or(WhipError::MissingHeader {
             phase: Phase::Offer,
             status: 201,
@@ -713,18 +711,39 @@ impl OfferFlow {
         // being refused, that url is https whenever the configured endpoint is. A session url
         // on another https origin keeps the token, as a cross-origin redirect does.
         let token_withheld = downgrades(&self.request.url, &session_url);
-        if resp.body.trim().is_empty() {
-            return Err(WhipError::BadAnswer {
+        let content_type = resp.header("content-type").unwrap_or("");
+        let mime = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        // Some servers omit the type; the SDP parser then decides. A wrong type is refused.
+        let unusable = if !mime.is_empty() && mime != "application/sdp" {
+            Some(WhipError::NotSdp {
+                found: content_type.chars().take(64).collect(),
+            })
+        } else if resp.body.trim().is_empty() {
+            Some(WhipError::BadAnswer {
                 why: "201 with an empty body".into(),
+            })
+        } else {
+            None
+        };
+        if let Some(error) = unusable {
+            return Ok(OfferStep::Unusable {
+                session_url,
+                token: self.token.clone().filter(|_| !token_withheld),
+                error,
             });
         }
-        Ok(Created {
+        Ok(OfferStep::Created(Created {
             answer_sdp: resp.body.clone(),
             session_url,
             token_withheld,
             ice_servers: ice_servers(resp),
             etag: resp.header("etag").map(str::to_owned),
-        })
+        }))
     }
 }
 
@@ -953,21 +972,23 @@ mod tests {
                 ..
             }
         ));
-        let e = flow()
-            .on_response(
-                &resp(
-                    201,
-                    &[("Content-Type", "text/html"), ("Location", "/s")],
-                    "<html>",
-                ),
-                now,
-            )
-            .unwrap_err();
+        // A 201 whose answer is unusable still made a session: it is to be DELETEd.
+        let unusable = |r: HttpResponse| match flow().on_response(&r, now) {
+            Ok(OfferStep::Unusable {
+                session_url, error, ..
+            }) => (session_url, error),
+            other => panic!("{other:?}"),
+        };
+        let (url, e) = unusable(resp(
+            201,
+            &[("Content-Type", "text/html"), ("Location", "/s")],
+            "<html>",
+        ));
         assert!(matches!(e, WhipError::NotSdp { .. }), "{e}");
-        let e = flow()
-            .on_response(&resp(201, &[("Location", "/s")], "  "), now)
-            .unwrap_err();
+        assert_eq!(url.path(), "/s");
+        let (url, e) = unusable(resp(201, &[("Location", "/s")], "  "));
         assert!(matches!(e, WhipError::BadAnswer { .. }), "{e}");
+        assert_eq!(url.path(), "/s");
     }
 
     #[test]
