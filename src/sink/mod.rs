@@ -117,6 +117,15 @@ pub(crate) async fn discard_while<F: Future>(
     }
 }
 
+/// Sleeps until `t`, or forever without one: a `select!` branch for a deadline that is armed
+/// only some of the time.
+pub(crate) async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The one way every reconnecting sink waits between attempts: report
 /// [`SinkEvent::Reconnecting`], then sit out `retry_in` while discarding frames. Returns false
 /// when the session ended meanwhile (stop requested or the pipeline gone), after reporting

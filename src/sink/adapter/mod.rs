@@ -692,7 +692,7 @@ async fn supervise(
                     last_words: run.last_error.take(),
                 };
             }
-            _ = sleep_until_opt(stall_deadline), if ready => {
+            _ = super::sleep_until_opt(stall_deadline), if ready => {
                 stall_deadline = None;
                 // Room in the queue means the writer took a frame since the deadline was armed:
                 // the adapter reads, only no keyframe has come to refill the queue yet.
@@ -755,14 +755,6 @@ async fn supervise(
         error,
         was_ready: ready,
         ran: started.elapsed(),
-    }
-}
-
-/// Sleeps until `t`, or forever without one (a select! branch that is armed only sometimes).
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -262,7 +262,7 @@ pub async fn run(
                 stop_deadline = Some(Instant::now() + opts.stop_timeout);
                 shell.ua.stop(Instant::now().into_std());
             }
-            _ = sleep_until_opt(wake) => {
+            _ = super::sleep_until_opt(wake) => {
                 if stop_deadline.is_some_and(|d| d <= Instant::now()) {
                     tracing::warn!(target = %label, "gb28181 stop timed out waiting for the platform");
                     shell.stop_media().await;
@@ -312,13 +312,6 @@ pub async fn run(
                 }
             },
         }
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -810,7 +810,7 @@ async fn stream(
                 }
             }
             // A held keyframe request is due; the loop's top forwards it.
-            _ = tokio::time::sleep_until(keyframe_due.unwrap_or(wake)), if keyframe_due.is_some() => {}
+            _ = super::sleep_until_opt(keyframe_due) => {}
             frame = frames.recv() => {
                 let Some(frame) = frame else {
                     s.rtc.disconnect();
