@@ -560,37 +560,32 @@ impl Config {
             .unwrap_or_else(|| format!("dockcast-{}", self.gateway.sn))
     }
 
-    /// The settings in `new` that a reload cannot apply to a running daemon, by key: the broker
-    /// link and the serial it answers for are set up once, as are the health endpoint's socket
-    /// and the encoder library. Named so that the operator is told instead of the change being
-    /// dropped silently.
-    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
-        let mut changed = Vec::new();
+    /// `new` as a reload applies it, and the keys of the settings it changed that only a
+    /// restart applies; those keep their running values. The broker link and the serial it
+    /// answers for are set up once, as are the health endpoint's socket and the encoder
+    /// library. The serial above all: cameras without a serial of their own take the
+    /// gateway's, and video IDs built from a serial the link does not answer for would stop
+    /// every stream and fail every command until the restart. The keys are for telling the
+    /// operator, instead of the change being dropped silently.
+    pub fn for_reload(&self, mut new: Config) -> (Config, Vec<&'static str>) {
+        let mut kept = Vec::new();
         if new.mqtt != self.mqtt {
-            changed.push("[mqtt]");
+            kept.push("[mqtt]");
+            new.mqtt = self.mqtt.clone();
         }
         if new.gateway.sn != self.gateway.sn {
-            changed.push("gateway.sn");
+            kept.push("gateway.sn");
+            new.gateway.sn = self.gateway.sn.clone();
         }
         if new.health != self.health {
-            changed.push("[health]");
+            kept.push("[health]");
+            new.health = self.health.clone();
         }
         if new.encoder.openh264_library != self.encoder.openh264_library {
-            changed.push("encoder.openh264_library");
+            kept.push("encoder.openh264_library");
+            new.encoder.openh264_library = self.encoder.openh264_library.clone();
         }
-        changed
-    }
-
-    /// `new` as a reload applies it: what only a restart changes keeps its running value. The
-    /// serial above all: cameras without a serial of their own take the gateway's, and video
-    /// IDs built from a serial the link does not answer for would stop every stream and fail
-    /// every command until the restart.
-    pub fn for_reload(&self, mut new: Config) -> Config {
-        new.mqtt = self.mqtt.clone();
-        new.gateway.sn = self.gateway.sn.clone();
-        new.health = self.health.clone();
-        new.encoder.openh264_library = self.encoder.openh264_library.clone();
-        new
+        (new, kept)
     }
 
     /// Points every input of the first video at one source (`dockcast run --source`).
@@ -997,18 +992,15 @@ mod tests {
             "same",
         )
         .unwrap();
-        assert!(running.restart_only_changes(&same).is_empty());
+        assert!(running.for_reload(same).1.is_empty());
         let changed = Config::parse(
             "[gateway]\nsn = \"DOCK2\"\nmax_streams = 1\n[mqtt]\nusername = \"dock\"\npassword = \"new\"\n\
              [health]\nlisten = \"127.0.0.1:9480\"\n[rtmp]\nconnect_timeout_ms = 2000",
             "changed",
         )
         .unwrap();
-        assert_eq!(
-            running.restart_only_changes(&changed),
-            ["[mqtt]", "gateway.sn", "[health]"]
-        );
-        let applied = running.for_reload(changed);
+        let (applied, kept) = running.for_reload(changed);
+        assert_eq!(kept, ["[mqtt]", "gateway.sn", "[health]"]);
         assert_eq!(
             applied.gateway.sn, "DOCK1",
             "video IDs keep the linked serial"

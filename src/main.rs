@@ -443,7 +443,7 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
                 systemd::reloading();
                 match from.load() {
                     Ok(new) => {
-                        let kept = config.restart_only_changes(&new);
+                        let (new, kept) = config.for_reload(new);
                         if !kept.is_empty() {
                             warn!(
                                 "reload: {} changed; the running values are kept until the \
@@ -451,7 +451,6 @@ async fn run_daemon(from: ConfigSource) -> Result<()> {
                                 kept.join(", ")
                             );
                         }
-                        let new = config.for_reload(new);
                         let Prepared { catalog, capacity, sinks, routes } =
                             prepare(&new, &held_devices(&config));
                         let reload = ActorControl::Reload {
