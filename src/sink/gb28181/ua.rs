@@ -495,8 +495,8 @@ impl Ua {
             self.events.push_back(UaEvent::Unregistered);
             return;
         }
-        let was_registered = matches!(self.reg_state, RegState::Registered { .. })
-            || self.registered_since.is_some();
+        // A refresh, not a new registration: the state is Registered only while this is set.
+        let was_registered = self.registered_since.is_some();
         // Refresh at 75 % of the granted time, as rsipstack and most devices do; at least 1 s
         // so a platform granting 0-1 s cannot make us spin.
         let refresh_in =
