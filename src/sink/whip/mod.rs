@@ -303,15 +303,7 @@ pub async fn run(
                     Ended::Stopped => {
                         // Bounded inside the session's stop grace, so the DELETE is not cut
                         // off half-way and the server does not keep the session.
-                        let del = tokio::time::timeout(
-                            opts.delete_timeout,
-                            client.delete_session(
-                                &session.session_url,
-                                session.session_token.as_deref(),
-                            ),
-                        )
-                        .await;
-                        log_delete(&session.session_url, del);
+                        session.delete(&client, opts.delete_timeout).await;
                         let _ = events.send(SinkEvent::Stopped).await;
                         return;
                     }
@@ -325,20 +317,11 @@ pub async fn run(
                         // Not raced against a stop: the DELETE is bounded by delete_timeout,
                         // which the session's stop grace allows for, and cut short it would
                         // leave the server holding a publisher nobody owns.
-                        let del = super::discard_while(
+                        super::discard_while(
                             &mut frames,
-                            tokio::time::timeout(
-                                opts.delete_timeout,
-                                client.delete_session(
-                                    &session.session_url,
-                                    session.session_token.as_deref(),
-                                ),
-                            ),
+                            session.delete(&client, opts.delete_timeout),
                         )
                         .await;
-                        if let Some(del) = del {
-                            log_delete(&session.session_url, del);
-                        }
                         if published {
                             backoff.connection_ended(started.elapsed());
                         }
@@ -381,12 +364,28 @@ pub async fn run(
     }
 }
 
-fn log_delete(url: &Url, result: Result<Result<(), WhipError>, tokio::time::error::Elapsed>) {
+/// DELETEs the session at `url`, giving up after `limit` (the server may be what failed), and
+/// logs how it went.
+async fn delete_within(client: &HttpClient, url: &Url, token: Option<&str>, limit: Duration) {
+    let result = tokio::time::timeout(limit, client.delete_session(url, token)).await;
     let url = redact_url_str(url.as_str());
     match result {
         Ok(Ok(())) => tracing::info!(session = %url, "whip: session deleted"),
         Ok(Err(e)) => tracing::info!(session = %url, error = %e, "whip: DELETE failed"),
         Err(_) => tracing::info!(session = %url, "whip: DELETE timed out"),
+    }
+}
+
+impl Session {
+    /// Ends the session on the server: [`delete_within`] with its url and token.
+    async fn delete(&self, client: &HttpClient, limit: Duration) {
+        delete_within(
+            client,
+            &self.session_url,
+            self.session_token.as_deref(),
+            limit,
+        )
+        .await;
     }
 }
 
@@ -479,9 +478,11 @@ async fn establish(
         );
     }
     if let Err(e) = rtc::accept_answer(&mut offered.rtc, offered.pending, &created.answer_sdp) {
-        let _ = tokio::time::timeout(
+        delete_within(
+            client,
+            &created.session_url,
+            session_token.as_deref(),
             opts.delete_timeout,
-            client.delete_session(&created.session_url, session_token.as_deref()),
         )
         .await;
         return Err(e);
@@ -506,12 +507,7 @@ async fn undo_attempt(
     delete_timeout: Duration,
 ) {
     if let Ok(Ok(session)) = attempt.await {
-        let del = tokio::time::timeout(
-            delete_timeout,
-            client.delete_session(&session.session_url, session.session_token.as_deref()),
-        )
-        .await;
-        log_delete(&session.session_url, del);
+        session.delete(&client, delete_timeout).await;
     }
 }
 
@@ -745,10 +741,11 @@ async fn stream(
                 }
             }
         };
-        if let Some(bps) = st.bandwidth.poll(std::time::Instant::now()) {
+        let now = std::time::Instant::now();
+        if let Some(bps) = st.bandwidth.poll(now) {
             to_send.push(SinkEvent::Bandwidth { bps });
         }
-        if st.keyframes.poll(std::time::Instant::now()) {
+        if st.keyframes.poll(now) {
             to_send.push(SinkEvent::KeyframeWanted);
         }
         for ev in to_send {
