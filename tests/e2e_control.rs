@@ -30,6 +30,8 @@ const PUSH_FOR: Duration = Duration::from_secs(3);
 const ERR_NO_CAMERA: i64 = 513002;
 const ERR_ALREADY_STARTED: i64 = 513003;
 const ERR_NOT_LIVE: i64 = 513011;
+const ERR_BAD_PARAMETERS: i64 = 513014;
+const ERR_UNSUPPORTED: i64 = 513004;
 const ERR_URL_TYPE: i64 = 513013;
 
 /// One test's peers. Fields drop in order: the daemon first, the broker last, the lock after
@@ -649,7 +651,36 @@ fn malformed_payloads_get_error_replies_and_daemon_survives() {
         Some(nested),
         None,
     );
-    assert_eq!(cases.len(), 21);
+    // Framing a C or Node publisher adds (a NUL after the document), a number no f64 holds,
+    // and a tid too long to echo within the link's packet limit (the reply would cost the
+    // connection): the first two are answered, the third is dropped with the link kept.
+    let mut nul = envelope(&fresh_tid(), "live_teleport", Some(json!({})));
+    let nul_tid = serde_json::from_slice::<Value>(&nul).unwrap()["tid"].clone();
+    nul.push(0);
+    cases.push((
+        "NUL after the document",
+        nul,
+        Expect::Error(nul_tid, Some(ERR_UNSUPPORTED)),
+    ));
+    let far_tid = fresh_tid();
+    let far = format!(
+        r#"{{"tid":{far_tid},"bid":"b","method":"live_stop_push","data":{{"video_id":"{vid}","x":1e400}}}}"#
+    );
+    cases.push((
+        "a number beyond f64",
+        far.into_bytes(),
+        Expect::Error(far_tid, Some(ERR_BAD_PARAMETERS)),
+    ));
+    // The request fits the packet limit; a reply echoing its tid would not.
+    let long_tid = "t".repeat(4 * 1024 * 1024 - 100);
+    cases.push((
+        "4 MiB tid",
+        json!({ "tid": long_tid, "method": "x" })
+            .to_string()
+            .into_bytes(),
+        Expect::NoReply,
+    ));
+    assert_eq!(cases.len(), 24);
 
     for (_, bytes, _) in &cases {
         rig.cloud.send_raw(bytes.clone());
@@ -691,6 +722,11 @@ fn malformed_payloads_get_error_replies_and_daemon_survives() {
     assert!(
         rig.daemon.is_running(),
         "daemon died on bad input:\n{}",
+        rig.daemon.log_tail(60)
+    );
+    assert!(
+        !rig.daemon.logs().contains("MQTT link down"),
+        "a bad request cost the broker connection:\n{}",
         rig.daemon.log_tail(60)
     );
     rig.start_push(&good_url, 2);

@@ -115,56 +115,27 @@ impl DecodeError {
     }
 }
 
+/// Longest `tid`, `bid` or `method` a reply echoes. The cloud's are UUIDs and short names; a
+/// reply echoing a far longer one could outgrow the link's packet limit
+/// ([`crate::link::MAX_PACKET`]), and a packet too large to send costs the broker connection.
+pub const MAX_ENVELOPE_FIELD: usize = 256;
+
 /// Decodes one `thing/product/{gateway_sn}/services` payload. Never panics, whatever the bytes.
 pub fn decode_request(payload: &[u8]) -> Result<Request, DecodeError> {
-    let value: Value = serde_json::from_slice(payload).map_err(|e| DecodeError::Unanswerable {
-        reason: format!("payload is not JSON: {e}"),
-    })?;
+    let payload = trim_payload(payload);
+    let value: Value = match serde_json::from_slice(payload) {
+        Ok(value) => value,
+        Err(e) => return Err(salvage_header(payload, &e)),
+    };
     let Value::Object(obj) = value else {
         return Err(DecodeError::Unanswerable {
             reason: format!("payload is a JSON {}, not an object", type_name(&value)),
         });
     };
-    // A numeric tid breaks the envelope's contract, but it still names the request: echo its
-    // text with an error rather than leaving the cloud to time out.
-    let mut tid_problem = None;
-    let tid = match obj.get("tid") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => {
-            tid_problem = Some(format!("tid {n} is a number, not a string"));
-            n.to_string()
-        }
-        Some(other) => {
-            return Err(DecodeError::Unanswerable {
-                reason: format!("tid is a {}, not a string", type_name(other)),
-            })
-        }
-        None => {
-            return Err(DecodeError::Unanswerable {
-                reason: "tid is missing".into(),
-            })
-        }
+    let header = match read_header(obj.get("tid"), obj.get("bid"), obj.get("method"))? {
+        (header, Some((code, reason))) => return Err(reject(header, code, reason)),
+        (header, None) => header,
     };
-    // A non-string bid cannot be echoed as the cloud sent it; an empty one is the best answer.
-    let bid = match obj.get("bid") {
-        Some(Value::String(s)) => s.clone(),
-        _ => String::new(),
-    };
-    let (method, method_problem) = match obj.get("method") {
-        Some(Value::String(s)) => (s.clone(), None),
-        Some(other) => (
-            String::new(),
-            Some(format!("method is a {}, not a string", type_name(other))),
-        ),
-        None => (String::new(), Some("method is missing".to_owned())),
-    };
-    let header = RequestHeader { tid, bid, method };
-    if let Some(reason) = tid_problem {
-        return Err(reject(header, LiveErrorCode::BadParameters, reason));
-    }
-    if let Some(reason) = method_problem {
-        return Err(reject(header, LiveErrorCode::FunctionNotSupported, reason));
-    }
     let empty = Map::new();
     let data = match obj.get("data") {
         None | Some(Value::Null) => &empty,
@@ -182,6 +153,116 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, DecodeError> {
 }
 
 type Failure = (LiveErrorCode, String);
+
+/// Drops what publishers written in C, C++ or some Node libraries put around a JSON document —
+/// a UTF-8 byte-order mark before it, NULs or whitespace after it — which a strict parser
+/// refuses, leaving the cloud without a reply.
+fn trim_payload(payload: &[u8]) -> &[u8] {
+    let payload = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
+    let end = payload
+        .iter()
+        .rposition(|b| !matches!(b, 0 | b' ' | b'\t' | b'\r' | b'\n'))
+        .map_or(0, |i| i + 1);
+    &payload[..end]
+}
+
+/// The envelope alone, read the way serde skips what it does not want: unknown fields are
+/// scanned, never converted, so a number out of f64's range, nesting deeper than the parser's
+/// limit or a lone surrogate elsewhere in the document does not hide the `tid`.
+#[derive(serde::Deserialize)]
+struct EnvelopeOnly {
+    tid: Option<Value>,
+    bid: Option<Value>,
+    method: Option<Value>,
+}
+
+/// A payload that is not a JSON value dockcast can hold: if its envelope can still be read, the
+/// cloud gets a 513014 naming the problem instead of waiting out its timeout.
+fn salvage_header(payload: &[u8], e: &serde_json::Error) -> DecodeError {
+    let reason = format!("payload is not JSON: {e}");
+    // serde would also read a struct from an array; only an object has an envelope.
+    if payload.first() != Some(&b'{') {
+        return DecodeError::Unanswerable { reason };
+    }
+    let Ok(env) = serde_json::from_slice::<EnvelopeOnly>(payload) else {
+        return DecodeError::Unanswerable { reason };
+    };
+    match read_header(env.tid.as_ref(), env.bid.as_ref(), env.method.as_ref()) {
+        Ok((header, _)) => reject(header, LiveErrorCode::BadParameters, reason),
+        Err(DecodeError::Unanswerable { reason: why }) => DecodeError::Unanswerable {
+            reason: format!("{reason}; {why}"),
+        },
+        Err(other) => other,
+    }
+}
+
+/// The envelope to echo, and the first thing wrong with it that still leaves it answerable.
+fn read_header(
+    tid: Option<&Value>,
+    bid: Option<&Value>,
+    method: Option<&Value>,
+) -> Result<(RequestHeader, Option<Failure>), DecodeError> {
+    let unanswerable = |reason: String| DecodeError::Unanswerable { reason };
+    // A numeric tid breaks the envelope's contract, but it still names the request: echo its
+    // text with an error rather than leaving the cloud to time out.
+    let mut problem = None;
+    let tid = match tid {
+        Some(Value::String(s)) if s.len() > MAX_ENVELOPE_FIELD => {
+            return Err(unanswerable(format!(
+                "tid is {} bytes long, more than {MAX_ENVELOPE_FIELD}",
+                s.len()
+            )))
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => {
+            problem = Some((
+                LiveErrorCode::BadParameters,
+                format!("tid {n} is a number, not a string"),
+            ));
+            n.to_string()
+        }
+        Some(other) => {
+            return Err(unanswerable(format!(
+                "tid is a {}, not a string",
+                type_name(other)
+            )))
+        }
+        None => return Err(unanswerable("tid is missing".into())),
+    };
+    // A bid that cannot be echoed as the cloud sent it is answered with an empty one.
+    let bid = match bid {
+        Some(Value::String(s)) if s.len() <= MAX_ENVELOPE_FIELD => s.clone(),
+        Some(Value::String(s)) => {
+            problem.get_or_insert((
+                LiveErrorCode::BadParameters,
+                format!(
+                    "bid is {} bytes long, more than {MAX_ENVELOPE_FIELD}",
+                    s.len()
+                ),
+            ));
+            String::new()
+        }
+        _ => String::new(),
+    };
+    let method = match method {
+        Some(Value::String(s)) if s.len() <= MAX_ENVELOPE_FIELD => s.clone(),
+        other => {
+            let why = match other {
+                Some(Value::String(s)) => {
+                    format!(
+                        "method is {} bytes long, more than {MAX_ENVELOPE_FIELD}",
+                        s.len()
+                    )
+                }
+                Some(v) => format!("method is a {}, not a string", type_name(v)),
+                None => "method is missing".to_owned(),
+            };
+            problem.get_or_insert((LiveErrorCode::FunctionNotSupported, why));
+            String::new()
+        }
+    };
+    Ok((RequestHeader { tid, bid, method }, problem))
+}
 
 fn reject(header: RequestHeader, code: LiveErrorCode, reason: String) -> DecodeError {
     DecodeError::Rejected {
@@ -659,6 +740,67 @@ mod tests {
         assert!(unanswerable(br#"{"tid":null}"#).contains("null"));
         let deep = "[".repeat(100_000);
         assert!(unanswerable(deep.as_bytes()).contains("not JSON"));
+    }
+
+    #[test]
+    fn a_readable_envelope_is_answered_whatever_else_the_payload_holds() {
+        let stop = r#""tid":"t9","bid":"b9","method":"live_stop_push""#;
+        // Framing that C and Node publishers add: the request itself is fine.
+        for framed in [
+            format!("{{{stop},\"data\":{{\"video_id\":\"x\"}}}}\0"),
+            format!("\u{feff}{{{stop}}}\r\n\0\0"),
+        ] {
+            let e = decode_request(framed.as_bytes()).unwrap_err();
+            assert_eq!(e.header().map(|h| h.tid.as_str()), Some("t9"), "{framed:?}");
+            assert!(!e.to_string().contains("not JSON"), "{e}");
+        }
+        // Documents serde_json will not hold as a value, with the envelope intact: 513014.
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        for body in [
+            format!(r#"{{{stop},"x":1e400}}"#),
+            format!(r#"{{{stop},"x":{deep}}}"#),
+            format!(r#"{{{stop},"data":{{"video_id":"\ud800"}}}}"#),
+        ] {
+            match decode_request(body.as_bytes()) {
+                Err(DecodeError::Rejected {
+                    header,
+                    code,
+                    reason,
+                }) => {
+                    assert_eq!((header.tid.as_str(), header.bid.as_str()), ("t9", "b9"));
+                    assert_eq!(header.method, "live_stop_push");
+                    assert_eq!(code, LiveErrorCode::BadParameters);
+                    assert!(reason.contains("not JSON"), "{reason}");
+                }
+                other => panic!("{body:.80}: expected a rejection, got {other:?}"),
+            }
+        }
+        // Without a usable tid there is still nobody to answer.
+        assert!(unanswerable(br#"{"tid":5.5e999,"method":"m"}"#).contains("not JSON"));
+        assert!(unanswerable(br#"["t","b","live_stop_push",1e400]"#).contains("not JSON"));
+    }
+
+    #[test]
+    fn envelope_fields_too_long_to_echo_are_not_echoed() {
+        let long = "x".repeat(MAX_ENVELOPE_FIELD + 1);
+        let at_limit = "x".repeat(MAX_ENVELOPE_FIELD);
+        assert!(
+            unanswerable(format!(r#"{{"tid":"{long}","method":"m"}}"#).as_bytes())
+                .contains("more than 256")
+        );
+        let (h, code, _) = rejected(&format!(
+            r#"{{"tid":"{at_limit}","method":"live_stop_push","data":{{}}}}"#
+        ));
+        assert_eq!(h.tid, at_limit);
+        assert_eq!(code, LiveErrorCode::BadParameters);
+        let (h, code, reason) = rejected(&format!(
+            r#"{{"tid":"t","bid":"{long}","method":"live_stop_push"}}"#
+        ));
+        assert_eq!((h.bid.as_str(), code), ("", LiveErrorCode::BadParameters));
+        assert!(reason.contains("bid is 257 bytes"), "{reason}");
+        let (h, code, reason) = rejected(&format!(r#"{{"tid":"t","method":"{long}"}}"#));
+        assert_eq!((h.method.as_str(), code.code()), ("", 513004));
+        assert!(reason.contains("method is 257 bytes"), "{reason}");
     }
 
     #[test]
