@@ -395,8 +395,8 @@ impl Gb28181Url {
         };
         let local_port = parse_port("localPort", require(local_port, "localPort")?)?;
         let channel = check_gb_id("channel", require(channel, "channel")?, &mut warnings)?;
-        for k in unknown {
-            warnings.push(format!("ignored unknown key {k:?}"));
+        if let Some(w) = unknown_keys_warning(&unknown) {
+            warnings.push(w);
         }
         Ok(Gb28181Url {
             server_ip: server_ip.to_owned(),
@@ -547,6 +547,12 @@ impl fmt::Debug for RtspUrl {
 /// plain endpoint word ([`mask_path_segments`]). A bare `k=v&k=v` string is treated as a query. Best effort: a secret in a place
 /// none of these rules covers is not found.
 pub fn redact_url_str(s: &str) -> String {
+    // A fragment is never sent to a server, but a url copied from a browser may carry a token in
+    // it: only its presence is shown.
+    let (s, fragment) = match s.split_once('#') {
+        Some((before, f)) if s.contains("://") => (before, Some(f)),
+        _ => (s, None),
+    };
     let (head, query) = match s.split_once('?') {
         Some((h, q)) => (h, Some(q)),
         None if !s.contains("://") && s.contains('=') => ("", Some(s)),
@@ -569,7 +575,8 @@ pub fn redact_url_str(s: &str) -> String {
                         out.push_str(user);
                         out.push_str(":***");
                     }
-                    None => out.push_str(userinfo),
+                    // A bare userinfo is how some services pass a token (`https://TOKEN@host`).
+                    None => out.push_str(&mask_keep_prefix(userinfo)),
                 }
                 out.push('@');
                 out.push_str(hostport);
@@ -583,6 +590,12 @@ pub fn redact_url_str(s: &str) -> String {
                     out.push_str(dir);
                     out.push('/');
                     out.push_str(&mask_keep_prefix(last));
+                }
+                // `rtmp://host/KEY`: one segment is the application by RTMP's rules, but some
+                // services put the key there, so it is treated as one.
+                Some((_, only)) if !only.is_empty() => {
+                    out.push('/');
+                    out.push_str(&mask_keep_prefix(only));
                 }
                 _ => out.push_str(path),
             }
@@ -625,6 +638,12 @@ pub fn redact_url_str(s: &str) -> String {
                 })
                 .collect();
             out.push_str(&items.join("&"));
+        }
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        if !f.is_empty() {
+            out.push_str("***");
         }
     }
     out
@@ -725,6 +744,26 @@ fn split_kv<'a, const N: usize>(
         }
     }
     Ok((vals, unknown))
+}
+
+/// Most unknown keys named in one warning; a url made of thousands of them is logged as a count.
+const UNKNOWN_KEYS_NAMED: usize = 8;
+
+/// One warning for all the keys a url carried that dockcast does not know, each clipped.
+fn unknown_keys_warning(unknown: &[&str]) -> Option<String> {
+    if unknown.is_empty() {
+        return None;
+    }
+    let named: Vec<String> = unknown
+        .iter()
+        .take(UNKNOWN_KEYS_NAMED)
+        .map(|k| format!("{:?}", clip(k)))
+        .collect();
+    let mut w = format!("ignored unknown keys {}", named.join(", "));
+    if unknown.len() > UNKNOWN_KEYS_NAMED {
+        w.push_str(&format!(" and {} more", unknown.len() - UNKNOWN_KEYS_NAMED));
+    }
+    Some(w)
 }
 
 /// The value of a key that must be present and non-empty.
@@ -958,6 +997,22 @@ mod tests {
     }
 
     #[test]
+    fn gb28181_unknown_keys_make_one_bounded_warning() {
+        let base = "channel=34020000001320000001&localPort=5060&agentPassword=pw&agentID=34020000001110000001&serverID=34020000002000000001&serverPort=5060&serverIP=h";
+        let g = gb(&format!("{base}&transport=tcp&x=1")).unwrap();
+        assert_eq!(g.warnings, ["ignored unknown keys \"transport\", \"x\""]);
+        let many = format!("{base}{}&{}=1", "&a=".repeat(300_000), "k".repeat(10_000));
+        let g = gb(&many).unwrap();
+        assert_eq!(g.warnings.len(), 1);
+        assert!(
+            g.warnings[0].ends_with(" and 299993 more"),
+            "{:.200}",
+            g.warnings[0]
+        );
+        assert!(g.warnings[0].len() < 300, "{}", g.warnings[0]);
+    }
+
+    #[test]
     fn gb28181_rejections() {
         let without = |key: &str| {
             TV04_URL
@@ -1105,6 +1160,14 @@ mod tests {
                 "https://h/v2/whip/endpoint/dock-cam-7",
                 "https://h/v2/whip/endpoint/do***",
             ),
+            ("rtmp://h/streamKEY123", "rtmp://h/st***"),
+            ("rtmp://h:1935/", "rtmp://h:1935/"),
+            ("http://SECRETTOKEN@h/whip", "http://SE***@h/whip"),
+            (
+                "http://h/whip?app=live#tokSECRET",
+                "http://h/whip?app=live#***",
+            ),
+            ("https://h/whip#", "https://h/whip#"),
             ("not a url", "not a url"),
             ("", ""),
         ];
