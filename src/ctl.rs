@@ -4,8 +4,9 @@
 //! services request, waits for the reply with the same tid, prints the reply and exits 0 only
 //! when `result` is 0. It speaks raw JSON, so it works against a real dock as well.
 
+use crate::cloud::redact_url_str;
 use anyhow::{anyhow, bail, Context, Result};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -76,7 +77,13 @@ impl CtlRequest {
 }
 
 fn options(mqtt_url: &str, username: Option<&str>, password: Option<&str>) -> Result<MqttOptions> {
-    let url = url::Url::parse(mqtt_url).with_context(|| format!("--mqtt-url {mqtt_url:?}"))?;
+    let url = url::Url::parse(mqtt_url)
+        .with_context(|| format!("--mqtt-url {:?}", redact_url_str(mqtt_url)))?;
+    // Credentials in the url would not be used, and every error after this one would print
+    // them; the daemon's config refuses them the same way.
+    if !url.username().is_empty() || url.password().is_some() {
+        bail!("--mqtt-url must not carry credentials; use --username and --password (or DOCKCAST_MQTT_PASSWORD)");
+    }
     if url.scheme() != "mqtt" {
         bail!("ctl speaks plain mqtt:// only; use a local listener or a tunnel for mqtts");
     }
@@ -134,12 +141,17 @@ pub async fn run(
                     timeout.as_secs()
                 )
             })?
-            .with_context(|| format!("MQTT broker at {mqtt_url}"))?;
+            .with_context(|| format!("MQTT broker at {}", redact_url_str(mqtt_url)))?;
         match event {
             Event::Incoming(Packet::ConnAck(_)) => {
                 client.subscribe(&topic, QoS::AtLeastOnce).await?;
             }
-            Event::Incoming(Packet::SubAck(_)) if !sent => {
+            Event::Incoming(Packet::SubAck(ack)) if !sent => {
+                // A request whose reply cannot be heard would still be carried out (a stream
+                // started) while this command reported a timeout.
+                if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+                    bail!("the broker refused the subscription to {topic}; nothing was sent");
+                }
                 sent = true;
                 if let Some((method, data)) = &wanted {
                     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;

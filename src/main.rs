@@ -88,8 +88,9 @@ enum Cmd {
 enum CtlCmd {
     /// live_start_push
     Start {
-        /// Push url (rtmp://host/app/key).
-        #[arg(long)]
+        /// Push url (rtmp://host/app/key), or DOCKCAST_PUSH_URL: a stream key on the command
+        /// line shows in process listings and shell history.
+        #[arg(long, env = "DOCKCAST_PUSH_URL", hide_env_values = true)]
         url: String,
         /// 0 Agora, 1 RTMP, 3 GB28181, 4 WHIP.
         #[arg(long, default_value_t = 1)]
