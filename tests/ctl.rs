@@ -33,7 +33,11 @@ fn watch(broker: &Mosquitto, topic: &str) -> Child {
     let subscribed = peers::wait_until(Duration::from_secs(5), || {
         broker.logs().contains(&format!("{topic} (QoS 0)"))
     });
-    assert!(subscribed, "mosquitto_sub never subscribed:\n{}", broker.logs());
+    assert!(
+        subscribed,
+        "mosquitto_sub never subscribed:\n{}",
+        broker.logs()
+    );
     child
 }
 

@@ -1132,3 +1132,57 @@ fn file_source_passes_the_clip_through_unchanged_and_loops() {
     );
     let _ = std::fs::remove_dir_all(&clip_dir);
 }
+
+/// A cloud opens and closes a live view many times a day: every push must give back its
+/// sockets, its source and its threads, or a box runs out of them after weeks.
+#[test]
+fn start_stop_cycles_leave_no_descriptors_or_threads_behind() {
+    if peers::daemon::runner().is_some() {
+        // Under an emulator /proc shows the emulator's descriptors, not the daemon's.
+        return;
+    }
+    let mut rig = Rig::start(true);
+    let url = rig.rtmp_url("e2e-cycles");
+    let cycle = |rig: &mut Rig| {
+        rig.start_push(&url, 2);
+        rig.wait_live();
+        rig.stop_push();
+        rig.wait_not_live();
+    };
+    cycle(&mut rig);
+    // The first push may leave lazily made resources (the runtime's blocking threads, a
+    // resolver); what it leaves is the baseline the later ones must return to.
+    std::thread::sleep(Duration::from_millis(500));
+    let fds = rig.daemon.open_fds();
+    let baseline_threads = rig.daemon.threads();
+    assert!(
+        fds.iter().any(|f| f.starts_with("socket:")) && baseline_threads > 1,
+        "cannot see the daemon's descriptors or threads: {fds:?}, {baseline_threads} threads"
+    );
+    eprintln!(
+        "after one push: {} descriptors, {baseline_threads} threads",
+        fds.len()
+    );
+    for _ in 0..12 {
+        cycle(&mut rig);
+    }
+    // Stopping is announced before every socket is closed; give the closes a moment.
+    let settled = peers::wait_until(Duration::from_secs(5), || {
+        rig.daemon.open_fds().len() <= fds.len()
+    });
+    assert!(
+        settled,
+        "descriptors after 12 more pushes: {:?}\nafter the first: {fds:?}",
+        rig.daemon.open_fds()
+    );
+    // Idle blocking-pool threads end 10 s after their last job.
+    let settled = peers::wait_until(Duration::from_secs(12), || {
+        rig.daemon.threads() <= baseline_threads
+    });
+    assert!(
+        settled,
+        "{} threads after 12 more pushes, {baseline_threads} after the first",
+        rig.daemon.threads()
+    );
+    assert!(rig.daemon.is_running(), "{}", rig.daemon.log_tail(40));
+}

@@ -166,3 +166,81 @@ fn whip_push_switches_inside_one_session_and_deletes_on_stop() {
         daemon.log_tail(20)
     );
 }
+
+/// Every WHIP push opens a peer connection (UDP sockets, DTLS, an HTTP client) and its
+/// pipeline: a live view opened and closed many times a day must give all of them back.
+#[test]
+fn start_stop_cycles_leave_no_descriptors_or_threads_behind() {
+    if peers::daemon::runner().is_some() {
+        // Under an emulator /proc shows the emulator's descriptors, not the daemon's.
+        return;
+    }
+    let _serial = peers::exclusive();
+    let server = WhipServer::start(WhipServerOptions::default());
+    let broker = Mosquitto::start();
+    let cfg = DaemonConfig::new(&broker.url());
+    let vid = cfg.video_id();
+    let mut cloud = CloudClient::connect(broker.port(), &cfg.gateway_sn);
+    let daemon = Daemon::start(&cfg);
+    cloud.wait_state("live_capacity", |_| true, REPLY_TIMEOUT);
+    let url = server.url("dock-cam");
+    let mut cycle = |n: usize| {
+        let start = json!({"url_type": 4, "url": url, "video_id": vid, "video_quality": 1});
+        let reply = call(&mut cloud, "live_start_push", start);
+        assert_eq!(
+            reply["data"]["result"],
+            0,
+            "{reply}\n{}",
+            daemon.log_tail(30)
+        );
+        let decoding = wait(Duration::from_secs(10), || {
+            let s = server.sessions();
+            (s.len() == n && s[n - 1]["frames"].as_u64().unwrap_or(0) > 0).then_some(())
+        });
+        assert!(
+            decoding.is_some(),
+            "push {n} decoded nothing: {:?}",
+            server.sessions()
+        );
+        let stop = call(&mut cloud, "live_stop_push", json!({ "video_id": vid }));
+        assert_eq!(stop["data"]["result"], 0, "{stop}");
+        let deleted = wait(Duration::from_secs(5), || {
+            (server.sessions()[n - 1]["state"] == "deleted").then_some(())
+        });
+        assert!(
+            deleted.is_some(),
+            "push {n} not DELETEd: {:?}",
+            server.sessions()
+        );
+    };
+    cycle(1);
+    // The first push may leave lazily made resources (the runtime's blocking threads, the
+    // HTTP client's pool); what it leaves is the baseline the later ones must return to.
+    std::thread::sleep(Duration::from_millis(500));
+    let fds = daemon.open_fds();
+    let baseline_threads = daemon.threads();
+    assert!(
+        fds.iter().any(|f| f.starts_with("socket:")) && baseline_threads > 1,
+        "cannot see the daemon's descriptors or threads: {fds:?}, {baseline_threads} threads"
+    );
+    for n in 2..=6 {
+        cycle(n);
+    }
+    let settled = peers::wait_until(Duration::from_secs(5), || {
+        daemon.open_fds().len() <= fds.len()
+    });
+    assert!(
+        settled,
+        "descriptors after 5 more pushes: {:?}\nafter the first: {fds:?}",
+        daemon.open_fds()
+    );
+    // Idle blocking-pool threads end 10 s after their last job.
+    let settled = peers::wait_until(Duration::from_secs(12), || {
+        daemon.threads() <= baseline_threads
+    });
+    assert!(
+        settled,
+        "{} threads after 5 more pushes, {baseline_threads} after the first",
+        daemon.threads()
+    );
+}

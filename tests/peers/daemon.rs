@@ -307,6 +307,33 @@ impl Daemon {
         }
     }
 
+    /// The process's open descriptors, each as what it points at (`socket:[…]`, a path),
+    /// sorted; empty once it has exited. Under `$DOCKCAST_RUNNER` these are the emulator's.
+    pub fn open_fds(&self) -> Vec<String> {
+        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|dir| {
+                dir.filter_map(|e| e.ok())
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .map(|p| p.display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        fds.sort();
+        fds
+    }
+
+    /// The process's thread count (`Threads:` in `/proc/PID/status`; 0 once it has exited).
+    pub fn threads(&self) -> usize {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Threads:"))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     /// Everything the daemon wrote to stdout and stderr so far.
     pub fn logs(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.log_path).unwrap_or_default()).into_owned()
