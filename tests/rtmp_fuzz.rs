@@ -404,6 +404,126 @@ fn a_server_that_stops_reading_is_dropped_after_the_send_timeout() {
     });
 }
 
+/// The body of an AMF0 command or data message whose third value nests `depth` objects
+/// (`{a: {a: … null}}`), built by hand: rml_amf0's serializer recurses as deeply as its parser.
+fn deeply_nested_amf0(name: &str, depth: usize) -> Vec<u8> {
+    let mut body = vec![0x02];
+    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    body.extend_from_slice(name.as_bytes());
+    body.push(0x00);
+    body.extend_from_slice(&1.0f64.to_be_bytes());
+    for _ in 0..depth {
+        body.extend_from_slice(b"\x03\x00\x01a");
+    }
+    body.push(0x05);
+    for _ in 0..depth {
+        body.extend_from_slice(b"\x00\x00\x09");
+    }
+    body
+}
+
+/// Runs a sink against a fake server on loopback that plays `first`/`second`/`tail` (see
+/// [`serve_on`]) to every connection, and returns the first `Failed` or `Reconnecting` reason
+/// with whether the sink was publishing before it.
+fn sink_outcome_against(first: Vec<u8>, second: Vec<u8>, tail: Vec<u8>) -> (String, bool) {
+    use dockcast::sink::rtmp::{run, RtmpOptions};
+    use dockcast::sink::SinkEvent;
+    // The default worker stack (2 MiB), as in the daemon.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            // Bounded: the sink gives up or reconnects a few times at most within the test.
+            for _ in 0..8 {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (a, b, t) = (first.clone(), second.clone(), tail.clone());
+                tokio::spawn(serve_on(tcp, None, a, b, t, true));
+            }
+        });
+        let target = RtmpTarget::parse(&format!("rtmp://127.0.0.1:{port}/live/{KEY}")).expect("t");
+        let opts = RtmpOptions {
+            connect_timeout: Duration::from_secs(5),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(500),
+            ..RtmpOptions::default()
+        };
+        let (_tx, rx) = tokio::sync::mpsc::channel(8);
+        let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(64);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let sink = tokio::spawn(run(target, opts, rx, ev_tx, cancel.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut published = false;
+        let reason = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, ev_rx.recv()).await {
+                Ok(Some(SinkEvent::Publishing)) => published = true,
+                Ok(Some(SinkEvent::Reconnecting { reason, .. })) => break reason,
+                Ok(Some(SinkEvent::Failed { reason })) => break reason,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("sink ended without a reason"),
+                Err(_) => panic!("no failure or reconnect within 20 s"),
+            }
+        };
+        cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), sink).await;
+        server.abort();
+        (reason, published)
+    })
+}
+
+/// A server whose connect `_result` nests thousands of objects: parsing it recursively would
+/// overflow the worker's stack and abort the whole daemon. The connect fails with an error
+/// saying why, and the process (this test) lives on.
+#[test]
+fn a_deeply_nested_connect_result_fails_the_connect_not_the_process() {
+    let mut ser = ChunkSerializer::new();
+    let nested = message(
+        &mut ser,
+        RtmpMessage::Unknown {
+            type_id: 20,
+            data: Bytes::from(deeply_nested_amf0("_result", 5000)),
+        },
+        0,
+    );
+    let (reason, published) = sink_outcome_against(nested, Vec::new(), Vec::new());
+    assert!(!published);
+    assert!(reason.contains("connect-app"), "{reason}");
+    assert!(reason.contains("nest"), "{reason}");
+    assert!(!reason.contains("SECRET"), "{reason}");
+}
+
+/// The same nesting in a data message while publishing: the connection counts as lost and the
+/// sink reconnects.
+#[test]
+fn a_deeply_nested_message_while_publishing_makes_the_sink_reconnect() {
+    let (a, b) = server_conversation();
+    // Chunked at the 4096 bytes the conversation set; a type-0 header starts the message.
+    let mut ser = ChunkSerializer::new();
+    ser.set_max_chunk_size(4096, RtmpTimestamp::new(0))
+        .expect("chunk size");
+    let payload = RtmpMessage::Unknown {
+        type_id: 18,
+        data: Bytes::from(deeply_nested_amf0("onMetaData", 5000)),
+    }
+    .into_message_payload(RtmpTimestamp::new(0), 1)
+    .expect("payload");
+    let tail = ser.serialize(&payload, false, false).expect("chunk").bytes;
+    let (reason, published) = sink_outcome_against(a, b, tail);
+    assert!(published);
+    assert!(reason.contains("send"), "{reason}");
+    assert!(reason.contains("nest"), "{reason}");
+    assert!(!reason.contains("SECRET"), "{reason}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 

@@ -8,7 +8,8 @@
 //! [`RtmpConnection::on_read`] hand back serialized bytes and the sink's loop decides when they
 //! go out, so that a slow server fills a queue the sink bounds instead of blocking it.
 
-use super::chunk::ChunkReader;
+use super::amf0::{self, Amf0Error};
+use super::chunk::{ChunkError, ChunkReader};
 use super::commands;
 use super::flv::{end_of_sequence, Outgoing};
 use super::target::RtmpTarget;
@@ -640,6 +641,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
 /// would lose the rest of the input with it. So every whole message is parsed first, inside
 /// `catch_unwind`; what fails is skipped, the rest is re-chunked by rml_rtmp's serializer with
 /// uncompressed headers (always valid for the session's deserializer) and handed on.
+///
+/// AMF0 nested too deeply for rml_amf0's recursion is refused before either parse: it would
+/// overflow the stack, which no `catch_unwind` survives (see [`amf0`]).
 pub struct InputFilter {
     reader: ChunkReader,
     ser: ChunkSerializer,
@@ -656,20 +660,46 @@ impl Default for InputFilter {
     }
 }
 
+/// Why the server's input cannot be handed on; the connection cannot go on after one.
+#[derive(Debug, Error)]
+pub enum FilterError {
+    /// The chunk stream itself is broken.
+    #[error("invalid RTMP chunk from server: {0}")]
+    Chunk(#[from] ChunkError),
+    /// A command or data message holds AMF0 that rml_amf0 cannot parse without overflowing
+    /// the stack.
+    #[error("server message of type {type_id}: {source}")]
+    Amf0 {
+        /// RTMP message type id.
+        type_id: u8,
+        /// What is wrong with its AMF0.
+        source: Amf0Error,
+    },
+    /// rml_rtmp's serializer refused to re-chunk a message.
+    #[error("cannot re-chunk server message: {0}")]
+    Rechunk(String),
+    /// rml_rtmp's serializer refused the server's chunk size.
+    #[error("invalid chunk size from server: {0}")]
+    ChunkSize(String),
+}
+
 impl InputFilter {
     /// The bytes to give the session for `data` received from the server. An error means the
-    /// chunk stream itself is broken (the connection cannot go on).
-    pub fn filter(&mut self, data: &[u8]) -> Result<Vec<u8>, String> {
+    /// connection cannot go on: the chunk stream is broken or a message is hostile.
+    pub fn filter(&mut self, data: &[u8]) -> Result<Vec<u8>, FilterError> {
         let mut out = Vec::new();
         self.reader.push(data);
         loop {
-            let message = self
-                .reader
-                .next_message()
-                .map_err(|e| format!("invalid RTMP chunk from server: {e}"))?;
-            let Some(message) = message else {
+            let Some(message) = self.reader.next_message()? else {
                 return Ok(out);
             };
+            // Before anything hands the body to rml_amf0, whose recursion has no bound.
+            if let Some(body) = amf0::amf0_body(message.type_id, &message.payload) {
+                amf0::check_depth(body, amf0::MAX_DEPTH).map_err(|source| FilterError::Amf0 {
+                    type_id: message.type_id,
+                    source,
+                })?;
+            }
             // The known panic (a command of under three AMF0 values) is screened out here so it
             // never reaches the panic hook's log line; catch_unwind stays for the unknown ones.
             if message.type_id == AMF0_COMMAND_TYPE && !has_command_header(&message.payload) {
@@ -703,7 +733,7 @@ impl InputFilter {
             let packet = self
                 .ser
                 .serialize(&payload, true, false)
-                .map_err(|e| format!("cannot re-chunk server message: {e}"))?;
+                .map_err(|e| FilterError::Rechunk(e.to_string()))?;
             out.extend_from_slice(&packet.bytes);
             if set_chunk_size {
                 // The session's deserializer follows the server's chunk size from here on, so
@@ -711,7 +741,7 @@ impl InputFilter {
                 let size = self.reader.chunk_size() as u32;
                 self.ser
                     .set_max_chunk_size(size, RtmpTimestamp::new(0))
-                    .map_err(|e| format!("invalid chunk size from server: {e}"))?;
+                    .map_err(|e| FilterError::ChunkSize(e.to_string()))?;
             }
         }
     }
@@ -738,7 +768,7 @@ fn handle_input(
     session: &mut ClientSession,
     data: &[u8],
 ) -> Result<Vec<ClientSessionResult>, String> {
-    let clean = filter.filter(data)?;
+    let clean = filter.filter(data).map_err(|e| e.to_string())?;
     if clean.is_empty() {
         return Ok(Vec::new());
     }
@@ -789,6 +819,41 @@ fn is_failure_code(code: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An AMF3-flagged command (type 17), which rml_rtmp parses as AMF0 after its leading zero,
+    /// is depth-checked like an AMF0 one.
+    #[test]
+    fn the_filter_refuses_deeply_nested_amf_in_any_amf_message_type() {
+        let mut body = vec![0u8, 0x02, 0, 1, b'x', 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        for _ in 0..=amf0::MAX_DEPTH {
+            body.push(0x0a);
+            body.extend_from_slice(&1u32.to_be_bytes());
+        }
+        let payload = MessagePayload {
+            timestamp: RtmpTimestamp::new(0),
+            type_id: 17,
+            message_stream_id: 0,
+            data: Bytes::from(body),
+        };
+        let chunks = ChunkSerializer::new()
+            .serialize(&payload, false, false)
+            .expect("chunk")
+            .bytes;
+        let e = InputFilter::default()
+            .filter(&chunks)
+            .expect_err("too deep");
+        assert!(
+            matches!(
+                e,
+                FilterError::Amf0 {
+                    type_id: 17,
+                    source: Amf0Error::TooDeep { .. }
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("type 17"), "{e}");
+    }
 
     #[test]
     fn failure_codes() {

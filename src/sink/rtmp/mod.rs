@@ -1,10 +1,11 @@
 //! RTMP sink: publishes one session's frames to an RTMP server and keeps doing so across
 //! server restarts and network loss.
 //!
-//! Layout: [`flv`], [`commands`], [`queue`] and [`target`] are pure; [`client`] is the IO shell
-//! over rml_rtmp (TLS from [`tls`]); [`run`] is the sink task with the reconnect and
-//! backpressure policy.
+//! Layout: [`flv`], [`commands`], [`queue`], [`target`], [`chunk`] and [`amf0`] are pure;
+//! [`client`] is the IO shell over rml_rtmp (TLS from [`tls`]); [`run`] is the sink task with
+//! the reconnect and backpressure policy.
 
+pub mod amf0;
 pub mod chunk;
 pub mod client;
 pub mod commands;
