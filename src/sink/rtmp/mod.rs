@@ -57,7 +57,8 @@ pub struct RtmpOptions {
     /// Accept any RTMPS certificate. Only for a test bench; warned about on every connect.
     pub insecure_skip_verify: bool,
     /// Media bytes the sink queues for a server that reads slower than the stream arrives;
-    /// past it the queue is dropped up to the next keyframe and the bitrate is lowered.
+    /// past it the queue is dropped and the bitrate is lowered. The stream resumes at the
+    /// keyframe that overflowed it, or else at the next keyframe.
     pub send_buffer_bytes: usize,
 }
 
@@ -105,8 +106,8 @@ pub struct RtmpStats {
 /// jittered backoff, reported as [`SinkEvent::Reconnecting`]. After every (re)connect the sink
 /// reports [`SinkEvent::KeyframeWanted`] and [`SinkEvent::Publishing`] and drops frames until a
 /// keyframe. Frames arriving while disconnected are discarded so the producer never blocks.
-/// A server that reads too slowly makes the sink drop to the next keyframe and report
-/// [`SinkEvent::Bandwidth`] (see [`queue`]).
+/// A server that reads too slowly makes the sink drop its queue, resuming at a keyframe, and
+/// report [`SinkEvent::Bandwidth`] (see [`queue`]).
 pub async fn run(
     target: RtmpTarget,
     opts: RtmpOptions,
@@ -237,8 +238,8 @@ impl Publish<'_> {
     /// Reads the server, queues frames and writes the queue until stop or failure.
     ///
     /// Writing never blocks taking frames: a server that reads slowly fills the bounded
-    /// [`SendQueue`], which then drops to the next keyframe. A server that takes nothing at all
-    /// for `send_timeout` is treated as lost.
+    /// [`SendQueue`], which then drops what it holds (see [`SendQueue::offer`]). A server that
+    /// takes nothing at all for `send_timeout` is treated as lost.
     async fn run(&mut self, mut conn: RtmpConnection<client::RtmpStream>) -> Ended {
         self.tagger.new_connection();
         self.estimator.restart(Instant::now().into_std());
@@ -333,10 +334,33 @@ impl Publish<'_> {
                         Outgoing::Video { timestamp_ms, .. } => Some(*timestamp_ms),
                         Outgoing::Metadata(_) => None,
                     });
-                    match queue.offer(tags) {
+                    let tagger = &mut *self.tagger;
+                    let offer = queue.offer(tags, frame.keyframe, || {
+                        // What was dropped may have held metadata and the sequence header.
+                        tagger.new_connection();
+                        tagger.tags_for(&frame)
+                    });
+                    match offer {
                         Offer::Queued => {
                             waiting_for_keyframe = false;
                             codec = frame.codec;
+                            if let Some(ts) = ts {
+                                last_ts = ts;
+                            }
+                        }
+                        Offer::Restarted { frames } => {
+                            let total = self.stats.dropped_frames.fetch_add(frames, Ordering::Relaxed) + frames;
+                            tracing::warn!(
+                                peer = conn.peer(),
+                                frames,
+                                total,
+                                backlog_limit = self.cap,
+                                "rtmp server reads too slowly: dropped the queue for a keyframe"
+                            );
+                            waiting_for_keyframe = false;
+                            dropped_in_window = true;
+                            codec = frame.codec;
+                            // Tagged again for the same pts, so the same timestamp.
                             if let Some(ts) = ts {
                                 last_ts = ts;
                             }

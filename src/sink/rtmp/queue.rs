@@ -16,6 +16,13 @@ use std::time::{Duration, Instant};
 pub enum Offer {
     /// Queued.
     Queued,
+    /// The queue was full and the offered frame is a keyframe: everything queued was dropped
+    /// and the keyframe, tagged anew as the start of a stream, was queued in its place. The
+    /// stream goes on from it; nothing needs to wait for another keyframe.
+    Restarted {
+        /// Frames discarded by this overflow (the queued ones).
+        frames: u64,
+    },
     /// The queue was full: it and this frame were dropped; `frames` counts both. The caller
     /// must wait for the next keyframe and re-send the sequence header before it.
     Dropped {
@@ -54,25 +61,49 @@ impl SendQueue {
         self.control.push_back(bytes);
     }
 
-    /// Offers the tags of one frame. When they do not fit, everything queued is dropped along
-    /// with them: what is queued is older than what the server can take in time, and the
-    /// stream can only resume on a keyframe anyway.
-    pub fn offer(&mut self, tags: Vec<Outgoing>) -> Offer {
-        let size: usize = tags.iter().map(payload_len).sum();
+    /// Offers the tags of one frame. When they do not fit, everything queued is dropped: what
+    /// is queued is older than what the server can take in time, and the stream can only
+    /// resume on a keyframe anyway.
+    ///
+    /// The frame itself is dropped too unless it is that keyframe (`keyframe`) and fits the
+    /// queue on its own: keyframes are the largest frames, so they overflow the queue most
+    /// often, and dropping the one that did would lose a further GOP to a producer that does
+    /// not answer keyframe requests. It is then queued as `restart` tags it, which must put
+    /// metadata and the sequence header before it (what was dropped may have held them); if
+    /// `restart` fails, the keyframe is dropped after all.
+    pub fn offer<E>(
+        &mut self,
+        tags: Vec<Outgoing>,
+        keyframe: bool,
+        restart: impl FnOnce() -> Result<Vec<Outgoing>, E>,
+    ) -> Offer {
+        let size = tags_len(&tags);
         // A frame larger than the whole queue still goes out when nothing waits before it:
         // refusing it would stall a stream of large keyframes forever.
         if self.media_bytes + size > self.cap && !self.media.is_empty() {
-            let frames = self.media.iter().filter(|(_, end)| *end).count() as u64 + 1;
+            let frames = self.media.iter().filter(|(_, end)| *end).count() as u64;
             self.media.clear();
             self.media_bytes = 0;
-            return Offer::Dropped { frames };
+            if keyframe && size <= self.cap {
+                if let Ok(tags) = restart() {
+                    // Into an empty queue, so it is taken whatever the sequence header adds.
+                    self.push(tags);
+                    return Offer::Restarted { frames };
+                }
+            }
+            return Offer::Dropped { frames: frames + 1 };
         }
-        self.media_bytes += size;
+        self.push(tags);
+        Offer::Queued
+    }
+
+    /// Appends one frame's tags, marking the frame boundary after the last.
+    fn push(&mut self, tags: Vec<Outgoing>) {
+        self.media_bytes += tags_len(&tags);
         let last = tags.len().saturating_sub(1);
         for (i, tag) in tags.into_iter().enumerate() {
             self.media.push_back((tag, i == last));
         }
-        Offer::Queued
     }
 
     /// True when something waits to be written.
@@ -119,6 +150,10 @@ impl SendQueue {
     pub fn unfinished(&self) -> &[u8] {
         self.inflight.as_ref().map_or(&[], |(b, pos)| &b[*pos..])
     }
+}
+
+fn tags_len(tags: &[Outgoing]) -> usize {
+    tags.iter().map(payload_len).sum()
 }
 
 fn payload_len(tag: &Outgoing) -> usize {
@@ -217,6 +252,21 @@ mod tests {
         }
     }
 
+    /// The `restart` of an offer that must not restart anything.
+    fn no_restart() -> Result<Vec<Outgoing>, ()> {
+        panic!("restart asked for")
+    }
+
+    fn meta() -> Outgoing {
+        Outgoing::Metadata(super::super::flv::StreamMetadata {
+            codec_id: 7,
+            width: 640,
+            height: 360,
+            framerate: None,
+            videodatarate_kbps: None,
+        })
+    }
+
     fn encode(tag: &Outgoing) -> Result<Bytes, Infallible> {
         Ok(match tag {
             Outgoing::Video { body, .. } => body.clone(),
@@ -227,22 +277,74 @@ mod tests {
     #[test]
     fn overflow_drops_everything_queued_and_counts_frames() {
         let mut q = SendQueue::new(1000);
-        assert_eq!(q.offer(vec![video(300), video(100)]), Offer::Queued);
-        assert_eq!(q.offer(vec![video(400)]), Offer::Queued);
+        assert_eq!(
+            q.offer(vec![video(300), video(100)], true, no_restart),
+            Offer::Queued
+        );
+        assert_eq!(q.offer(vec![video(400)], false, no_restart), Offer::Queued);
         assert_eq!(q.backlog(), 800);
-        assert_eq!(q.offer(vec![video(300)]), Offer::Dropped { frames: 3 });
+        assert_eq!(
+            q.offer(vec![video(300)], false, no_restart),
+            Offer::Dropped { frames: 3 }
+        );
         assert_eq!(q.backlog(), 0);
         assert!(!q.has_pending());
-        assert_eq!(q.offer(vec![video(900)]), Offer::Queued);
+        assert_eq!(q.offer(vec![video(900)], false, no_restart), Offer::Queued);
         let mut q = SendQueue::new(100);
-        assert_eq!(q.offer(vec![video(500)]), Offer::Queued, "alone, too big");
-        assert_eq!(q.offer(vec![video(1)]), Offer::Dropped { frames: 2 });
+        assert_eq!(
+            q.offer(vec![video(500)], true, no_restart),
+            Offer::Queued,
+            "alone, too big"
+        );
+        assert_eq!(
+            q.offer(vec![video(1)], false, no_restart),
+            Offer::Dropped { frames: 2 }
+        );
+    }
+
+    #[test]
+    fn a_keyframe_that_overflows_the_queue_replaces_it_with_the_stream_restarted() {
+        let mut q = SendQueue::new(1000);
+        assert_eq!(q.offer(vec![video(300)], true, no_restart), Offer::Queued);
+        assert_eq!(q.offer(vec![video(400)], false, no_restart), Offer::Queued);
+        // Metadata and sequence header come back before the keyframe.
+        let restarted = q.offer(vec![video(600)], true, || {
+            Ok::<_, ()>(vec![meta(), video(30), video(600)])
+        });
+        assert_eq!(restarted, Offer::Restarted { frames: 2 });
+        assert_eq!(q.backlog(), 256 + 30 + 600);
+        let mut sent = Vec::new();
+        while let Some(bytes) = q.next(encode).expect("ok") {
+            sent.push(bytes.len());
+            q.advance(bytes.len());
+        }
+        assert_eq!(sent, [4, 30, 600]);
+        // The stream goes on behind it.
+        assert_eq!(q.offer(vec![video(100)], false, no_restart), Offer::Queued);
+    }
+
+    #[test]
+    fn a_keyframe_larger_than_the_queue_is_dropped_with_it() {
+        let mut q = SendQueue::new(1000);
+        assert_eq!(q.offer(vec![video(300)], true, no_restart), Offer::Queued);
+        assert_eq!(
+            q.offer(vec![video(1001)], true, no_restart),
+            Offer::Dropped { frames: 2 }
+        );
+        assert!(!q.has_pending());
+        // One that cannot be tagged again is dropped too.
+        assert_eq!(q.offer(vec![video(900)], true, no_restart), Offer::Queued);
+        assert_eq!(
+            q.offer(vec![video(200)], true, || Err("bad SPS")),
+            Offer::Dropped { frames: 2 }
+        );
+        assert!(!q.has_pending());
     }
 
     #[test]
     fn control_goes_after_the_packet_in_flight_and_before_media() {
         let mut q = SendQueue::new(1000);
-        q.offer(vec![video(10), video(20)]);
+        q.offer(vec![video(10), video(20)], true, no_restart);
         let first = q.next(encode).expect("ok").expect("some").len();
         assert_eq!(first, 10);
         q.advance(4);
