@@ -524,6 +524,186 @@ fn a_deeply_nested_message_while_publishing_makes_the_sink_reconnect() {
     assert!(!reason.contains("SECRET"), "{reason}");
 }
 
+/// Plays the server of a publish like [`serve_on`], but parses the client's chunk stream and
+/// counts the coded video frames in it into `received`: reading 4 KiB per 10 ms through a small
+/// receive buffer (a thin uplink) until `fast` is set, then as fast as it can.
+async fn serve_counting(
+    mut io: tokio::net::TcpStream,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    fast: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use dockcast::sink::rtmp::chunk::ChunkReader;
+    use std::sync::atomic::Ordering;
+    let (first, second) = server_conversation();
+    let mut buf = vec![0u8; 4096];
+    let mut hs = Handshake::new(PeerType::Server);
+    let mut reader = ChunkReader::default();
+    loop {
+        let Ok(n) = io.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        match hs.process_bytes(&buf[..n]) {
+            Ok(HandshakeProcessResult::InProgress { response_bytes }) => {
+                let _ = io.write_all(&response_bytes).await;
+            }
+            Ok(HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            }) => {
+                let _ = io.write_all(&response_bytes).await;
+                reader.push(&remaining_bytes);
+                break;
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = io.write_all(&first).await;
+    let mut publishing = false;
+    loop {
+        while let Ok(Some(m)) = reader.next_message() {
+            if m.type_id == 20 && m.payload.windows(12).any(|w| w == b"createStream") {
+                let _ = io.write_all(&second).await;
+                publishing = true;
+            }
+            // AVC packet type 1: a coded frame (not the sequence header, not end of sequence).
+            if m.type_id == 9 && m.payload.get(1) == Some(&1) {
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        match io.read(&mut buf).await {
+            Ok(n) if n > 0 => reader.push(&buf[..n]),
+            _ => return,
+        }
+        if publishing && !fast.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Every frame the sink takes from the producer either reaches the server or is counted in
+/// `dropped_frames`, including the frames skipped after an overflow while the stream waits for
+/// its next keyframe.
+#[test]
+fn every_frame_offered_to_a_slow_server_is_received_or_counted_as_dropped() {
+    use dockcast::media::frame::{Codec, EncodedFrame};
+    use dockcast::sink::rtmp::{run_with_stats, RtmpOptions, RtmpStats};
+    use dockcast::sink::SinkEvent;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    const FRAMES: u32 = 300;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(16 * 1024).expect("rcvbuf");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let listener = socket.listen(1).expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let received = Arc::new(AtomicU64::new(0));
+        let fast = Arc::new(AtomicBool::new(false));
+        let server = {
+            let (received, fast) = (received.clone(), fast.clone());
+            tokio::spawn(async move {
+                if let Ok((tcp, _)) = listener.accept().await {
+                    serve_counting(tcp, received, fast).await;
+                }
+            })
+        };
+        let target = RtmpTarget::parse(&format!("rtmp://127.0.0.1:{port}/live/{KEY}")).expect("t");
+        let opts = RtmpOptions {
+            send_timeout: Duration::from_secs(10),
+            send_buffer_bytes: 128 * 1024,
+            ..RtmpOptions::default()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(1024);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let stats = Arc::new(RtmpStats::default());
+        let sink = tokio::spawn(run_with_stats(
+            target,
+            opts,
+            rx,
+            ev_tx,
+            cancel.clone(),
+            stats.clone(),
+        ));
+        let published = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(ev) = ev_rx.recv().await {
+                if ev == SinkEvent::Publishing {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(published, Ok(true), "never published");
+        // GOPs of ten: a 120 kB IDR with SPS/PPS, nine 24 kB P-frames; 10 MB offered far faster
+        // than the server reads, more than the kernel's socket buffers (4 MiB) can hide.
+        let sps: &[u8] = &[
+            0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x2f, 0xf9, 0x70, 0x11, 0x00, 0x00, 0x03,
+            0x00, 0x01, 0x00, 0x00, 0x03, 0x00, 0x3c, 0x0f, 0x16, 0x2e, 0x48,
+        ];
+        let pps: &[u8] = &[0x68, 0xcb, 0x83, 0xcb, 0x20];
+        let mut key = Vec::new();
+        for nal in [sps, pps] {
+            key.extend_from_slice(&[0, 0, 0, 1]);
+            key.extend_from_slice(nal);
+        }
+        key.extend_from_slice(&[0, 0, 0, 1, 0x65]);
+        key.extend(std::iter::repeat_n(0x55u8, 120_000));
+        let mut inter = vec![0, 0, 0, 1, 0x41];
+        inter.extend(std::iter::repeat_n(0x55u8, 24_000));
+        let (key, inter) = (Bytes::from(key), Bytes::from(inter));
+        let mut offered = 0u64;
+        for i in 0..FRAMES {
+            let keyframe = i % 10 == 0;
+            let frame = EncodedFrame {
+                data: if keyframe { key.clone() } else { inter.clone() },
+                pts: Duration::from_millis(u64::from(i) * 33),
+                keyframe,
+                codec: Codec::H264,
+            };
+            match tokio::time::timeout(Duration::from_secs(5), tx.send(frame)).await {
+                Ok(Ok(())) => offered += 1,
+                _ => panic!("the sink stopped taking frames"),
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Let the server drain what the sink still holds, then compare.
+        fast.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let (got, dropped) = loop {
+            let got = received.load(Ordering::Relaxed);
+            let dropped = stats.dropped_frames.load(Ordering::Relaxed);
+            if got + dropped >= offered || tokio::time::Instant::now() >= deadline {
+                break (got, dropped);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            dropped > 0,
+            "the server was never too slow: received {got} of {offered}"
+        );
+        assert_eq!(
+            got + dropped,
+            offered,
+            "offered {offered}, the server received {got}, dropped_frames says {dropped}"
+        );
+        assert_eq!(stats.publishes.load(Ordering::Relaxed), 1);
+        cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), sink).await;
+        server.abort();
+    });
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 

@@ -80,6 +80,20 @@ impl Default for RtmpOptions {
     }
 }
 
+/// Which frames a connected sink takes: the stream can only start, or start again after a
+/// drop, at a keyframe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Every frame.
+    Open,
+    /// Keyframes only: the connection is new, or the producer sent a frame that could not be
+    /// tagged.
+    Keyframe,
+    /// Keyframes only, after the queue overflowed: the frames skipped are lost to the server's
+    /// slowness as much as the dropped ones, and counted with them.
+    KeyframeAfterDrop,
+}
+
 /// How a connected period ended.
 enum Ended {
     /// Stop requested (cancel, or the producer went away): already unpublished.
@@ -93,7 +107,8 @@ enum Ended {
 pub struct RtmpStats {
     /// Successful publishes (1 + reconnects).
     pub publishes: AtomicU64,
-    /// Frames dropped because the server read slower than the stream arrived.
+    /// Frames dropped because the server read slower than the stream arrived: those discarded
+    /// from the queue and those skipped after it up to the keyframe the stream resumed at.
     pub dropped_frames: AtomicU64,
     /// Bytes the sockets took.
     pub bytes_sent: AtomicU64,
@@ -244,7 +259,7 @@ impl Publish<'_> {
         self.tagger.new_connection();
         self.estimator.restart(Instant::now().into_std());
         let mut queue = SendQueue::new(self.cap);
-        let mut waiting_for_keyframe = true;
+        let mut gate = Gate::Keyframe;
         let mut last_ts = 0u32;
         let mut codec = Codec::H264;
         let mut last_progress = Instant::now();
@@ -310,7 +325,10 @@ impl Publish<'_> {
                         stop(conn, queue, last_ts, codec).await;
                         return Ended::Stopped;
                     };
-                    if waiting_for_keyframe && !frame.keyframe {
+                    if gate != Gate::Open && !frame.keyframe {
+                        if gate == Gate::KeyframeAfterDrop {
+                            self.stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
+                        }
                         continue;
                     }
                     let tags = match self.tagger.tags_for(&frame) {
@@ -320,8 +338,8 @@ impl Publish<'_> {
                             // skip the frame and wait for the next keyframe instead of
                             // reconnecting.
                             tracing::warn!(peer = conn.peer(), error = %e, "dropping undecodable frame");
-                            if !waiting_for_keyframe {
-                                waiting_for_keyframe = true;
+                            if gate == Gate::Open {
+                                gate = Gate::Keyframe;
                                 let _ = self.events.try_send(SinkEvent::KeyframeWanted);
                             }
                             continue;
@@ -342,7 +360,7 @@ impl Publish<'_> {
                     });
                     match offer {
                         Offer::Queued => {
-                            waiting_for_keyframe = false;
+                            gate = Gate::Open;
                             codec = frame.codec;
                             if let Some(ts) = ts {
                                 last_ts = ts;
@@ -357,7 +375,7 @@ impl Publish<'_> {
                                 backlog_limit = self.cap,
                                 "rtmp server reads too slowly: dropped the queue for a keyframe"
                             );
-                            waiting_for_keyframe = false;
+                            gate = Gate::Open;
                             dropped_in_window = true;
                             codec = frame.codec;
                             // Tagged again for the same pts, so the same timestamp.
@@ -374,7 +392,7 @@ impl Publish<'_> {
                                 backlog_limit = self.cap,
                                 "rtmp server reads too slowly: dropped to the next keyframe"
                             );
-                            waiting_for_keyframe = true;
+                            gate = Gate::KeyframeAfterDrop;
                             dropped_in_window = true;
                             // What was dropped may have held the sequence header.
                             self.tagger.new_connection();
