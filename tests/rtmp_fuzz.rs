@@ -524,14 +524,21 @@ fn a_deeply_nested_message_while_publishing_makes_the_sink_reconnect() {
     assert!(!reason.contains("SECRET"), "{reason}");
 }
 
+/// What [`serve_counting`] has seen, and the switch that lets it read at full speed.
+#[derive(Default)]
+struct ServerCounts {
+    /// Coded video frames received.
+    frames: std::sync::atomic::AtomicU64,
+    /// Bytes read from the client.
+    bytes: std::sync::atomic::AtomicU64,
+    /// Read at full speed from now on.
+    fast: std::sync::atomic::AtomicBool,
+}
+
 /// Plays the server of a publish like [`serve_on`], but parses the client's chunk stream and
-/// counts the coded video frames in it into `received`: reading 4 KiB per 10 ms through a small
-/// receive buffer (a thin uplink) until `fast` is set, then as fast as it can.
-async fn serve_counting(
-    mut io: tokio::net::TcpStream,
-    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    fast: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
+/// counts what it reads into `counts`: 4 KiB per 10 ms through a small receive buffer (a thin
+/// uplink) until `counts.fast` is set, then as fast as it can.
+async fn serve_counting(mut io: tokio::net::TcpStream, counts: std::sync::Arc<ServerCounts>) {
     use dockcast::sink::rtmp::chunk::ChunkReader;
     use std::sync::atomic::Ordering;
     let (first, second) = server_conversation();
@@ -570,28 +577,45 @@ async fn serve_counting(
             }
             // AVC packet type 1: a coded frame (not the sequence header, not end of sequence).
             if m.type_id == 9 && m.payload.get(1) == Some(&1) {
-                received.fetch_add(1, Ordering::Relaxed);
+                counts.frames.fetch_add(1, Ordering::Relaxed);
             }
         }
         match io.read(&mut buf).await {
-            Ok(n) if n > 0 => reader.push(&buf[..n]),
+            Ok(n) if n > 0 => {
+                counts.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                reader.push(&buf[..n]);
+            }
             _ => return,
         }
-        if publishing && !fast.load(Ordering::Relaxed) {
+        if publishing && !counts.fast.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
 
-/// Every frame the sink takes from the producer either reaches the server or is counted in
-/// `dropped_frames`, including the frames skipped after an overflow while the stream waits for
-/// its next keyframe.
-#[test]
-fn every_frame_offered_to_a_slow_server_is_received_or_counted_as_dropped() {
+/// What [`push_to_a_slow_server`] found.
+#[derive(Debug)]
+struct SlowPush {
+    /// Frames the sink took from the producer.
+    offered: u64,
+    /// Bytes the sink's socket had taken, and bytes the server had read, when the producer was
+    /// done and the server still slow.
+    congested_sent: u64,
+    congested_read: u64,
+    /// Once the server read at full speed: coded frames it received, and `dropped_frames`.
+    received: u64,
+    dropped: u64,
+    publishes: u64,
+}
+
+/// Publishes 300 frames (GOPs of ten: a 120 kB IDR with SPS/PPS, nine 24 kB P-frames; 10 MB)
+/// far faster than [`serve_counting`] reads them, then lets the server drain what is left at
+/// full speed until it received or the sink counted as dropped every frame (at most 15 s).
+fn push_to_a_slow_server() -> SlowPush {
     use dockcast::media::frame::{Codec, EncodedFrame};
     use dockcast::sink::rtmp::{run_with_stats, RtmpOptions, RtmpStats};
     use dockcast::sink::SinkEvent;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
     const FRAMES: u32 = 300;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -607,13 +631,12 @@ fn every_frame_offered_to_a_slow_server_is_received_or_counted_as_dropped() {
             .expect("bind");
         let listener = socket.listen(1).expect("listen");
         let port = listener.local_addr().expect("addr").port();
-        let received = Arc::new(AtomicU64::new(0));
-        let fast = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(ServerCounts::default());
         let server = {
-            let (received, fast) = (received.clone(), fast.clone());
+            let counts = counts.clone();
             tokio::spawn(async move {
                 if let Ok((tcp, _)) = listener.accept().await {
-                    serve_counting(tcp, received, fast).await;
+                    serve_counting(tcp, counts).await;
                 }
             })
         };
@@ -645,8 +668,6 @@ fn every_frame_offered_to_a_slow_server_is_received_or_counted_as_dropped() {
         })
         .await;
         assert_eq!(published, Ok(true), "never published");
-        // GOPs of ten: a 120 kB IDR with SPS/PPS, nine 24 kB P-frames; 10 MB offered far faster
-        // than the server reads, more than the kernel's socket buffers (4 MiB) can hide.
         let sps: &[u8] = &[
             0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x2f, 0xf9, 0x70, 0x11, 0x00, 0x00, 0x03,
             0x00, 0x01, 0x00, 0x00, 0x03, 0x00, 0x3c, 0x0f, 0x16, 0x2e, 0x48,
@@ -677,31 +698,64 @@ fn every_frame_offered_to_a_slow_server_is_received_or_counted_as_dropped() {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        // Let the server drain what the sink still holds, then compare.
-        fast.store(true, Ordering::Relaxed);
+        let congested_sent = stats.bytes_sent.load(Ordering::Relaxed);
+        let congested_read = counts.bytes.load(Ordering::Relaxed);
+        counts.fast.store(true, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        let (got, dropped) = loop {
-            let got = received.load(Ordering::Relaxed);
+        let (received, dropped) = loop {
+            let received = counts.frames.load(Ordering::Relaxed);
             let dropped = stats.dropped_frames.load(Ordering::Relaxed);
-            if got + dropped >= offered || tokio::time::Instant::now() >= deadline {
-                break (got, dropped);
+            if received + dropped >= offered || tokio::time::Instant::now() >= deadline {
+                break (received, dropped);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        assert!(
-            dropped > 0,
-            "the server was never too slow: received {got} of {offered}"
-        );
-        assert_eq!(
-            got + dropped,
-            offered,
-            "offered {offered}, the server received {got}, dropped_frames says {dropped}"
-        );
-        assert_eq!(stats.publishes.load(Ordering::Relaxed), 1);
+        let publishes = stats.publishes.load(Ordering::Relaxed);
         cancel.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), sink).await;
         server.abort();
-    });
+        SlowPush {
+            offered,
+            congested_sent,
+            congested_read,
+            received,
+            dropped,
+            publishes,
+        }
+    })
+}
+
+/// Every frame the sink takes from the producer either reaches the server or is counted in
+/// `dropped_frames`, including the frames skipped after an overflow while the stream waits for
+/// its next keyframe.
+#[test]
+fn every_frame_offered_to_a_slow_server_is_received_or_counted_as_dropped() {
+    let p = push_to_a_slow_server();
+    assert!(p.dropped > 0, "the server was never too slow: {p:?}");
+    assert_eq!(
+        p.received + p.dropped,
+        p.offered,
+        "offered {}, the server received {}, dropped_frames says {}",
+        p.offered,
+        p.received,
+        p.dropped
+    );
+    assert_eq!(p.publishes, 1);
+}
+
+/// What the sink handed the kernel and a slow server has not read yet stays small (the
+/// socket's bound on unsent bytes plus what is in flight), so that the backlog builds in the
+/// sink's queue, which drops and lowers the bitrate, and not unseen in the kernel: unbounded,
+/// Linux lets a socket's send buffer grow to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default).
+#[test]
+fn the_kernel_holds_little_of_what_a_slow_server_has_not_read() {
+    let p = push_to_a_slow_server();
+    assert!(p.dropped > 0, "the server was never too slow: {p:?}");
+    let hidden = p.congested_sent.saturating_sub(p.congested_read);
+    assert!(
+        hidden < 1024 * 1024,
+        "{hidden} bytes sent but not read by the server: {p:?}"
+    );
 }
 
 proptest! {

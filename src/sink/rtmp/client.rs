@@ -280,6 +280,7 @@ pub async fn connect(
     .map_err(|e| err(Phase::Connect, e.into()))?;
     // Frames are written whole; Nagle would only add latency to the last chunk of each.
     let _ = tcp.set_nodelay(true);
+    bound_unsent(&tcp, &peer);
     let stream = match tls_config {
         None => RtmpStream::Plain(tcp),
         Some(config) => {
@@ -303,6 +304,44 @@ pub async fn connect(
         RtmpConnection::establish(stream, target, peer.clone(), step_timeout, send_timeout).await?;
     conn.writes_buffered = !plain;
     Ok(conn)
+}
+
+/// The unsent bytes the kernel may hold for an RTMP socket (`TCP_NOTSENT_LOWAT`).
+///
+/// Unbounded, Linux grows the send buffer of a connection on a slowing path to several MiB:
+/// tens of seconds of video that neither the sink's queue nor its bandwidth estimate can see,
+/// so nothing is dropped and the bitrate is not lowered while the picture falls ever further
+/// behind. Bounded, the socket stops taking bytes once this much waits unsent, the backlog
+/// builds in the sink's queue instead, and the sink drops and adapts. 128 KiB still keeps a 4G
+/// uplink busy between two turns of the sink's loop; bytes already in flight are bounded by the
+/// congestion window, not by this.
+pub const NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// Sets [`NOTSENT_LOWAT`] on `tcp` (under TLS too: the bound is on the TCP socket). Best
+/// effort: a kernel without the option (before Linux 3.12) streams as before.
+fn bound_unsent(tcp: &TcpStream, peer: &str) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let value = libc::c_int::try_from(NOTSENT_LOWAT).unwrap_or(libc::c_int::MAX);
+        // SAFETY: the descriptor belongs to `tcp`, which outlives the call, and the option
+        // value is a c_int of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                tcp.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&raw const value).cast::<libc::c_void>(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            let error = io::Error::last_os_error();
+            tracing::debug!(peer, %error, "TCP_NOTSENT_LOWAT not set: the kernel may buffer more");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (tcp, peer);
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> RtmpConnection<S> {
