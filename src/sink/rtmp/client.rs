@@ -26,6 +26,7 @@ use rml_rtmp::time::RtmpTimestamp;
 use rustls::ClientConfig;
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -93,6 +94,24 @@ pub enum RtmpErrorKind {
     /// The TLS handshake failed: unknown CA, wrong name, expired certificate, no TLS at all.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The host name did not resolve to any address.
+    #[error("name lookup: {0}")]
+    Resolve(#[source] io::Error),
+    /// The name lookup did not finish in time.
+    #[error("name lookup timed out after {0:?}")]
+    ResolveTimeout(Duration),
+    /// The host has several addresses and none could be connected to: each with what happened
+    /// to it, in the order tried.
+    #[error("no address answered: {}", describe_failures(.0))]
+    Addresses(Vec<(SocketAddr, RtmpErrorKind)>),
+}
+
+fn describe_failures(failures: &[(SocketAddr, RtmpErrorKind)]) -> String {
+    failures
+        .iter()
+        .map(|(addr, kind)| format!("{addr} {kind}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A failed RTMP operation: which peer, which phase, what happened. Never contains the key.
@@ -271,13 +290,9 @@ pub async fn connect(
             ))
         }
     };
-    let tcp = timeout(
-        step_timeout,
-        TcpStream::connect((target.host.as_str(), target.port)),
-    )
-    .await
-    .map_err(|_| err(Phase::Connect, RtmpErrorKind::Timeout(step_timeout)))?
-    .map_err(|e| err(Phase::Connect, e.into()))?;
+    let tcp = open_tcp(&target.host, target.port, step_timeout)
+        .await
+        .map_err(|kind| err(Phase::Connect, kind))?;
     // Frames are written whole; Nagle would only add latency to the last chunk of each.
     let _ = tcp.set_nodelay(true);
     bound_unsent(&tcp, &peer);
@@ -304,6 +319,76 @@ pub async fn connect(
         RtmpConnection::establish(stream, target, peer.clone(), step_timeout, send_timeout).await?;
     conn.writes_buffered = !plain;
     Ok(conn)
+}
+
+/// Resolves `host` and connects to the first of its addresses that answers. The lookup gets
+/// `step_timeout` of its own, the connects share another (see [`connect_any`]), so that a slow
+/// resolver does not eat the time of the connects.
+async fn open_tcp(
+    host: &str,
+    port: u16,
+    step_timeout: Duration,
+) -> Result<TcpStream, RtmpErrorKind> {
+    // An address literal is parsed, not looked up.
+    let addrs: Vec<SocketAddr> = timeout(step_timeout, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| RtmpErrorKind::ResolveTimeout(step_timeout))?
+        .map_err(RtmpErrorKind::Resolve)?
+        .collect();
+    if addrs.is_empty() {
+        return Err(RtmpErrorKind::Resolve(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no address",
+        )));
+    }
+    connect_any(&interleave_families(addrs), step_timeout).await
+}
+
+/// Tries `addrs` one after the other until one connects, all within `budget`: each address
+/// gets an equal share of what is left, so that one whose packets vanish (an IPv6 route that
+/// is blackholed on a mobile network) costs its share and not the whole budget, and an address
+/// that fails at once leaves its time to the ones after it.
+async fn connect_any(addrs: &[SocketAddr], budget: Duration) -> Result<TcpStream, RtmpErrorKind> {
+    let deadline = Instant::now() + budget;
+    let mut failures = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let share = left / u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
+        let kind = match timeout(share, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) => RtmpErrorKind::Io(e),
+            Err(_) => RtmpErrorKind::Timeout(share),
+        };
+        if i + 1 < addrs.len() {
+            tracing::debug!(%addr, error = %kind, "rtmp connect failed, trying the next address");
+        }
+        failures.push((*addr, kind));
+    }
+    // One address: its own error, as plain as a connect to it always was.
+    if failures.len() == 1 {
+        let (_, kind) = failures.remove(0);
+        return Err(kind);
+    }
+    Err(RtmpErrorKind::Addresses(failures))
+}
+
+/// Orders addresses so that the families alternate, starting with the resolver's first choice
+/// (RFC 8305 §4): a family that does not work then costs one address's share before the other
+/// family is tried, not all of its addresses' shares.
+fn interleave_families(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let Some(first_v6) = addrs.first().map(SocketAddr::is_ipv6) else {
+        return addrs;
+    };
+    let (preferred, other): (Vec<_>, Vec<_>) =
+        addrs.into_iter().partition(|a| a.is_ipv6() == first_v6);
+    let mut out = Vec::with_capacity(preferred.len() + other.len());
+    let (mut preferred, mut other) = (preferred.into_iter(), other.into_iter());
+    loop {
+        match (preferred.next(), other.next()) {
+            (None, None) => return out,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
+    }
 }
 
 /// The unsent bytes the kernel may hold for an RTMP socket (`TCP_NOTSENT_LOWAT`).
@@ -892,6 +977,110 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("type 17"), "{e}");
+    }
+
+    /// A listening address whose SYNs go unanswered: its accept queue is full (Linux then
+    /// drops SYNs instead of refusing them), as a blackholed route looks to a client. Returned
+    /// with the listener and the connections that fill it, to be held.
+    fn blackholed() -> (
+        SocketAddr,
+        tokio::net::TcpListener,
+        Vec<std::net::TcpStream>,
+    ) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let listener = socket.listen(0).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                Ok(s) => held.push(s),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return (addr, listener, held),
+                Err(e) => panic!("filling the accept queue: {e}"),
+            }
+        }
+        panic!("the accept queue never filled");
+    }
+
+    fn closed_addr() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    }
+
+    #[tokio::test]
+    async fn an_address_that_never_answers_leaves_time_for_the_next() {
+        let (black, _listener, _held) = blackholed();
+        let good = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let good_addr = good.local_addr().expect("addr");
+        let tcp = connect_any(&[black, good_addr], Duration::from_secs(2))
+            .await
+            .expect("the second address connects");
+        assert_eq!(tcp.peer_addr().expect("peer"), good_addr);
+    }
+
+    #[tokio::test]
+    async fn every_address_failing_names_each_with_its_error() {
+        let (black, _listener, _held) = blackholed();
+        let closed = closed_addr();
+        let e = connect_any(&[closed, black], Duration::from_millis(600))
+            .await
+            .expect_err("nothing answers");
+        let RtmpErrorKind::Addresses(failures) = &e else {
+            panic!("{e}");
+        };
+        assert!(matches!(failures[0], (a, RtmpErrorKind::Io(_)) if a == closed));
+        assert!(matches!(failures[1], (a, RtmpErrorKind::Timeout(_)) if a == black));
+        let text = e.to_string();
+        assert!(text.contains(&closed.to_string()), "{text}");
+        assert!(text.contains(&format!("{black} timed out")), "{text}");
+        // A single address keeps the plain error of a connect.
+        let e = connect_any(&[closed], Duration::from_secs(1))
+            .await
+            .expect_err("refused");
+        assert!(matches!(e, RtmpErrorKind::Io(_)), "{e}");
+    }
+
+    #[test]
+    fn address_families_alternate_from_the_first() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let got = interleave_families(vec![
+            a("[2001:db8::1]:1935"),
+            a("[2001:db8::2]:1935"),
+            a("[2001:db8::3]:1935"),
+            a("192.0.2.1:1935"),
+            a("192.0.2.2:1935"),
+        ]);
+        assert_eq!(
+            got,
+            [
+                a("[2001:db8::1]:1935"),
+                a("192.0.2.1:1935"),
+                a("[2001:db8::2]:1935"),
+                a("192.0.2.2:1935"),
+                a("[2001:db8::3]:1935"),
+            ]
+        );
+        assert_eq!(
+            interleave_families(vec![a("192.0.2.1:1"), a("[::1]:1")]),
+            [a("192.0.2.1:1"), a("[::1]:1")]
+        );
+        assert!(interleave_families(Vec::new()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_host_name_is_resolved_before_connecting() {
+        let good = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = good.local_addr().expect("addr").port();
+        let tcp = open_tcp("localhost", port, Duration::from_secs(2))
+            .await
+            .expect("connects");
+        assert_eq!(tcp.peer_addr().expect("peer").port(), port);
     }
 
     #[test]

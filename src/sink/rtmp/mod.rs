@@ -38,7 +38,8 @@ use tokio_util::sync::CancellationToken;
 /// Tunables of an RTMP sink; `Default` suits a dock on a mobile uplink.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RtmpOptions {
-    /// Limit for each connection step (TCP connect, handshake, connect-app, publish).
+    /// Limit for each connection step: name lookup, TCP connect (shared among the host's
+    /// addresses), TLS, handshake, connect-app, publish.
     pub connect_timeout: Duration,
     /// Limit for one write while publishing; a server that stops reading is treated as lost
     /// instead of stalling the sink forever.
