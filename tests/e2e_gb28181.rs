@@ -123,3 +123,79 @@ fn gb28181_push_registers_streams_on_invite_and_unregisters() {
         "agentPassword reached the logs"
     );
 }
+
+/// A GB/T 28181 push holds a SIP socket, a media socket and its registration timers: a
+/// live view started and stopped many times a day must give them all back and unregister
+/// each time.
+#[test]
+fn start_stop_cycles_leave_no_descriptors_or_threads_behind() {
+    if peers::daemon::runner().is_some() {
+        // Under an emulator /proc shows the emulator's descriptors, not the daemon's.
+        return;
+    }
+    let _serial = peers::exclusive();
+    let platform_port = peers::free_port();
+    let device_port = peers::free_port();
+    let platform = PlatformUas::start(platform_port);
+    let broker = Mosquitto::start();
+    let mut cfg = DaemonConfig::new(&broker.url());
+    cfg.extra_toml = "[gb28181]\nbind_ip = \"127.0.0.1\"\n".to_string();
+    let vid = cfg.video_id();
+    let mut cloud = CloudClient::connect(broker.port(), &cfg.gateway_sn);
+    let daemon = Daemon::start(&cfg);
+    cloud.wait_state("live_capacity", |_| true, REPLY_TIMEOUT);
+    let url = format!(
+        "serverIP=127.0.0.1&serverPort={platform_port}&serverID={SERVER_ID}&agentID={DEVICE}\
+         &agentPassword={PASSWORD}&localPort={device_port}&channel={CHANNEL}"
+    );
+    let mut cycle = |n: usize| {
+        let start = json!({"url_type": 3, "url": url, "video_id": vid, "video_quality": 1});
+        let reply = call(&mut cloud, "live_start_push", start);
+        assert_eq!(
+            reply["data"]["result"],
+            0,
+            "push {n}: {reply}\n{}",
+            daemon.log_tail(30)
+        );
+        let stop = call(&mut cloud, "live_stop_push", json!({ "video_id": vid }));
+        assert_eq!(stop["data"]["result"], 0, "push {n}: {stop}");
+        let unregistered = peers::wait_until(Duration::from_secs(10), || {
+            platform.log().matches("UNREGISTERED").count() >= n
+        });
+        assert!(
+            unregistered,
+            "push {n} did not unregister:\n{}",
+            platform.log()
+        );
+    };
+    cycle(1);
+    // The first push may leave lazily made resources (the runtime's blocking threads); what
+    // it leaves is the baseline the later ones must return to.
+    std::thread::sleep(Duration::from_millis(500));
+    let fds = daemon.open_fds();
+    let baseline_threads = daemon.threads();
+    assert!(
+        fds.iter().any(|f| f.starts_with("socket:")) && baseline_threads > 1,
+        "cannot see the daemon's descriptors or threads: {fds:?}, {baseline_threads} threads"
+    );
+    for n in 2..=6 {
+        cycle(n);
+    }
+    let settled = peers::wait_until(Duration::from_secs(5), || {
+        daemon.open_fds().len() <= fds.len()
+    });
+    assert!(
+        settled,
+        "descriptors after 5 more pushes: {:?}\nafter the first: {fds:?}",
+        daemon.open_fds()
+    );
+    // Idle blocking-pool threads end 10 s after their last job.
+    let settled = peers::wait_until(Duration::from_secs(12), || {
+        daemon.threads() <= baseline_threads
+    });
+    assert!(
+        settled,
+        "{} threads after 5 more pushes, {baseline_threads} after the first",
+        daemon.threads()
+    );
+}
