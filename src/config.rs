@@ -308,7 +308,9 @@ pub struct Gb28181Settings {
     /// Device name shown in the platform's catalog.
     pub name: String,
     /// Addresses besides the platform's (the url's `serverIP`) whose SIP is answered, for a
-    /// platform that sends its INVITEs from another host. Everything else is ignored.
+    /// platform that sends its INVITEs from another host. Everything else is ignored. They
+    /// may also open the TCP media connection the platform dials (`a=setup:active`), as may
+    /// the media server the INVITE names.
     pub accept_from: Vec<String>,
 }
 

@@ -241,7 +241,12 @@ async fn play_once(
         // The platform dials the port of our answer, which is the sink's fixed media port.
         Mode::TcpDial => ("TCP/RTP/AVP", "a=setup:active", device_media_port),
     };
-    let mut gst = blocking(move || PsReceiver::start(mode, gst_port)).await;
+    // A media server that dials the device does so once it has the answer, as ZLMediaKit does
+    // for wvp; one that listens is up before the INVITE.
+    let mut gst = match mode {
+        Mode::TcpDial => None,
+        _ => Some(blocking(move || PsReceiver::start(mode, gst_port)).await),
+    };
     let uac_port = free_port();
     let rx = rx_port.to_string();
     let ssrc_owned = ssrc.to_owned();
@@ -268,6 +273,9 @@ async fn play_once(
         if let Ok(Some(ev)) = timeout(Duration::from_millis(50), events.recv()).await {
             if ev == SinkEvent::KeyframeWanted && !started {
                 started = true;
+                if gst.is_none() {
+                    gst = Some(blocking(move || PsReceiver::start(mode, gst_port)).await);
+                }
                 tally.sent.store(0, Ordering::SeqCst);
                 tally.armed.store(true, Ordering::SeqCst);
             }
@@ -285,6 +293,7 @@ async fn play_once(
         run.messages
     );
     assert!(started, "no KeyframeWanted after the INVITE");
+    let mut gst = gst.expect("receiver started");
     assert!(
         run.log.contains(&format!("ANSWER ssrc={ssrc} ")),
         "answer must echo y={ssrc}: {}",
@@ -940,6 +949,59 @@ async fn signals_over_tcp() {
         "0100000031",
     )
     .await;
+    sink.stop().await;
+    feeder.abort();
+    assert_unregistered(uas).await;
+}
+
+/// TCP media that the platform dials (offer `a=setup:active`): connections no session waits
+/// for are not handed to the next one. One was made and dropped before the INVITE (a media
+/// server that dialled too late for an earlier session); one comes from a host that is not the
+/// platform (127.0.0.2) and stays open. The next play still streams to the media server that
+/// dials for it, and the stranger gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_media_connections_do_not_reach_the_next_tcp_passive_session() {
+    let _serial = SERIAL.lock().await;
+    let media_port = free_port();
+    let Registered {
+        uas,
+        mut sink,
+        feeder,
+        tally,
+        device,
+    } = registered(false, options(media_port)).await;
+    let late = tokio::net::TcpStream::connect(("127.0.0.1", media_port))
+        .await
+        .expect("late connection");
+    drop(late);
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind 127.0.0.2");
+    let mut stranger = socket
+        .connect(([127, 0, 0, 1], media_port).into())
+        .await
+        .expect("stranger's connection");
+    play_once(
+        false,
+        device,
+        media_port,
+        Mode::TcpDial,
+        &mut sink.events,
+        &tally,
+        "0100000041",
+    )
+    .await;
+    let mut buf = [0u8; 64];
+    let read = timeout(
+        Duration::from_millis(500),
+        tokio::io::AsyncReadExt::read(&mut stranger, &mut buf),
+    )
+    .await;
+    assert!(
+        !matches!(read, Ok(Ok(n)) if n > 0),
+        "media reached a host that is not the platform"
+    );
     sink.stop().await;
     feeder.abort();
     assert_unregistered(uas).await;

@@ -24,6 +24,7 @@ pub mod ua;
 use crate::cloud::url::Gb28181Url;
 use crate::media::frame::{Codec, EncodedFrame};
 use crate::sink::SinkEvent;
+use crate::source::feed::ACCEPT_REST;
 use bytes::Bytes;
 use dialog::MediaPlan;
 use rand::Rng;
@@ -35,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -147,7 +148,8 @@ pub struct GbOptions {
     /// Name shown in the platform's device and channel lists (ASCII: declared GB2312).
     pub name: String,
     /// Addresses besides the platform's that may send SIP; requests from any other host
-    /// (an INVITE that would send the video elsewhere) are ignored.
+    /// (an INVITE that would send the video elsewhere) are ignored. The same hosts, and the
+    /// media server an offer names, may open the TCP media connection the platform dials.
     pub accept_from: Vec<IpAddr>,
 }
 
@@ -251,11 +253,19 @@ pub async fn run(
             let _ = events.send(end).await;
             return;
         }
-        let wake = shell.ua.poll_timeout().map(Instant::from_std);
-        let wake = match (wake, stop_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        shell.forget_stray_media_conn();
+        let now = Instant::now();
+        if shell.media_accept_rest.is_some_and(|t| t <= now) {
+            shell.media_accept_rest = None;
+        }
+        let wake = [
+            shell.ua.poll_timeout().map(Instant::from_std),
+            stop_deadline,
+            shell.media_accept_rest,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         tokio::select! {
             biased;
             _ = cancel.cancelled(), if stop_deadline.is_none() => {
@@ -282,6 +292,9 @@ pub async fn run(
                     }
                 }
             },
+            accepted = shell.media_tcp.accept(), if shell.media_accept_rest.is_none() => {
+                shell.media_connection(accepted, &label);
+            }
             Some((call_id, reason)) = media_err_rx.recv() => {
                 tracing::warn!(target = %label, %call_id, %reason, "gb28181 media connection lost; ending the dialog");
                 shell.ua.hang_up(Instant::now().into_std(), &call_id);
@@ -329,6 +342,9 @@ enum MediaSender {
     },
     Tcp {
         queue: mpsc::Sender<Vec<Bytes>>,
+        /// Hands the task the platform's connection (TCP listen) once it arrives; `None` once
+        /// handed over, and for a session that dials itself.
+        conn: Option<oneshot::Sender<TcpStream>>,
         task: JoinHandle<()>,
     },
 }
@@ -337,7 +353,18 @@ struct Shell {
     sip: SipIo,
     server: SocketAddr,
     media_udp: Arc<UdpSocket>,
-    media_tcp: Arc<TcpListener>,
+    /// Accepted by the shell's own loop, never by a session: a connection nobody waits for is
+    /// closed at once instead of staying queued for the next session to take by mistake.
+    media_tcp: TcpListener,
+    /// A connection the platform opened for the current dialog before its ACK started media.
+    media_conn: Option<(String, TcpStream)>,
+    /// Media connections closed unused (not the platform's, or no session for them); logged
+    /// at 1, 2, 4, 8 … so that a host hammering the port cannot flood the log.
+    stray_media: u64,
+    /// Set after `accept()` on the media port failed (descriptors or memory short): the
+    /// connection it could not take stays queued and the listener readable, so it is left
+    /// alone until then instead of being failed again at once.
+    media_accept_rest: Option<Instant>,
     ua: Ua,
     muxer: ps::PsMuxer,
     media: Option<Media>,
@@ -395,7 +422,10 @@ impl Shell {
             sip,
             server,
             media_udp: Arc::new(media_udp),
-            media_tcp: Arc::new(media_tcp),
+            media_tcp,
+            media_conn: None,
+            stray_media: 0,
+            media_accept_rest: None,
             ua: Ua::new(cfg),
             muxer: ps::PsMuxer::new(),
             media: None,
@@ -475,20 +505,29 @@ impl Shell {
     }
 
     async fn start_media(&mut self, plan: MediaPlan, media_err: mpsc::Sender<(String, String)>) {
+        let early = self.media_conn.take().filter(|(c, _)| *c == plan.call_id);
         self.stop_media().await;
         let first_seq: u16 = rand::rng().random();
         let sender = match plan.transport {
             MediaTransport::Udp => MediaSender::Udp { dest: plan.remote },
             MediaTransport::TcpConnect | MediaTransport::TcpListen => {
                 let (queue, rx) = mpsc::channel(MEDIA_QUEUE);
+                let (conn_tx, conn_rx) = oneshot::channel();
+                let conn = match early {
+                    Some((_, stream)) => {
+                        let _ = conn_tx.send(stream);
+                        None
+                    }
+                    None => Some(conn_tx),
+                };
                 let task = tokio::spawn(tcp_media(
                     plan.clone(),
-                    self.media_tcp.clone(),
+                    conn_rx,
                     self.tcp_media_timeout,
                     rx,
                     media_err,
                 ));
-                MediaSender::Tcp { queue, task }
+                MediaSender::Tcp { queue, conn, task }
             }
         };
         self.media = Some(Media {
@@ -501,13 +540,18 @@ impl Shell {
 
     async fn stop_media(&mut self) {
         if let Some(Media {
-            sender: MediaSender::Tcp { queue, mut task },
+            sender:
+                MediaSender::Tcp {
+                    queue,
+                    conn,
+                    mut task,
+                },
             ..
         }) = self.media.take()
         {
-            // Closing the queue lets the task flush what it has and close the connection; a task
-            // still waiting for the media server to connect must not outlive its dialog, or it
-            // could accept the connection meant for the next INVITE.
+            // Closing the queue lets the task flush what it has and close the connection; one
+            // still waiting for the media server's connection ends when its hand-over goes.
+            drop(conn);
             drop(queue);
             if tokio::time::timeout(Duration::from_secs(2), &mut task)
                 .await
@@ -515,6 +559,75 @@ impl Shell {
             {
                 task.abort();
             }
+        }
+    }
+
+    /// Takes one connection to the media port. Only the platform (or `accept_from`, or the
+    /// media server the current offer names) may open one, and only for a dialog whose media
+    /// the platform dials: it goes to that session, or waits for the ACK that starts it.
+    /// Anything else is closed at once, so that it cannot be taken by a later session.
+    fn media_connection(
+        &mut self,
+        accepted: std::io::Result<(TcpStream, SocketAddr)>,
+        label: &str,
+    ) {
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(target = %label, error = %e, rest = ?ACCEPT_REST, "gb28181 cannot accept a media connection");
+                self.media_accept_rest = Some(Instant::now() + ACCEPT_REST);
+                return;
+            }
+        };
+        let plan = self
+            .ua
+            .dialog_media()
+            .filter(|p| p.transport == MediaTransport::TcpListen)
+            .cloned();
+        let ip = peer.ip().to_canonical();
+        let allowed = self.ua.is_platform_source(ip)
+            || plan
+                .as_ref()
+                .is_some_and(|p| p.remote.ip().to_canonical() == ip);
+        let why = match (&plan, allowed) {
+            (_, false) => "not the platform nor its media server",
+            (None, true) => "no session waits for one",
+            (Some(plan), true) => {
+                match self.media.as_mut().filter(|m| m.call_id == plan.call_id) {
+                    Some(Media {
+                        sender: MediaSender::Tcp { conn, .. },
+                        ..
+                    }) => match conn.take() {
+                        Some(tx) => {
+                            let _ = tx.send(stream);
+                            return;
+                        }
+                        None => "the session already has its connection",
+                    },
+                    Some(_) => "the session does not take one",
+                    None => {
+                        // Answered, not yet ACKed: the platform dialled on our 200.
+                        self.media_conn = Some((plan.call_id.clone(), stream));
+                        return;
+                    }
+                }
+            }
+        };
+        self.stray_media += 1;
+        if self.stray_media.is_power_of_two() {
+            tracing::warn!(target = %label, %peer, reason = why, closed = self.stray_media, "gb28181 media connection closed unused");
+        }
+    }
+
+    /// Closes a connection kept for a dialog that ended before its media started.
+    fn forget_stray_media_conn(&mut self) {
+        let current = self.ua.dialog_media().map(|p| p.call_id.as_str());
+        if self
+            .media_conn
+            .as_ref()
+            .is_some_and(|(c, _)| Some(c.as_str()) != current)
+        {
+            self.media_conn = None;
         }
     }
 
@@ -556,20 +669,23 @@ impl Shell {
     }
 }
 
-/// Sends one TCP media session: connect or accept, then RFC 4571 frames until the queue
-/// closes. Errors are reported so the dialog can be ended with BYE.
+/// Sends one TCP media session: connect, or take the connection the shell accepted for it,
+/// then RFC 4571 frames until the queue closes. Errors are reported so the dialog can be ended
+/// with BYE.
 async fn tcp_media(
     plan: MediaPlan,
-    listener: Arc<TcpListener>,
+    incoming: oneshot::Receiver<TcpStream>,
     timeout: Duration,
     mut rx: mpsc::Receiver<Vec<Bytes>>,
     errors: mpsc::Sender<(String, String)>,
 ) {
     let stream = match plan.transport {
-        MediaTransport::TcpListen => tokio::time::timeout(timeout, listener.accept())
-            .await
-            .map_err(|_| format!("media server did not connect within {timeout:?}"))
-            .and_then(|r| r.map(|(s, _)| s).map_err(|e| format!("accept: {e}"))),
+        MediaTransport::TcpListen => match tokio::time::timeout(timeout, incoming).await {
+            Ok(Ok(stream)) => Ok(stream),
+            // The session ended while waiting: nobody to tell.
+            Ok(Err(_)) => return,
+            Err(_) => Err(format!("media server did not connect within {timeout:?}")),
+        },
         _ => tokio::time::timeout(timeout, TcpStream::connect(plan.remote))
             .await
             .map_err(|_| format!("connect to {} timed out", plan.remote))

@@ -275,6 +275,13 @@ impl Ua {
         }
     }
 
+    /// The media plan of the dialog answered or running now: the shell takes a media
+    /// connection the platform opens only for it, since the platform may dial as soon as it has
+    /// our answer, before its ACK.
+    pub fn dialog_media(&self) -> Option<&MediaPlan> {
+        self.dialog.as_ref().map(|d| &d.media)
+    }
+
     /// True once the user agent has nothing left to do (failed first registration, or stopped
     /// and unregistered).
     pub fn is_done(&self) -> bool {
@@ -398,9 +405,10 @@ impl Ua {
         }
     }
 
-    /// Whether `ip` may send SIP: the platform's address or one listed in `accept_from`
-    /// (an IPv4 source seen on a dual-stack socket as `::ffff:a.b.c.d` counts as IPv4).
-    fn is_platform_source(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` may send SIP (and open media connections): the platform's address or one
+    /// listed in `accept_from` (an IPv4 source seen on a dual-stack socket as `::ffff:a.b.c.d`
+    /// counts as IPv4).
+    pub fn is_platform_source(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         ip == self.cfg.identity.server.ip().to_canonical()
             || self.cfg.accept_from.iter().any(|a| a.to_canonical() == ip)
