@@ -1006,3 +1006,146 @@ async fn stray_media_connections_do_not_reach_the_next_tcp_passive_session() {
     feeder.abort();
     assert_unregistered(uas).await;
 }
+
+/// Cancels the sink and waits for `Stopped`, whatever it reports meanwhile (a sink whose
+/// platform is gone may still be retrying its registration).
+async fn stop_regardless(mut sink: Running) {
+    sink.cancel.cancel();
+    for _ in 0..100 {
+        if next_event(&mut sink.events, Duration::from_secs(10)).await == SinkEvent::Stopped {
+            return sink.returned().await;
+        }
+    }
+    panic!("no Stopped among 100 events");
+}
+
+/// Counts the datagrams arriving at `socket` until the task is aborted.
+fn count_datagrams(socket: tokio::net::UdpSocket) -> (Arc<AtomicU64>, JoinHandle<()>) {
+    let count = Arc::new(AtomicU64::new(0));
+    let counted = count.clone();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while socket.recv_from(&mut buf).await.is_ok() {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (count, task)
+}
+
+/// UDP media to a platform that goes away: once the device has noticed that its registration
+/// is lost (keepalives unanswered), it ends the dialog with a BYE (answered by the INVITE's
+/// sender) and nothing more reaches the media port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_media_stops_when_the_registration_is_lost() {
+    let _serial = SERIAL.lock().await;
+    let Registered {
+        mut uas,
+        mut sink,
+        feeder,
+        device,
+        ..
+    } = registered(false, options(0)).await;
+    let media = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let media_port = media.local_addr().expect("addr").port().to_string();
+    let (received, reader) = count_datagrams(media);
+    let uac = start_uac(
+        "invite_replaced_uac.xml",
+        device,
+        free_port(),
+        &[
+            ("channel", CHANNEL),
+            ("ssrc", "0100000051"),
+            ("media_ip", "127.0.0.1"),
+            ("media_port", &media_port),
+            ("proto", "RTP/AVP"),
+            ("setup", ""),
+        ],
+    );
+    assert_eq!(
+        next_event(&mut sink.events, Duration::from_secs(10)).await,
+        SinkEvent::KeyframeWanted
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || received.load(Ordering::SeqCst)
+            > 0),
+        "no RTP before the platform went away"
+    );
+    uas.kill();
+    loop {
+        match next_event(&mut sink.events, Duration::from_secs(20)).await {
+            SinkEvent::Reconnecting { .. } => break,
+            SinkEvent::KeyframeWanted => continue,
+            other => panic!("expected Reconnecting, got {other:?}"),
+        }
+    }
+    // What was sent before the loss is read off the socket first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_loss = received.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = received.load(Ordering::SeqCst) - at_loss;
+    assert_eq!(
+        after, 0,
+        "{after} RTP packets sent after the registration was lost"
+    );
+    let run = blocking(move || uac.wait(Duration::from_secs(10))).await;
+    assert!(
+        run.status.success(),
+        "the dialog was not ended with a BYE: {}\n{}",
+        run.log,
+        run.messages
+    );
+    reader.abort();
+    feeder.abort();
+    stop_regardless(sink).await;
+}
+
+/// UDP media to a port nobody listens on: the refusals (ICMP port unreachable) that keep
+/// coming end the dialog with a BYE instead of the device sending into the void for ever, and
+/// nothing more is sent there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_media_refused_for_seconds_ends_the_dialog() {
+    let _serial = SERIAL.lock().await;
+    let Registered {
+        uas: _uas,
+        mut sink,
+        feeder,
+        device,
+        ..
+    } = registered(false, options(0)).await;
+    let closed_port = free_port();
+    let closed = closed_port.to_string();
+    let uac = start_uac(
+        "invite_replaced_uac.xml",
+        device,
+        free_port(),
+        &[
+            ("channel", CHANNEL),
+            ("ssrc", "0100000061"),
+            ("media_ip", "127.0.0.1"),
+            ("media_port", &closed),
+            ("proto", "RTP/AVP"),
+            ("setup", ""),
+        ],
+    );
+    assert_eq!(
+        next_event(&mut sink.events, Duration::from_secs(10)).await,
+        SinkEvent::KeyframeWanted
+    );
+    let run = blocking(move || uac.wait(Duration::from_secs(20))).await;
+    assert!(
+        run.status.success(),
+        "the device never ended the refused dialog: {}\n{}",
+        run.log,
+        run.messages
+    );
+    let media = tokio::net::UdpSocket::bind(("127.0.0.1", closed_port))
+        .await
+        .expect("bind the refused port");
+    let mut buf = vec![0u8; 2048];
+    let late = timeout(Duration::from_millis(1500), media.recv_from(&mut buf)).await;
+    assert!(late.is_err(), "RTP still sent after the dialog ended");
+    feeder.abort();
+    sink.stop().await;
+}

@@ -193,7 +193,8 @@ fn codec_refusal(codec: Codec) -> String {
 /// Events: [`SinkEvent::Publishing`] on (re-)registration — media starts only when the platform
 /// INVITEs, frames are discarded until then; [`SinkEvent::KeyframeWanted`] when an INVITE starts
 /// media (and after frames were dropped); [`SinkEvent::Reconnecting`] when the registration is
-/// lost (refresh refused, 3 keepalives unanswered) and is being retried with backoff;
+/// lost (refresh refused, 3 keepalives unanswered) and is being retried with backoff, a running
+/// dialog ended with it;
 /// [`SinkEvent::Failed`] when the first REGISTER is refused (wrong password) or unanswered, or a
 /// socket cannot be bound; [`SinkEvent::Refused`] when the video is not H.264 (looked at in
 /// the first frame, up to [`FIRST_FRAME_WAIT`](super::FIRST_FRAME_WAIT), before registering,
@@ -328,6 +329,40 @@ pub async fn run(
     }
 }
 
+/// How long the media server's port must keep refusing UDP media (ICMP port unreachable)
+/// before the platform counts as having hung up: long enough for a media server that restarts,
+/// short enough that a device does not stream into the void for the length of a keepalive
+/// timeout.
+const REFUSED_FOR: Duration = Duration::from_secs(5);
+
+/// A pause in refusals longer than this starts the count again. Routers send ICMP errors at
+/// about one a second at most, and a refused send only reports the latest one.
+const REFUSAL_GAP: Duration = Duration::from_secs(2);
+
+/// Whether a connected UDP media socket's refusals have gone on for [`REFUSED_FOR`]. A
+/// connected UDP socket reports an ICMP error once, on the next send, so sends alternate
+/// between refused and accepted while the port stays closed; only the refusals are counted.
+#[derive(Debug, Default)]
+struct Refusals {
+    since: Option<std::time::Instant>,
+    last: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    /// A send was refused at `now`; true once refusals have kept coming for [`REFUSED_FOR`].
+    fn refused(&mut self, now: std::time::Instant) -> bool {
+        if self
+            .last
+            .is_none_or(|l| now.saturating_duration_since(l) > REFUSAL_GAP)
+        {
+            self.since = Some(now);
+        }
+        self.last = Some(now);
+        self.since
+            .is_some_and(|s| now.saturating_duration_since(s) >= REFUSED_FOR)
+    }
+}
+
 /// One running media session (one ACKed INVITE).
 struct Media {
     call_id: String,
@@ -337,8 +372,13 @@ struct Media {
 }
 
 enum MediaSender {
+    /// Over the shared media socket, connected to `dest` for this session so that refusals
+    /// come back as errors.
     Udp {
         dest: SocketAddr,
+        refusals: Refusals,
+        /// Other send errors so far; the first is logged as a warning, the rest at debug.
+        errors: u64,
     },
     Tcp {
         queue: mpsc::Sender<Vec<Bytes>>,
@@ -509,7 +549,19 @@ impl Shell {
         self.stop_media().await;
         let first_seq: u16 = rand::rng().random();
         let sender = match plan.transport {
-            MediaTransport::Udp => MediaSender::Udp { dest: plan.remote },
+            MediaTransport::Udp => {
+                // Connected, the socket hears the ICMP port unreachable of a media server that
+                // is gone; sent to unconnected it never would.
+                if let Err(e) = self.media_udp.connect(plan.remote).await {
+                    let reason = format!("UDP media to {}: {e}", plan.remote);
+                    let _ = media_err.try_send((plan.call_id.clone(), reason));
+                }
+                MediaSender::Udp {
+                    dest: plan.remote,
+                    refusals: Refusals::default(),
+                    errors: 0,
+                }
+            }
             MediaTransport::TcpConnect | MediaTransport::TcpListen => {
                 let (queue, rx) = mpsc::channel(MEDIA_QUEUE);
                 let (conn_tx, conn_rx) = oneshot::channel();
@@ -645,11 +697,31 @@ impl Shell {
         let pts = ps::to_90khz(frame.pts);
         let pack = self.muxer.mux(&frame.data, pts, None, frame.keyframe);
         let packets = media.packetizer.packetize(&pack, pts as u32);
-        match &media.sender {
-            MediaSender::Udp { dest } => {
+        match &mut media.sender {
+            MediaSender::Udp {
+                dest,
+                refusals,
+                errors,
+            } => {
                 for p in packets {
-                    if let Err(e) = self.media_udp.send_to(&p, *dest).await {
-                        tracing::debug!(%dest, error = %e, "gb28181 RTP send");
+                    match self.media_udp.send(&p).await {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            if refusals.refused(std::time::Instant::now()) {
+                                tracing::warn!(%dest, call_id = %media.call_id, refused_for = ?REFUSED_FOR, "gb28181 media port keeps refusing RTP: the platform hung up; ending the dialog");
+                                // The user agent's MediaStop stops this session next.
+                                self.ua.hang_up(Instant::now().into_std(), &media.call_id);
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            *errors += 1;
+                            if *errors == 1 {
+                                tracing::warn!(%dest, error = %e, "gb28181 RTP send failed");
+                            } else {
+                                tracing::debug!(%dest, error = %e, errors = *errors, "gb28181 RTP send failed");
+                            }
+                        }
                     }
                 }
                 false
@@ -811,6 +883,23 @@ mod tests {
     use super::*;
     use crate::cloud::url::StreamUrl;
     use crate::cloud::UrlType;
+
+    #[test]
+    fn refusals_end_the_session_only_when_they_keep_coming() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut r = Refusals::default();
+        // A media server restarting: refused for 3 s, then quiet, then refused again.
+        for ms in (0..3000).step_by(500) {
+            assert!(!r.refused(at(ms)));
+        }
+        assert!(!r.refused(at(6000)), "a gap starts the count again");
+        // Refused about once a second (rate-limited ICMP) from 6 s on: over at 11 s.
+        for ms in (7000..11_000).step_by(1000) {
+            assert!(!r.refused(at(ms)), "{ms}");
+        }
+        assert!(r.refused(at(11_000)));
+    }
 
     #[test]
     fn target_from_url_keeps_the_password_out_of_debug() {

@@ -90,7 +90,8 @@ pub enum UaEvent {
         /// Granted expiry, seconds.
         expires: u32,
     },
-    /// Registration lost after having worked; retrying after `retry_in`.
+    /// Registration lost after having worked; retrying after `retry_in`. A running dialog
+    /// was ended with it (BYE, [`UaEvent::MediaStop`] before this event).
     RegistrationLost {
         /// Failures in a row.
         attempt: u32,
@@ -539,6 +540,10 @@ impl Ua {
         self.next_keepalive = None;
         self.txs
             .retain(|_, tx| !matches!(tx.kind, TxKind::Register | TxKind::Keepalive));
+        // A platform that lost the device drops its streams (wvp closes them when a device goes
+        // offline): media sent on would go nowhere, or to a port handed to someone else. The
+        // BYE is best effort; the platform may well be gone.
+        self.end_dialog(now);
         if let Some(since) = self.registered_since.take() {
             self.backoff
                 .connection_ended(now.saturating_duration_since(since));
@@ -1332,6 +1337,30 @@ mod tests {
         match events(&mut ua).as_slice() {
             [UaEvent::RegistrationLost { reason, .. }] => {
                 assert!(reason.contains("404"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lost_registration_ends_the_dialog_with_bye() {
+        let t0 = Instant::now();
+        let mut ua = registered(t0);
+        platform_request(&mut ua, t0, &invite_text("c1", "0100000001"));
+        let tag = to_tag(&sent_responses(&mut ua).remove(0));
+        platform_request(&mut ua, t0, &in_dialog("ACK", "c1", &tag, 1));
+        assert!(matches!(
+            events(&mut ua).as_slice(),
+            [UaEvent::MediaStart(_)]
+        ));
+        ua.handle_timeout(t0 + Duration::from_secs(60));
+        let ka = sent(&mut ua).remove(0);
+        answer(&mut ua, t0, &ka, 404, "");
+        let bye = sent(&mut ua).into_iter().find(|r| r.method == "BYE");
+        assert_eq!(bye.expect("BYE").call_id().expect("cid"), "c1");
+        match events(&mut ua).as_slice() {
+            [UaEvent::MediaStop { call_id }, UaEvent::RegistrationLost { .. }] => {
+                assert_eq!(call_id, "c1")
             }
             other => panic!("{other:?}"),
         }
