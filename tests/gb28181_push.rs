@@ -1149,3 +1149,144 @@ async fn udp_media_refused_for_seconds_ends_the_dialog() {
     feeder.abort();
     sink.stop().await;
 }
+/// A media server reached over TCP (the device dials it) that stops reading for 3 s and
+/// then reads on: what it received.
+struct Stall {
+    /// RTP packets in arrival order (RFC 4571 framing removed).
+    packets: Vec<Vec<u8>>,
+}
+
+/// Registers, INVITEs with TCP media to a raw RFC 4571 reader here (small receive buffer) and
+/// feeds 40 KB frames at 100 fps, a keyframe every `gop` frames and, when `obey` is set, the
+/// frame after each `KeyframeWanted` too (as an encoder forcing an IDR does). The reader reads
+/// for 1 s, stops for 3 s, and reads on until the platform's BYE closes the connection.
+async fn stall_tcp_media(gop: u32, obey: bool, ssrc: &str) -> Stall {
+    let Registered {
+        uas: _uas,
+        mut sink,
+        feeder,
+        device,
+        ..
+    } = registered(false, options(0)).await;
+    feeder.abort();
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(4).expect("listen");
+    let media_port = listener.local_addr().expect("addr").port().to_string();
+    let stalled = Arc::new(AtomicBool::new(false));
+    let stalled_r = stalled.clone();
+    let mut reader = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let (mut conn, _) = timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the device connected in time")
+            .expect("accept");
+        let mut packets = Vec::new();
+        let read_one = async |conn: &mut tokio::net::TcpStream| -> Option<Vec<u8>> {
+            let len = conn.read_u16().await.ok()?;
+            let mut p = vec![0u8; usize::from(len)];
+            conn.read_exact(&mut p).await.ok()?;
+            Some(p)
+        };
+        let phase = tokio::time::Instant::now() + Duration::from_secs(1);
+        while tokio::time::Instant::now() < phase {
+            match timeout(Duration::from_millis(200), read_one(&mut conn)).await {
+                Ok(Some(p)) => packets.push(p),
+                Ok(None) => return packets,
+                Err(_) => {}
+            }
+        }
+        stalled_r.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stalled_r.store(false, Ordering::SeqCst);
+        for _ in 0..1_000_000 {
+            match timeout(Duration::from_secs(5), read_one(&mut conn)).await {
+                Ok(Some(p)) => packets.push(p),
+                _ => break,
+            }
+        }
+        packets
+    });
+    let force = Arc::new(AtomicBool::new(false));
+    let forced = force.clone();
+    let frames = sink.frames.clone();
+    let feeder = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        // 15 s at most: the play lasts 5 s after the ACK.
+        for n in 0..1500u32 {
+            tick.tick().await;
+            let keyframe = n % gop == 0 || forced.swap(false, Ordering::SeqCst);
+            let mut data = vec![0x5Au8; 40_000];
+            data[..5].copy_from_slice(&[0, 0, 0, 1, if keyframe { 0x65 } else { 0x41 }]);
+            let f = EncodedFrame {
+                data: data.into(),
+                pts: Duration::from_millis(10) * n,
+                keyframe,
+                codec: Codec::H264,
+            };
+            if frames.send(f).await.is_err() {
+                return;
+            }
+        }
+    });
+    let uac = start_uac(
+        "invite_uac.xml",
+        device,
+        free_port(),
+        &[
+            ("channel", CHANNEL),
+            ("ssrc", ssrc),
+            ("media_ip", "127.0.0.1"),
+            ("media_port", &media_port),
+            ("proto", "TCP/RTP/AVP"),
+            ("setup", "a=setup:passive"),
+        ],
+    );
+    let packets = loop {
+        tokio::select! {
+            done = &mut reader => break done.expect("reader"),
+            ev = timeout(Duration::from_secs(20), sink.events.recv()) => {
+                match ev.expect("events in time").expect("sink alive") {
+                    SinkEvent::KeyframeWanted => {
+                        if obey {
+                            force.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+    };
+    let run = blocking(move || uac.wait(Duration::from_secs(10))).await;
+    assert!(run.status.success(), "{}\n{}", run.log, run.messages);
+    feeder.abort();
+    sink.stop().await;
+    Stall { packets }
+}
+
+/// Frames dropped while the media server does not read take no RTP sequence numbers: the
+/// numbering on the wire has no gap, so ZLMediaKit keeps the keyframe the stream resumes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_dropped_on_tcp_back_pressure_leave_no_sequence_gap() {
+    let _serial = SERIAL.lock().await;
+    let stall = stall_tcp_media(10, false, "0100000071").await;
+    let packets = &stall.packets;
+    assert!(packets.len() > 100, "only {} RTP packets", packets.len());
+    let mut dropped = false;
+    for (i, pair) in packets.windows(2).enumerate() {
+        let seq = |p: &[u8]| u16::from_be_bytes([p[2], p[3]]);
+        let ts = |p: &[u8]| u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+        assert_eq!(
+            seq(&pair[1]),
+            seq(&pair[0]).wrapping_add(1),
+            "sequence gap after packet {i} of {}",
+            packets.len()
+        );
+        // 10 ms frames are 900 ticks apart; more is frames that were dropped.
+        dropped |= ts(&pair[1]).wrapping_sub(ts(&pair[0])) > 900;
+    }
+    assert!(dropped, "the stall dropped no frame: nothing was tested");
+}

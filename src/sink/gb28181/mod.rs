@@ -694,16 +694,13 @@ impl Shell {
             }
             media.waiting_for_keyframe = false;
         }
-        let pts = ps::to_90khz(frame.pts);
-        let pack = self.muxer.mux(&frame.data, pts, None, frame.keyframe);
-        let packets = media.packetizer.packetize(&pack, pts as u32);
         match &mut media.sender {
             MediaSender::Udp {
                 dest,
                 refusals,
                 errors,
             } => {
-                for p in packets {
+                for p in rtp_packets(&self.muxer, &mut media.packetizer, frame) {
                     match self.media_udp.send(&p).await {
                         Ok(_) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -726,9 +723,15 @@ impl Shell {
                 }
                 false
             }
-            MediaSender::Tcp { queue, .. } => match queue.try_send(packets) {
-                Ok(()) => false,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+            // The queue's room is taken before the frame is packetized: a frame dropped after
+            // taking sequence numbers would leave a gap on the wire, and ZLMediaKit discards
+            // the frame after a gap, here the keyframe the stream resumes on.
+            MediaSender::Tcp { queue, .. } => match queue.try_reserve() {
+                Ok(permit) => {
+                    permit.send(rtp_packets(&self.muxer, &mut media.packetizer, frame));
+                    false
+                }
+                Err(mpsc::error::TrySendError::Full(())) => {
                     // The media server reads slower than we produce: drop this frame and
                     // resume at a keyframe rather than buffer without bound.
                     media.waiting_for_keyframe = true;
@@ -739,6 +742,17 @@ impl Shell {
             },
         }
     }
+}
+
+/// One frame as PS in RTP packets; each call takes the next sequence numbers.
+fn rtp_packets(
+    muxer: &ps::PsMuxer,
+    packetizer: &mut rtp::Packetizer,
+    frame: &EncodedFrame,
+) -> Vec<Bytes> {
+    let pts = ps::to_90khz(frame.pts);
+    let pack = muxer.mux(&frame.data, pts, None, frame.keyframe);
+    packetizer.packetize(&pack, pts as u32)
 }
 
 /// Sends one TCP media session: connect, or take the connection the shell accepted for it,
