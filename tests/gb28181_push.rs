@@ -1150,10 +1150,12 @@ async fn udp_media_refused_for_seconds_ends_the_dialog() {
     sink.stop().await;
 }
 /// A media server reached over TCP (the device dials it) that stops reading for 3 s and
-/// then reads on: what it received.
+/// then reads on: what it received, and the keyframe requests the sink made meanwhile.
 struct Stall {
     /// RTP packets in arrival order (RFC 4571 framing removed).
     packets: Vec<Vec<u8>>,
+    /// `KeyframeWanted` events while the reader was stopped.
+    requests_in_stall: u32,
 }
 
 /// Registers, INVITEs with TCP media to a raw RFC 4571 reader here (small receive buffer) and
@@ -1245,6 +1247,7 @@ async fn stall_tcp_media(gop: u32, obey: bool, ssrc: &str) -> Stall {
             ("setup", "a=setup:passive"),
         ],
     );
+    let mut requests_in_stall = 0;
     let packets = loop {
         tokio::select! {
             done = &mut reader => break done.expect("reader"),
@@ -1253,6 +1256,9 @@ async fn stall_tcp_media(gop: u32, obey: bool, ssrc: &str) -> Stall {
                     SinkEvent::KeyframeWanted => {
                         if obey {
                             force.store(true, Ordering::SeqCst);
+                        }
+                        if stalled.load(Ordering::SeqCst) {
+                            requests_in_stall += 1;
                         }
                     }
                     other => panic!("unexpected {other:?}"),
@@ -1264,7 +1270,10 @@ async fn stall_tcp_media(gop: u32, obey: bool, ssrc: &str) -> Stall {
     assert!(run.status.success(), "{}\n{}", run.log, run.messages);
     feeder.abort();
     sink.stop().await;
-    Stall { packets }
+    Stall {
+        packets,
+        requests_in_stall,
+    }
 }
 
 /// Frames dropped while the media server does not read take no RTP sequence numbers: the
@@ -1289,4 +1298,23 @@ async fn frames_dropped_on_tcp_back_pressure_leave_no_sequence_gap() {
         dropped |= ts(&pair[1]).wrapping_sub(ts(&pair[0])) > 900;
     }
     assert!(dropped, "the stall dropped no frame: nothing was tested");
+}
+
+/// An encoder that answers every keyframe request with an IDR, and a media server that stops
+/// reading: the sink asks again only once the queue has room, so the stall brings no storm of
+/// requests (each would force an IDR that is dropped in turn).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_stall_brings_no_storm_of_keyframe_requests() {
+    let _serial = SERIAL.lock().await;
+    let stall = stall_tcp_media(500, true, "0100000081").await;
+    assert!(
+        stall.requests_in_stall <= 3,
+        "{} keyframe requests in a 3 s stall",
+        stall.requests_in_stall
+    );
+    assert!(
+        stall.packets.len() > 100,
+        "only {} RTP packets",
+        stall.packets.len()
+    );
 }

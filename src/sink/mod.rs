@@ -156,3 +156,150 @@ pub(crate) async fn wait_to_retry(
     }
     true
 }
+
+/// Limits the keyframe requests a sink passes on to the encoder to one per interval.
+///
+/// Each request makes the encoder send an IDR, several times the size of a P-frame, and one
+/// IDR answers every request made before it: requests that come in bursts (a WHIP receiver's
+/// PLI/FIR, a GB/T 28181 sink whose media server reads too slowly) would otherwise force IDRs
+/// that congest the path further and bring more requests.
+///
+/// A request arriving inside the interval is held, not dropped: the IDR already asked for may
+/// have left before the loss the new request is about, and with long GOPs that receiver would
+/// stay frozen for seconds. However many arrive, one is held, and it is passed on when the
+/// interval ends. Requests the sink makes itself (on connect, on media start) are never held;
+/// they restart the interval, since the IDR they bring answers the others as well.
+#[derive(Debug)]
+pub(crate) struct KeyframeRequests {
+    /// The shortest time between two requests passed on.
+    interval: Duration,
+    /// When a request was last passed on.
+    last: Option<std::time::Instant>,
+    /// A request is waiting for the interval to end.
+    held: bool,
+}
+
+impl KeyframeRequests {
+    /// Requests passed on at most once per `interval`.
+    pub(crate) fn new(interval: Duration) -> Self {
+        KeyframeRequests {
+            interval,
+            last: None,
+            held: false,
+        }
+    }
+
+    /// The sink asked for a keyframe itself at `now` (and passes that request on at once).
+    pub(crate) fn own(&mut self, now: std::time::Instant) {
+        self.last = Some(now);
+        self.held = false;
+    }
+
+    /// A keyframe was asked for at `now`: true to pass the request on now, false when it is
+    /// held.
+    pub(crate) fn asked(&mut self, now: std::time::Instant) -> bool {
+        self.held = true;
+        self.poll(now)
+    }
+
+    /// A keyframe is needed but a request could not help yet (the frame would be dropped as
+    /// well): held until [`poll`](Self::poll) is called when it can.
+    pub(crate) fn hold(&mut self) {
+        self.held = true;
+    }
+
+    /// A keyframe went out anyway: nothing held is needed any more.
+    pub(crate) fn answered(&mut self) {
+        self.held = false;
+    }
+
+    /// True, once, when a held request is due at `now`: the caller passes it on.
+    pub(crate) fn poll(&mut self, now: std::time::Instant) -> bool {
+        let due = self
+            .last
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.interval);
+        if !self.held || !due {
+            return false;
+        }
+        self.held = false;
+        self.last = Some(now);
+        true
+    }
+
+    /// When the held request becomes due, for the caller's timer; `None` when none is held.
+    pub(crate) fn deadline(&self) -> Option<std::time::Instant> {
+        if !self.held {
+            return None;
+        }
+        self.last.map(|t| t + self.interval)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receiver_keyframe_requests_one_per_interval_none_lost() {
+        let ms = |n: u64| Duration::from_millis(n);
+        let t0 = std::time::Instant::now();
+        let mut k = KeyframeRequests::new(ms(500));
+        assert_eq!(k.deadline(), None);
+        assert!(!k.poll(t0), "nothing asked, nothing due");
+        assert!(k.asked(t0), "the first request goes out at once");
+        assert_eq!(k.deadline(), None);
+        // A storm inside the interval: all held, as one.
+        for n in 1..50 {
+            assert!(!k.asked(t0 + ms(n * 5)), "request {n} forwarded");
+        }
+        assert_eq!(k.deadline(), Some(t0 + ms(500)));
+        assert!(!k.poll(t0 + ms(499)));
+        assert!(
+            k.poll(t0 + ms(500)),
+            "the held request goes out when the interval ends"
+        );
+        assert!(!k.poll(t0 + ms(5000)), "and only once");
+        assert_eq!(k.deadline(), None);
+        // The interval restarts from the held request's release.
+        assert!(!k.asked(t0 + ms(900)));
+        assert_eq!(k.deadline(), Some(t0 + ms(1000)));
+        // Late polling (a busy loop elsewhere) releases it late, not never.
+        assert!(k.poll(t0 + ms(1700)));
+        assert!(
+            k.asked(t0 + ms(2200)),
+            "quiet for a whole interval: at once"
+        );
+
+        // The sink's own request (connect) is the caller's to send; it restarts the interval
+        // and answers what was held.
+        let mut k = KeyframeRequests::new(ms(500));
+        assert!(k.asked(t0));
+        assert!(!k.asked(t0 + ms(100)));
+        k.own(t0 + ms(200));
+        assert_eq!(
+            k.deadline(),
+            None,
+            "the connect's IDR answers the held request"
+        );
+        assert!(!k.asked(t0 + ms(300)));
+        assert_eq!(k.deadline(), Some(t0 + ms(700)));
+    }
+
+    #[test]
+    fn a_held_request_waits_for_poll_and_a_keyframe_answers_it() {
+        let ms = |n: u64| Duration::from_millis(n);
+        let t0 = std::time::Instant::now();
+        let mut k = KeyframeRequests::new(ms(1000));
+        k.own(t0);
+        // Held, not passed on: whatever the time, until the caller polls.
+        k.hold();
+        assert!(!k.poll(t0 + ms(999)));
+        assert!(k.poll(t0 + ms(1000)));
+        assert!(!k.poll(t0 + ms(5000)), "once");
+        // A keyframe that went out anyway answers what was held.
+        k.hold();
+        k.answered();
+        assert!(!k.poll(t0 + ms(9000)));
+        assert_eq!(k.deadline(), None);
+    }
+}

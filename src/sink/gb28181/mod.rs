@@ -23,7 +23,7 @@ pub mod ua;
 
 use crate::cloud::url::Gb28181Url;
 use crate::media::frame::{Codec, EncodedFrame};
-use crate::sink::SinkEvent;
+use crate::sink::{KeyframeRequests, SinkEvent};
 use crate::source::feed::ACCEPT_REST;
 use bytes::Bytes;
 use dialog::MediaPlan;
@@ -176,6 +176,9 @@ impl Default for GbOptions {
     }
 }
 
+/// The shortest time between two keyframe requests made for a congested TCP media connection.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Frames waiting for a slow TCP media connection; beyond this the sink drops frames and
 /// asks for a keyframe instead of buffering without bound.
 const MEDIA_QUEUE: usize = 64;
@@ -192,7 +195,9 @@ fn codec_refusal(codec: Codec) -> String {
 ///
 /// Events: [`SinkEvent::Publishing`] on (re-)registration — media starts only when the platform
 /// INVITEs, frames are discarded until then; [`SinkEvent::KeyframeWanted`] when an INVITE starts
-/// media (and after frames were dropped); [`SinkEvent::Reconnecting`] when the registration is
+/// media, and after frames were dropped once the TCP media queue has room again (at most once
+/// a second, so that an encoder forcing an IDR per request is not made to send IDRs that are
+/// dropped in turn); [`SinkEvent::Reconnecting`] when the registration is
 /// lost (refresh refused, 3 keepalives unanswered) and is being retried with backoff, a running
 /// dialog ended with it;
 /// [`SinkEvent::Failed`] when the first REGISTER is refused (wrong password) or unanswered, or a
@@ -368,6 +373,8 @@ struct Media {
     call_id: String,
     packetizer: rtp::Packetizer,
     waiting_for_keyframe: bool,
+    /// Keyframe requests after frames were dropped for a full queue.
+    keyframes: KeyframeRequests,
     sender: MediaSender,
 }
 
@@ -582,10 +589,14 @@ impl Shell {
                 MediaSender::Tcp { queue, conn, task }
             }
         };
+        let mut keyframes = KeyframeRequests::new(KEYFRAME_REQUEST_INTERVAL);
+        // The caller asks for the first keyframe as media starts.
+        keyframes.own(Instant::now().into_std());
         self.media = Some(Media {
             call_id: plan.call_id,
             packetizer: rtp::Packetizer::new(plan.ssrc, first_seq),
             waiting_for_keyframe: true,
+            keyframes,
             sender,
         });
     }
@@ -688,9 +699,17 @@ impl Shell {
         let Some(media) = self.media.as_mut() else {
             return false; // not invited: nobody is watching
         };
+        // A request held while the queue was full goes out once there is room for the
+        // keyframe it brings: asked for earlier, that keyframe would only be dropped as well.
+        let request = match &media.sender {
+            MediaSender::Tcp { queue, .. } if queue.capacity() > 0 => {
+                media.keyframes.poll(Instant::now().into_std())
+            }
+            _ => false,
+        };
         if media.waiting_for_keyframe {
             if !frame.keyframe {
-                return false;
+                return request;
             }
             media.waiting_for_keyframe = false;
         }
@@ -729,13 +748,19 @@ impl Shell {
             MediaSender::Tcp { queue, .. } => match queue.try_reserve() {
                 Ok(permit) => {
                     permit.send(rtp_packets(&self.muxer, &mut media.packetizer, frame));
-                    false
+                    if frame.keyframe {
+                        // This keyframe answers what was held; asking again would bring another.
+                        media.keyframes.answered();
+                        return false;
+                    }
+                    request
                 }
                 Err(mpsc::error::TrySendError::Full(())) => {
                     // The media server reads slower than we produce: drop this frame and
                     // resume at a keyframe rather than buffer without bound.
                     media.waiting_for_keyframe = true;
-                    true
+                    media.keyframes.hold();
+                    false
                 }
                 // The connection task ended; its error is on the way and ends the dialog.
                 Err(mpsc::error::TrySendError::Closed(_)) => false,

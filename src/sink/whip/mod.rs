@@ -23,7 +23,7 @@ pub use http::{Phase, WhipError};
 use crate::backoff::Backoff;
 use crate::cloud::{redact_url_str, WhipUrl};
 use crate::media::frame::{Codec, EncodedFrame};
-use crate::sink::SinkEvent;
+use crate::sink::{KeyframeRequests, SinkEvent};
 use http::IceServerKind;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -619,66 +619,29 @@ impl BandwidthReports {
     }
 }
 
-/// Limits the keyframe requests forwarded for the receiver (PLI/FIR) to one per
-/// [`KEYFRAME_REQUEST_INTERVAL`].
-///
-/// A request arriving inside the interval is held, not dropped: the IDR already asked for may
-/// have left before the loss the new request is about, and with long GOPs that receiver would
-/// stay frozen for seconds. However many arrive, one is held, and it is forwarded when the
-/// interval ends. Requests the sink makes itself (on connect) are never held; they restart the
-/// interval, since the IDR they bring answers the receiver as well.
-#[derive(Debug, Default)]
-struct KeyframeRequests {
-    /// When a request was last forwarded.
-    last: Option<std::time::Instant>,
-    /// A receiver request is waiting for the interval to end.
-    held: bool,
-}
-
-impl KeyframeRequests {
-    /// The sink asked for a keyframe itself at `now` (and forwards that request at once).
-    fn own(&mut self, now: std::time::Instant) {
-        self.last = Some(now);
-        self.held = false;
-    }
-
-    /// The receiver asked at `now`: true to forward the request now, false when it is held.
-    fn receiver(&mut self, now: std::time::Instant) -> bool {
-        self.held = true;
-        self.poll(now)
-    }
-
-    /// True, once, when a held request is due at `now`: the caller forwards it.
-    fn poll(&mut self, now: std::time::Instant) -> bool {
-        let due = self
-            .last
-            .is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_REQUEST_INTERVAL);
-        if !self.held || !due {
-            return false;
-        }
-        self.held = false;
-        self.last = Some(now);
-        true
-    }
-
-    /// When the held request becomes due, for the caller's timer; `None` when none is held.
-    fn deadline(&self) -> Option<std::time::Instant> {
-        if !self.held {
-            return None;
-        }
-        self.last.map(|t| t + KEYFRAME_REQUEST_INTERVAL)
-    }
-}
-
 /// Per-session streaming state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct StreamState {
     connected: bool,
     waiting_for_keyframe: bool,
     profile: Option<StreamProfile>,
     pt: Option<H264Pt>,
     bandwidth: BandwidthReports,
+    /// The receiver's PLI/FIR, at most one per [`KEYFRAME_REQUEST_INTERVAL`].
     keyframes: KeyframeRequests,
+}
+
+impl Default for StreamState {
+    fn default() -> Self {
+        StreamState {
+            connected: false,
+            waiting_for_keyframe: false,
+            profile: None,
+            pt: None,
+            bandwidth: BandwidthReports::default(),
+            keyframes: KeyframeRequests::new(KEYFRAME_REQUEST_INTERVAL),
+        }
+    }
 }
 
 /// One session: ICE/DTLS, then frames out until stop or failure.
@@ -854,7 +817,7 @@ fn on_event(
             });
         }
         Event::KeyframeRequest(r) => {
-            let forwarded = st.keyframes.receiver(now);
+            let forwarded = st.keyframes.asked(now);
             tracing::debug!(kind = ?r.kind, forwarded, "whip: keyframe requested by the receiver");
             if forwarded {
                 out.push(SinkEvent::KeyframeWanted);
@@ -1007,52 +970,6 @@ mod tests {
         assert_eq!(b.poll(t0 + Duration::from_millis(500)), None);
         assert_eq!(b.poll(t0 + Duration::from_millis(1000)), Some(3));
         assert_eq!(b.poll(t0 + Duration::from_millis(3000)), None, "no repeats");
-    }
-
-    #[test]
-    fn receiver_keyframe_requests_one_per_interval_none_lost() {
-        let ms = |n: u64| Duration::from_millis(n);
-        let t0 = std::time::Instant::now();
-        let mut k = KeyframeRequests::default();
-        assert_eq!(k.deadline(), None);
-        assert!(!k.poll(t0), "nothing asked, nothing due");
-        assert!(k.receiver(t0), "the first request goes out at once");
-        assert_eq!(k.deadline(), None);
-        // A storm inside the interval: all held, as one.
-        for n in 1..50 {
-            assert!(!k.receiver(t0 + ms(n * 5)), "request {n} forwarded");
-        }
-        assert_eq!(k.deadline(), Some(t0 + KEYFRAME_REQUEST_INTERVAL));
-        assert!(!k.poll(t0 + ms(499)));
-        assert!(
-            k.poll(t0 + ms(500)),
-            "the held request goes out when the interval ends"
-        );
-        assert!(!k.poll(t0 + ms(5000)), "and only once");
-        assert_eq!(k.deadline(), None);
-        // The interval restarts from the held request's release.
-        assert!(!k.receiver(t0 + ms(900)));
-        assert_eq!(k.deadline(), Some(t0 + ms(1000)));
-        // Late polling (a busy loop elsewhere) releases it late, not never.
-        assert!(k.poll(t0 + ms(1700)));
-        assert!(
-            k.receiver(t0 + ms(2200)),
-            "quiet for a whole interval: at once"
-        );
-
-        // The sink's own request (connect) is the caller's to send; it restarts the interval
-        // and answers what was held.
-        let mut k = KeyframeRequests::default();
-        assert!(k.receiver(t0));
-        assert!(!k.receiver(t0 + ms(100)));
-        k.own(t0 + ms(200));
-        assert_eq!(
-            k.deadline(),
-            None,
-            "the connect's IDR answers the held request"
-        );
-        assert!(!k.receiver(t0 + ms(300)));
-        assert_eq!(k.deadline(), Some(t0 + ms(700)));
     }
 
     /// A datagram in flight: source, destination, bytes.
