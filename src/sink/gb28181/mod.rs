@@ -389,6 +389,8 @@ enum MediaSender {
     },
     Tcp {
         queue: mpsc::Sender<Vec<Bytes>>,
+        /// Ends the session task wherever it waits.
+        cancel: CancellationToken,
         /// Hands the task the platform's connection (TCP listen) once it arrives; `None` once
         /// handed over, and for a session that dials itself.
         conn: Option<oneshot::Sender<TcpStream>>,
@@ -579,14 +581,21 @@ impl Shell {
                     }
                     None => Some(conn_tx),
                 };
+                let cancel = CancellationToken::new();
                 let task = tokio::spawn(tcp_media(
                     plan.clone(),
                     conn_rx,
                     self.tcp_media_timeout,
                     rx,
                     media_err,
+                    cancel.clone(),
                 ));
-                MediaSender::Tcp { queue, conn, task }
+                MediaSender::Tcp {
+                    queue,
+                    cancel,
+                    conn,
+                    task,
+                }
             }
         };
         let mut keyframes = KeyframeRequests::new(KEYFRAME_REQUEST_INTERVAL);
@@ -603,23 +612,21 @@ impl Shell {
 
     async fn stop_media(&mut self) {
         if let Some(Media {
-            sender:
-                MediaSender::Tcp {
-                    queue,
-                    conn,
-                    mut task,
-                },
+            sender: MediaSender::Tcp {
+                cancel, mut task, ..
+            },
             ..
         }) = self.media.take()
         {
-            // Closing the queue lets the task flush what it has and close the connection; one
-            // still waiting for the media server's connection ends when its hand-over goes.
-            drop(conn);
-            drop(queue);
+            // The platform wants no more of this stream: what is queued is not flushed, and
+            // the connection closes as the task ends, which it does at once wherever it waits.
+            cancel.cancel();
+            // Only a bug could keep it: even then the SIP side goes on after a bounded wait.
             if tokio::time::timeout(Duration::from_secs(2), &mut task)
                 .await
                 .is_err()
             {
+                tracing::warn!("gb28181 media task ignored its stop; aborted");
                 task.abort();
             }
         }
@@ -780,34 +787,52 @@ fn rtp_packets(
     packetizer.packetize(&pack, pts as u32)
 }
 
-/// Sends one TCP media session: connect, or take the connection the shell accepted for it,
-/// then RFC 4571 frames until the queue closes. Errors are reported so the dialog can be ended
-/// with BYE.
+/// Runs one TCP media session until its queue closes or `cancel` fires. Every wait in it (the
+/// connect, the platform's connection, a write to a media server that reads slowly) ends on
+/// `cancel`: the SIP side stops sessions as it handles a BYE and must not wait for one. Errors
+/// are reported so the dialog can be ended with BYE.
 async fn tcp_media(
     plan: MediaPlan,
     incoming: oneshot::Receiver<TcpStream>,
     timeout: Duration,
-    mut rx: mpsc::Receiver<Vec<Bytes>>,
+    rx: mpsc::Receiver<Vec<Bytes>>,
     errors: mpsc::Sender<(String, String)>,
+    cancel: CancellationToken,
 ) {
-    let stream = match plan.transport {
+    let call_id = plan.call_id.clone();
+    let outcome = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return,
+        r = send_tcp_media(plan, incoming, timeout, rx) => r,
+    };
+    if let Err(reason) = outcome {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {}
+            _ = errors.send((call_id, reason)) => {}
+        }
+    }
+}
+
+/// Connects, or takes the connection the shell accepted for the session, then sends RFC 4571
+/// frames until the queue closes.
+async fn send_tcp_media(
+    plan: MediaPlan,
+    incoming: oneshot::Receiver<TcpStream>,
+    timeout: Duration,
+    mut rx: mpsc::Receiver<Vec<Bytes>>,
+) -> Result<(), String> {
+    let mut stream = match plan.transport {
         MediaTransport::TcpListen => match tokio::time::timeout(timeout, incoming).await {
-            Ok(Ok(stream)) => Ok(stream),
+            Ok(Ok(stream)) => stream,
             // The session ended while waiting: nobody to tell.
-            Ok(Err(_)) => return,
-            Err(_) => Err(format!("media server did not connect within {timeout:?}")),
+            Ok(Err(_)) => return Ok(()),
+            Err(_) => return Err(format!("media server did not connect within {timeout:?}")),
         },
         _ => tokio::time::timeout(timeout, TcpStream::connect(plan.remote))
             .await
-            .map_err(|_| format!("connect to {} timed out", plan.remote))
-            .and_then(|r| r.map_err(|e| format!("connect to {}: {e}", plan.remote))),
-    };
-    let mut stream = match stream {
-        Ok(s) => s,
-        Err(reason) => {
-            let _ = errors.send((plan.call_id, reason)).await;
-            return;
-        }
+            .map_err(|_| format!("connect to {} timed out", plan.remote))?
+            .map_err(|e| format!("connect to {}: {e}", plan.remote))?,
     };
     let _ = stream.set_nodelay(true);
     while let Some(packets) = rx.recv().await {
@@ -816,17 +841,15 @@ async fn tcp_media(
                 continue;
             };
             // write_all: a half-written packet would desynchronise the receiver's framing.
-            let write = tokio::time::timeout(timeout, stream.write_all(&framed)).await;
-            let err = match write {
-                Ok(Ok(())) => continue,
-                Ok(Err(e)) => format!("write to media server: {e}"),
-                Err(_) => "media server stopped reading".to_owned(),
-            };
-            let _ = errors.send((plan.call_id, err)).await;
-            return;
+            match tokio::time::timeout(timeout, stream.write_all(&framed)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("write to media server: {e}")),
+                Err(_) => return Err("media server stopped reading".to_owned()),
+            }
         }
     }
     let _ = stream.shutdown().await;
+    Ok(())
 }
 
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
@@ -922,6 +945,60 @@ mod tests {
     use super::*;
     use crate::cloud::url::StreamUrl;
     use crate::cloud::UrlType;
+
+    /// A media session stuck in its connect (a media server whose accept queue is full, so
+    /// the SYN goes unanswered) is stopped without waiting on any timer: the SIP side, which
+    /// stops it on BYE, goes on with the next request at once. With the clock paused, any
+    /// wait would show as time passed.
+    #[tokio::test(start_paused = true)]
+    async fn a_media_session_stuck_in_connect_stops_at_once() {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let wedged = socket.listen(1).expect("listen");
+        let media_server = wedged.local_addr().expect("addr");
+        let mut queued = Vec::new();
+        for _ in 0..2 {
+            queued.push(TcpStream::connect(media_server).await.expect("queued"));
+        }
+        let platform = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let target = GbTarget {
+            server_host: "127.0.0.1".into(),
+            server_port: platform.local_addr().expect("addr").port(),
+            server_id: "34020000002000000001".into(),
+            device_id: "34020000001320000001".into(),
+            password: "pw".into(),
+            local_port: 0,
+            channel: "34020000001310000001".into(),
+        };
+        let opts = GbOptions {
+            bind_ip: "127.0.0.1".parse().expect("ip"),
+            ..GbOptions::default()
+        };
+        let mut shell = Shell::setup(&target, &opts).await.expect("setup");
+        let (media_err, _errors) = mpsc::channel(4);
+        let plan = MediaPlan {
+            call_id: "c1".into(),
+            transport: MediaTransport::TcpConnect,
+            remote: media_server,
+            ssrc: 1,
+        };
+        shell.start_media(plan, media_err).await;
+        // Let the session start its connect.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let t0 = Instant::now();
+        shell.stop_media().await;
+        assert_eq!(
+            Instant::now() - t0,
+            Duration::ZERO,
+            "the stop waited on a timer"
+        );
+        assert!(shell.media.is_none());
+        drop(queued);
+    }
 
     #[test]
     fn refusals_end_the_session_only_when_they_keep_coming() {
