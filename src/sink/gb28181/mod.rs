@@ -425,10 +425,19 @@ impl Shell {
     async fn setup(target: &GbTarget, opts: &GbOptions) -> Result<Shell, String> {
         let server = resolve(&target.server_host, target.server_port).await?;
         let local = SocketAddr::new(opts.bind_ip, target.local_port);
-        let sip =
-            while_port_busy(|| SipIo::bind(opts.sip_transport, local, opts.tcp_media_timeout))
-                .await
-                .map_err(|e| format!("bind SIP {:?} {local}: {e}", opts.sip_transport))?;
+        let sip_peers: Vec<IpAddr> = std::iter::once(server.ip())
+            .chain(opts.accept_from.iter().copied())
+            .collect();
+        let sip = while_port_busy(|| {
+            SipIo::bind(
+                opts.sip_transport,
+                local,
+                opts.tcp_media_timeout,
+                sip_peers.clone(),
+            )
+        })
+        .await
+        .map_err(|e| format!("bind SIP {:?} {local}: {e}", opts.sip_transport))?;
         let local_sip = sip
             .local_addr()
             .map_err(|e| format!("SIP socket address: {e}"))?;
