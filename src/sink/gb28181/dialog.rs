@@ -46,6 +46,20 @@ pub enum InviteError {
         /// `s=` value, clipped.
         name: String,
     },
+    /// The offer asks for UDP media to an IPv6 address and the media socket is IPv4 (bound to
+    /// `gb28181.bind_ip`): nothing could be sent, so it is refused rather than answered.
+    #[error(
+        "INVITE (Call-ID {call_id}) asks for UDP media to IPv6 {address}, but the media socket \
+         is IPv4 (gb28181.bind_ip {bind_ip})"
+    )]
+    AddressFamily {
+        /// Call-ID of the INVITE.
+        call_id: String,
+        /// The offer's media address.
+        address: IpAddr,
+        /// Where the media socket is bound.
+        bind_ip: IpAddr,
+    },
     /// The SDP offer cannot be served.
     #[error("INVITE (Call-ID {call_id}) SDP: {error}")]
     Sdp {
@@ -63,7 +77,9 @@ impl InviteError {
             InviteError::Sip(_) => (400, "Bad Request"),
             InviteError::WrongChannel { .. } => (404, "Not Found"),
             InviteError::SubjectMismatch { .. } => (400, "Bad Request"),
-            InviteError::NotPlay { .. } | InviteError::Sdp { .. } => (488, "Not Acceptable Here"),
+            InviteError::NotPlay { .. }
+            | InviteError::Sdp { .. }
+            | InviteError::AddressFamily { .. } => (488, "Not Acceptable Here"),
         }
     }
 }

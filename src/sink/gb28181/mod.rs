@@ -465,6 +465,7 @@ impl Shell {
             channel: target.channel.clone(),
             media_ip: advertise,
             media_port,
+            media_bind_ip: opts.bind_ip,
             expires: opts.expires,
             keepalive_interval: opts.keepalive_interval,
             keepalive_max_missed: opts.keepalive_max_missed.max(1),

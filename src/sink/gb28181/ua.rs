@@ -5,9 +5,10 @@
 //! answers, the one Play dialog, and the UDP retransmission timers of RFC 3261 §17 for the
 //! requests it sends and the 2xx it answers INVITEs with.
 
-use super::dialog::{accept_invite, MediaPlan, PlayDialog};
+use super::dialog::{accept_invite, InviteError, MediaPlan, PlayDialog};
 use super::manscdp::{self, DeviceDescription};
 use super::register::{Identity, RegisterOutcome, Registration};
+use super::sdp::MediaTransport;
 use super::sip::{self, Message, Request, Response};
 use crate::backoff::Backoff;
 use bytes::Bytes;
@@ -32,6 +33,9 @@ pub struct UaConfig {
     pub media_ip: IpAddr,
     /// Fixed local media port (UDP source port, TCP listen port).
     pub media_port: u16,
+    /// Address the media sockets are bound to: an IPv4 socket cannot send UDP media to an
+    /// IPv6 media server, so such an offer is refused up front.
+    pub media_bind_ip: IpAddr,
     /// Registration expiry asked for, seconds.
     pub expires: u32,
     /// Keepalive period.
@@ -783,7 +787,24 @@ impl Ua {
             self.cfg.media_port,
             tag,
             &ssrc_fallback,
-        );
+        )
+        .and_then(|(dialog, resp)| {
+            // TCP media needs no such check: the device dials from a socket of its own, or the
+            // platform dials the answer's address.
+            let media = &dialog.media;
+            let address = media.remote.ip().to_canonical();
+            if media.transport == MediaTransport::Udp
+                && address.is_ipv6()
+                && self.cfg.media_bind_ip.is_ipv4()
+            {
+                return Err(InviteError::AddressFamily {
+                    call_id: media.call_id.clone(),
+                    address,
+                    bind_ip: self.cfg.media_bind_ip,
+                });
+            }
+            Ok((dialog, resp))
+        });
         match accepted {
             Ok((dialog, resp)) => {
                 // One stream per channel: a new INVITE replaces the running one cleanly.
@@ -895,6 +916,7 @@ mod tests {
             channel: CH.into(),
             media_ip: "127.0.0.1".parse().expect("ip"),
             media_port: 15100,
+            media_bind_ip: "127.0.0.1".parse().expect("ip"),
             expires: 3600,
             keepalive_interval: Duration::from_secs(60),
             keepalive_max_missed: 3,
@@ -1137,7 +1159,12 @@ mod tests {
     }
 
     fn invite_text(call_id: &str, y: &str) -> String {
-        let sdp = format!("v=0\r\no=x 0 0 IN IP4 127.0.0.1\r\ns=Play\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video 30000 RTP/AVP 96\r\ny={y}\r\n");
+        invite_to(call_id, y, "IN IP4 127.0.0.1")
+    }
+
+    /// An INVITE whose offer has `c=<connection>`.
+    fn invite_to(call_id: &str, y: &str, connection: &str) -> String {
+        let sdp = format!("v=0\r\no=x 0 0 IN IP4 127.0.0.1\r\ns=Play\r\nc={connection}\r\nt=0 0\r\nm=video 30000 RTP/AVP 96\r\ny={y}\r\n");
         format!("INVITE sip:{CH}@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5064;rport;branch=z9hG4bK{call_id}\r\nFrom: <sip:34020000002000000001@3402000000>;tag=p1\r\nTo: <sip:{CH}@3402000000>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:34020000002000000001@127.0.0.1:5064>\r\nSubject: {CH}:{y},34020000002000000001:0\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len())
     }
 
@@ -1278,6 +1305,26 @@ mod tests {
             "[::ffff:127.0.0.1]:5064".parse().expect("addr"),
             invite.as_bytes(),
         );
+        assert_eq!(sent_responses(&mut ua)[0].status, 200);
+    }
+
+    #[test]
+    fn an_ipv6_udp_offer_to_an_ipv4_media_socket_is_refused_with_488() {
+        let t0 = Instant::now();
+        let mut ua = registered(t0);
+        platform_request(&mut ua, t0, &invite_to("c1", "0100000001", "IN IP6 ::1"));
+        assert_eq!(sent_responses(&mut ua)[0].status, 488);
+        match events(&mut ua).as_slice() {
+            [UaEvent::Refused { reason }] => {
+                assert!(reason.contains("IPv6 ::1"), "{reason}");
+                assert!(reason.contains("gb28181.bind_ip 127.0.0.1"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(ua.dialog_media().is_none(), "no dialog for a refused offer");
+        // An IPv4 address written the IPv6 way is still IPv4.
+        let mapped = invite_to("c2", "0100000002", "IN IP6 ::ffff:127.0.0.1");
+        platform_request(&mut ua, t0, &mapped);
         assert_eq!(sent_responses(&mut ua)[0].status, 200);
     }
 
