@@ -307,6 +307,9 @@ pub struct Gb28181Settings {
     pub keepalive_max_missed: u32,
     /// Device name shown in the platform's catalog.
     pub name: String,
+    /// Largest RTP packet sent, RTP header included (500..=1400); lower it for a path whose
+    /// MTU would fragment 1400-byte packets (a VPN, a tunnel).
+    pub rtp_packet_bytes: u16,
     /// Addresses besides the platform's (the url's `serverIP`) whose SIP is answered, for a
     /// platform that sends its INVITEs from another host. Everything else is ignored. They
     /// may also open the TCP media connection the platform dials (`a=setup:active`), as may
@@ -325,6 +328,7 @@ impl Default for Gb28181Settings {
             keepalive_secs: 60,
             keepalive_max_missed: 3,
             name: "DJI Dock Camera".into(),
+            rtp_packet_bytes: 1400,
             accept_from: Vec::new(),
         }
     }
@@ -728,6 +732,12 @@ impl Config {
         }
         if !(5..=3600).contains(&gb.keepalive_secs) {
             return Err(invalid("gb28181.keepalive_secs", "must be within 5..=3600"));
+        }
+        if !(500..=1400).contains(&gb.rtp_packet_bytes) {
+            return Err(invalid(
+                "gb28181.rtp_packet_bytes",
+                "must be within 500..=1400",
+            ));
         }
         if gb.keepalive_max_missed == 0 {
             return Err(invalid(
@@ -1217,6 +1227,11 @@ mod tests {
             err_key("[gb28181]\naccept_from = [\"10.0.0.0/8\"]"),
             "gb28181.accept_from"
         );
+        assert_eq!(
+            err_key("[gb28181]\nrtp_packet_bytes = 1500"),
+            "gb28181.rtp_packet_bytes"
+        );
+        assert_eq!(err_key("[gb28181]\nrtp_packet_bytes = 1200"), "accepted");
         assert_eq!(err_key("[rtmp]\nca_file = \"ca.pem\""), "rtmp.ca_file");
         assert_eq!(
             err_key("[mqtt]\nurl = \"mqtts://x\"\nca_file = \"./ca.pem\""),

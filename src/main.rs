@@ -299,6 +299,7 @@ fn gb_options(gb: &dockcast::config::Gb28181Settings) -> GbOptions {
         keepalive_interval: Duration::from_secs(gb.keepalive_secs.into()),
         keepalive_max_missed: gb.keepalive_max_missed,
         name: gb.name.clone(),
+        rtp_packet_bytes: gb.rtp_packet_bytes.into(),
         accept_from: gb
             .accept_from
             .iter()

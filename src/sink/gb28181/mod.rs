@@ -147,6 +147,9 @@ pub struct GbOptions {
     pub tcp_media_timeout: Duration,
     /// Name shown in the platform's device and channel lists (ASCII: declared GB2312).
     pub name: String,
+    /// Largest RTP packet, header included ([`rtp::MIN_PACKET_LEN`]..=[`rtp::MAX_PACKET_LEN`]):
+    /// smaller for a path whose MTU would fragment 1400-byte packets.
+    pub rtp_packet_bytes: usize,
     /// Addresses besides the platform's that may send SIP; requests from any other host
     /// (an INVITE that would send the video elsewhere) are ignored. The same hosts, and the
     /// media server an offer names, may open the TCP media connection the platform dials.
@@ -171,6 +174,7 @@ impl Default for GbOptions {
             stop_timeout: Duration::from_millis(2500),
             tcp_media_timeout: Duration::from_secs(10),
             name: "DJI Dock Camera".into(),
+            rtp_packet_bytes: rtp::MAX_PACKET_LEN,
             accept_from: Vec::new(),
         }
     }
@@ -419,6 +423,7 @@ struct Shell {
     media: Option<Media>,
     registered: bool,
     tcp_media_timeout: Duration,
+    rtp_packet_bytes: usize,
 }
 
 impl Shell {
@@ -490,6 +495,7 @@ impl Shell {
             media: None,
             registered: false,
             tcp_media_timeout: opts.tcp_media_timeout,
+            rtp_packet_bytes: opts.rtp_packet_bytes,
         })
     }
 
@@ -613,7 +619,11 @@ impl Shell {
         keyframes.own(Instant::now().into_std());
         self.media = Some(Media {
             call_id: plan.call_id,
-            packetizer: rtp::Packetizer::new(plan.ssrc, first_seq),
+            packetizer: rtp::Packetizer::with_max_packet(
+                plan.ssrc,
+                first_seq,
+                self.rtp_packet_bytes,
+            ),
             waiting_for_keyframe: true,
             keyframes,
             sender,

@@ -12,8 +12,13 @@ pub const PAYLOAD_TYPE_PS: u8 = 96;
 pub const HEADER_LEN: usize = 12;
 
 /// Largest RTP packet (header included): ZLMediaKit's `videoMtuSize`, safe under a 1500 MTU
-/// with IP/UDP headers and below ZLMediaKit's TCP "looks like `$`" ambiguity.
+/// with IP/UDP headers and below ZLMediaKit's TCP "looks like `$`" ambiguity. The default, and
+/// the most `gb28181.rtp_packet_bytes` may ask for.
 pub const MAX_PACKET_LEN: usize = 1400;
+
+/// Smallest RTP packet `gb28181.rtp_packet_bytes` may ask for: enough for a path with a small
+/// MTU (a VPN, PPPoE inside a tunnel) without tripling the packet rate.
+pub const MIN_PACKET_LEN: usize = 500;
 
 /// Packetizes PS packs into RTP packets for one SSRC; one per media session (per INVITE).
 #[derive(Debug, Clone)]
@@ -21,15 +26,24 @@ pub struct Packetizer {
     ssrc: u32,
     seq: u16,
     payload_type: u8,
+    max_payload: usize,
 }
 
 impl Packetizer {
-    /// A packetizer for `ssrc` (the platform's `y=` value) starting at sequence `first_seq`.
+    /// A packetizer for `ssrc` (the platform's `y=` value) starting at sequence `first_seq`,
+    /// with packets of up to [`MAX_PACKET_LEN`] bytes.
     pub fn new(ssrc: u32, first_seq: u16) -> Self {
+        Self::with_max_packet(ssrc, first_seq, MAX_PACKET_LEN)
+    }
+
+    /// Like [`Packetizer::new`], with packets of up to `max_packet_len` bytes, header included
+    /// (kept within [`MIN_PACKET_LEN`]..=[`MAX_PACKET_LEN`]), for a path whose MTU is smaller.
+    pub fn with_max_packet(ssrc: u32, first_seq: u16, max_packet_len: usize) -> Self {
         Self {
             ssrc,
             seq: first_seq,
             payload_type: PAYLOAD_TYPE_PS,
+            max_payload: max_packet_len.clamp(MIN_PACKET_LEN, MAX_PACKET_LEN) - HEADER_LEN,
         }
     }
 
@@ -46,7 +60,7 @@ impl Packetizer {
     /// Splits one frame's PS bytes into RTP packets, all with `timestamp` (90 kHz), the last
     /// one marked. An empty frame yields no packet.
     pub fn packetize(&mut self, frame: &[u8], timestamp: u32) -> Vec<Bytes> {
-        let max_payload = MAX_PACKET_LEN - HEADER_LEN;
+        let max_payload = self.max_payload;
         let count = frame.len().div_ceil(max_payload);
         let mut out = Vec::with_capacity(count);
         for (i, chunk) in frame.chunks(max_payload).enumerate() {
@@ -106,6 +120,19 @@ mod tests {
         let next = p.packetize(&[9; 10], 5);
         assert_eq!(u16::from_be_bytes([next[0][2], next[0][3]]), 1);
         assert_eq!(next[0][1], 0x80 | 96);
+    }
+
+    #[test]
+    fn a_smaller_packet_size_is_honoured_and_kept_in_range() {
+        let frame = vec![7u8; 3000];
+        let pkts = Packetizer::with_max_packet(1, 0, 600).packetize(&frame, 0);
+        assert_eq!(pkts.len(), 6);
+        assert!(pkts.iter().all(|p| p.len() <= 600));
+        assert_eq!(pkts[0].len(), 600);
+        let tiny = Packetizer::with_max_packet(1, 0, 10).packetize(&frame, 0);
+        assert_eq!(tiny[0].len(), MIN_PACKET_LEN);
+        let huge = Packetizer::with_max_packet(1, 0, 9000).packetize(&frame, 0);
+        assert_eq!(huge[0].len(), MAX_PACKET_LEN);
     }
 
     #[test]
