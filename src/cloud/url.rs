@@ -92,6 +92,11 @@ pub enum UrlError {
     /// The RTMP URL path has an empty segment (`//`), which servers treat inconsistently.
     #[error("rtmp url path has an empty segment")]
     EmptyPathSegment,
+    /// The RTMP URL carries `user:password@`: RTMP has no standard place for them and the
+    /// client speaks none of the servers' own challenge schemes, so they would be dropped and
+    /// the publish refused later for a reason nobody could see.
+    #[error("rtmp url carries user credentials (user:password@host), which RTMP publishing here cannot use; put the server's key in the stream name or query")]
+    RtmpCredentials,
 }
 
 /// A parsed `live_start_push` url; one variant per `url_type`.
@@ -200,6 +205,9 @@ impl RtmpUrl {
             Some(h) if !h.is_empty() => h.to_owned(),
             _ => return Err(UrlError::MissingHost),
         };
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(UrlError::RtmpCredentials);
+        }
         let explicit_port = parsed.port();
         let port = explicit_port.unwrap_or(if tls { 443 } else { 1935 });
         if port == 0 {
@@ -921,6 +929,8 @@ mod tests {
             UrlError::NoStreamKey { segments: 0 }
         );
         assert_eq!(err("rtmp://h/a//k"), UrlError::EmptyPathSegment);
+        assert_eq!(err("rtmp://u:p@h/a/k"), UrlError::RtmpCredentials);
+        assert_eq!(err("rtmp://u@h/a/k"), UrlError::RtmpCredentials);
         let e = err("http://h/live/k");
         assert_eq!(e.to_string(), "scheme \"http\" is not rtmp or rtmps");
         assert!(matches!(err("live/key"), UrlError::NotAUrl { .. }));
