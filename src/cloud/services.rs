@@ -909,6 +909,14 @@ mod tests {
         )));
         assert_eq!(code, LiveErrorCode::BadParameters);
         assert!(reason.contains("stream_key"), "{reason}");
+        let (_, code, reason) = rejected(&start_with(&format!(
+            r#"{{"url_type":1,"url":"rtmp://op:Pw4471@h/live/k",{base}}}"#
+        )));
+        assert_eq!(code, LiveErrorCode::BadParameters);
+        assert!(
+            reason.contains("credentials") && !reason.contains("Pw4471"),
+            "{reason}"
+        );
         let gb_missing = "serverIP=1.1.1.1&serverID=34000000000000000000&agentID=34000000000000000001&agentPassword=SeCrEt9&localPort=1&channel=34000000000000000002";
         let (_, code, reason) = rejected(&start_with(&format!(
             r#"{{"url_type":3,"url":"{gb_missing}",{base}}}"#
