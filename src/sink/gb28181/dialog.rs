@@ -188,7 +188,8 @@ pub fn accept_invite(
         media: MediaPlan {
             call_id,
             transport: offer.transport,
-            remote: SocketAddr::new(offer.address, offer.port),
+            // An IPv4-mapped address is sent to as the IPv4 address it is.
+            remote: SocketAddr::new(offer.address.to_canonical(), offer.port),
             ssrc,
         },
         confirmed: false,

@@ -348,8 +348,8 @@ const REFUSED_FOR: Duration = Duration::from_secs(5);
 /// about one a second at most, and a refused send only reports the latest one.
 const REFUSAL_GAP: Duration = Duration::from_secs(2);
 
-/// Whether a connected UDP media socket's refusals have gone on for [`REFUSED_FOR`]. A
-/// connected UDP socket reports an ICMP error once, on the next send, so sends alternate
+/// Whether the media server's refusals have gone on for [`REFUSED_FOR`]. The media socket
+/// reports an ICMP error once, on the next send (see `report_refusals`), so sends alternate
 /// between refused and accepted while the port stays closed; only the refusals are counted.
 #[derive(Debug, Default)]
 struct Refusals {
@@ -383,8 +383,7 @@ struct Media {
 }
 
 enum MediaSender {
-    /// Over the shared media socket, connected to `dest` for this session so that refusals
-    /// come back as errors.
+    /// Over the shared media socket, to `dest`.
     Udp {
         dest: SocketAddr,
         refusals: Refusals,
@@ -418,6 +417,9 @@ struct Shell {
     /// connection it could not take stays queued and the listener readable, so it is left
     /// alone until then instead of being failed again at once.
     media_accept_rest: Option<Instant>,
+    /// Media accepts have failed since the last that succeeded: a shortage is logged when it
+    /// starts, not on every rest.
+    media_accept_short: bool,
     ua: Ua,
     muxer: ps::PsMuxer,
     media: Option<Media>,
@@ -490,6 +492,7 @@ impl Shell {
             media_conn: None,
             stray_media: 0,
             media_accept_rest: None,
+            media_accept_short: false,
             ua: Ua::new(cfg),
             muxer: ps::PsMuxer::new(),
             media: None,
@@ -574,19 +577,14 @@ impl Shell {
         self.stop_media().await;
         let first_seq: u16 = rand::rng().random();
         let sender = match plan.transport {
-            MediaTransport::Udp => {
-                // Connected, the socket hears the ICMP port unreachable of a media server that
-                // is gone; sent to unconnected it never would.
-                if let Err(e) = self.media_udp.connect(plan.remote).await {
-                    let reason = format!("UDP media to {}: {e}", plan.remote);
-                    let _ = media_err.try_send((plan.call_id.clone(), reason));
-                }
-                MediaSender::Udp {
-                    dest: plan.remote,
-                    refusals: Refusals::default(),
-                    errors: 0,
-                }
-            }
+            // Sent unconnected, so that each packet takes the route and source address of the
+            // moment (a 4G modem that reconnects gets a new address); the media server's
+            // refusals still come back, through IP_RECVERR (see `bind_media`).
+            MediaTransport::Udp => MediaSender::Udp {
+                dest: plan.remote,
+                refusals: Refusals::default(),
+                errors: 0,
+            },
             MediaTransport::TcpConnect | MediaTransport::TcpListen => {
                 let (queue, rx) = mpsc::channel(MEDIA_QUEUE);
                 let (conn_tx, conn_rx) = oneshot::channel();
@@ -664,11 +662,14 @@ impl Shell {
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(target = %label, error = %e, rest = ?ACCEPT_REST, "gb28181 cannot accept a media connection");
+                if !std::mem::replace(&mut self.media_accept_short, true) {
+                    tracing::warn!(target = %label, error = %e, rest = ?ACCEPT_REST, "gb28181 cannot accept a media connection");
+                }
                 self.media_accept_rest = Some(Instant::now() + ACCEPT_REST);
                 return;
             }
         };
+        self.media_accept_short = false;
         let plan = self
             .ua
             .dialog_media()
@@ -747,7 +748,7 @@ impl Shell {
                 errors,
             } => {
                 for p in rtp_packets(&self.muxer, &mut media.packetizer, frame) {
-                    match self.media_udp.send(&p).await {
+                    match self.media_udp.send_to(&p, *dest).await {
                         Ok(_) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                             if refusals.refused(std::time::Instant::now()) {
@@ -936,6 +937,38 @@ where
 
 /// A UDP socket and a TCP listener on the same port, so the SDP answer names one port for
 /// every transport.
+/// Makes the media server's ICMP port unreachable fail the next `send_to` with
+/// `ConnectionRefused`, as it would on a connected socket. The media socket stays unconnected:
+/// a connected UDP socket keeps the source address of its first route for good, so after the
+/// modem's address changed every send would fail. Best effort; without it a platform that hung
+/// up unheard is noticed when its registration goes.
+fn report_refusals(udp: &UdpSocket) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let (level, name) = match udp.local_addr() {
+            Ok(SocketAddr::V6(_)) => (libc::IPPROTO_IPV6, libc::IPV6_RECVERR),
+            _ => (libc::IPPROTO_IP, libc::IP_RECVERR),
+        };
+        let on: libc::c_int = 1;
+        // SAFETY: a valid descriptor owned by `udp`, and an int option of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                udp.as_raw_fd(),
+                level,
+                name,
+                std::ptr::addr_of!(on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "gb28181: media socket will not report refusals");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = udp;
+}
+
 async fn bind_media(ip: IpAddr, port: u16) -> Result<(UdpSocket, TcpListener), String> {
     let attempts = if port == 0 { 20 } else { 1 };
     let mut last = String::new();
@@ -943,6 +976,7 @@ async fn bind_media(ip: IpAddr, port: u16) -> Result<(UdpSocket, TcpListener), S
         let udp = while_port_busy(|| UdpSocket::bind(SocketAddr::new(ip, port)))
             .await
             .map_err(|e| format!("bind media UDP {ip}:{port}: {e}"))?;
+        report_refusals(&udp);
         let bound = udp
             .local_addr()
             .map_err(|e| format!("media socket address: {e}"))?

@@ -87,6 +87,9 @@ pub enum SipIo {
         rest: Option<Instant>,
         /// Failed accepts so far.
         accept_errors: u64,
+        /// Accepts have failed since the last one that succeeded: the shortage is reported
+        /// when it starts, not on every rest.
+        short: bool,
         /// Connections closed as they were accepted (not from an allowed host); logged at 1,
         /// 2, 4, 8 … so that a host hammering the port cannot flood the log.
         refused: u64,
@@ -123,6 +126,7 @@ impl SipIo {
                     allowed: allowed.iter().map(|ip| ip.to_canonical()).collect(),
                     rest: None,
                     accept_errors: 0,
+                    short: false,
                     refused: 0,
                 })
             }
@@ -158,6 +162,7 @@ impl SipIo {
                     allowed,
                     rest,
                     accept_errors,
+                    short,
                     refused,
                 } => {
                     tokio::select! {
@@ -174,6 +179,7 @@ impl SipIo {
                         }
                         accepted = listener.accept(), if rest.is_none() => match accepted {
                             Ok((stream, peer)) => {
+                                *short = false;
                                 if !allowed.contains(&peer.ip().to_canonical()) {
                                     *refused += 1;
                                     if refused.is_power_of_two() {
@@ -190,8 +196,7 @@ impl SipIo {
                             }
                             Err(e) => {
                                 *accept_errors += 1;
-                                // Once per shortage, not once per rest.
-                                if *accept_errors == 1 || rest.is_none() && accept_errors.is_power_of_two() {
+                                if !std::mem::replace(short, true) {
                                     tracing::warn!(error = %e, failed = *accept_errors, rest = ?ACCEPT_REST, "gb28181 cannot accept a SIP connection");
                                 }
                                 *rest = Some(Instant::now() + ACCEPT_REST);

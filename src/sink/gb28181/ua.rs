@@ -1326,6 +1326,9 @@ mod tests {
         let mapped = invite_to("c2", "0100000002", "IN IP6 ::ffff:127.0.0.1");
         platform_request(&mut ua, t0, &mapped);
         assert_eq!(sent_responses(&mut ua)[0].status, 200);
+        // And is sent to as IPv4, which the IPv4 media socket can.
+        let remote = ua.dialog_media().expect("dialog").remote;
+        assert_eq!(remote, "127.0.0.1:30000".parse().expect("addr"), "{remote}");
     }
 
     #[test]
