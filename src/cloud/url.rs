@@ -557,8 +557,14 @@ impl fmt::Debug for RtspUrl {
 pub fn redact_url_str(s: &str) -> String {
     // A fragment is never sent to a server, but a url copied from a browser may carry a token in
     // it: only its presence is shown.
-    let (s, fragment) = match s.split_once('#') {
-        Some((before, f)) if s.contains("://") => (before, Some(f)),
+    // A `#` before the last `@` is taken for part of a password that was not escaped, which
+    // is why such a url failed to parse in the first place.
+    let after_userinfo = s.rfind('@').map_or(0, |i| i + 1);
+    let (s, fragment) = match s[after_userinfo..].find('#') {
+        Some(i) if s.contains("://") => {
+            let (before, f) = s.split_at(after_userinfo + i);
+            (before, Some(&f[1..]))
+        }
         _ => (s, None),
     };
     let (head, query) = match s.split_once('?') {
@@ -1178,6 +1184,8 @@ mod tests {
                 "http://h/whip?app=live#***",
             ),
             ("https://h/whip#", "https://h/whip#"),
+            ("mqtt://op:pa#ss@h:1883", "mqtt://op:***@h:1883"),
+            ("mqtt://op:pa#ss@h/x#frag", "mqtt://op:***@h/x#***"),
             ("not a url", "not a url"),
             ("", ""),
         ];
