@@ -142,7 +142,7 @@ fn start_stop_cycles_leave_no_descriptors_or_threads_behind() {
     cfg.extra_toml = "[gb28181]\nbind_ip = \"127.0.0.1\"\n".to_string();
     let vid = cfg.video_id();
     let mut cloud = CloudClient::connect(broker.port(), &cfg.gateway_sn);
-    let daemon = Daemon::start(&cfg);
+    let mut daemon = Daemon::start(&cfg);
     cloud.wait_state("live_capacity", |_| true, REPLY_TIMEOUT);
     let url = format!(
         "serverIP=127.0.0.1&serverPort={platform_port}&serverID={SERVER_ID}&agentID={DEVICE}\
@@ -198,4 +198,6 @@ fn start_stop_cycles_leave_no_descriptors_or_threads_behind() {
         "{} threads after 5 more pushes, {baseline_threads} after the first",
         daemon.threads()
     );
+    // An exited daemon has no descriptors or threads at all.
+    assert!(daemon.is_running(), "{}", daemon.log_tail(40));
 }

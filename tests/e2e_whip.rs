@@ -181,7 +181,7 @@ fn start_stop_cycles_leave_no_descriptors_or_threads_behind() {
     let cfg = DaemonConfig::new(&broker.url());
     let vid = cfg.video_id();
     let mut cloud = CloudClient::connect(broker.port(), &cfg.gateway_sn);
-    let daemon = Daemon::start(&cfg);
+    let mut daemon = Daemon::start(&cfg);
     cloud.wait_state("live_capacity", |_| true, REPLY_TIMEOUT);
     let url = server.url("dock-cam");
     let mut cycle = |n: usize| {
@@ -243,4 +243,6 @@ fn start_stop_cycles_leave_no_descriptors_or_threads_behind() {
         "{} threads after 5 more pushes, {baseline_threads} after the first",
         daemon.threads()
     );
+    // An exited daemon has no descriptors or threads at all.
+    assert!(daemon.is_running(), "{}", daemon.log_tail(40));
 }
