@@ -43,7 +43,9 @@ pub enum CtlRequest {
         /// Optional: without it the dock picks its one switchable live stream.
         video_id: Option<String>,
     },
-    /// Print the retained `live_capacity` the gateway announced.
+    /// Print the `live_capacity` the gateway announced. dockcast retains it, so it comes at
+    /// once; from a dock that does not retain its state it comes with the next announcement,
+    /// or the command times out.
     Capacity,
 }
 

@@ -126,7 +126,8 @@ enum CtlCmd {
         #[arg(long)]
         video_id: Option<String>,
     },
-    /// Print the live_capacity the gateway announced (retained).
+    /// Print the live_capacity the gateway announced (at once from dockcast, which retains it;
+    /// a gateway that does not is heard at its next announcement).
     Capacity,
 }
 
