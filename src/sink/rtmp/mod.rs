@@ -359,46 +359,39 @@ impl Publish<'_> {
                         tagger.new_connection();
                         tagger.tags_for(&frame)
                     });
-                    match offer {
-                        Offer::Queued => {
-                            gate = Gate::Open;
-                            codec = frame.codec;
-                            if let Some(ts) = ts {
-                                last_ts = ts;
-                            }
-                        }
+                    let (dropped, queued) = match offer {
+                        Offer::Queued => (None, true),
                         Offer::Restarted { frames } => {
-                            let total = self.stats.dropped_frames.fetch_add(frames, Ordering::Relaxed) + frames;
-                            tracing::warn!(
-                                peer = conn.peer(),
-                                frames,
-                                total,
-                                backlog_limit = self.cap,
-                                "rtmp server reads too slowly: dropped the queue for a keyframe"
-                            );
-                            gate = Gate::Open;
-                            dropped_in_window = true;
-                            codec = frame.codec;
-                            // Tagged again for the same pts, so the same timestamp.
-                            if let Some(ts) = ts {
-                                last_ts = ts;
-                            }
+                            (Some((frames, "dropped the queue for a keyframe")), true)
                         }
                         Offer::Dropped { frames } => {
-                            let total = self.stats.dropped_frames.fetch_add(frames, Ordering::Relaxed) + frames;
-                            tracing::warn!(
-                                peer = conn.peer(),
-                                frames,
-                                total,
-                                backlog_limit = self.cap,
-                                "rtmp server reads too slowly: dropped to the next keyframe"
-                            );
-                            gate = Gate::KeyframeAfterDrop;
-                            dropped_in_window = true;
-                            // What was dropped may have held the sequence header.
-                            self.tagger.new_connection();
-                            let _ = self.events.try_send(SinkEvent::KeyframeWanted);
+                            (Some((frames, "dropped to the next keyframe")), false)
                         }
+                    };
+                    if let Some((frames, what)) = dropped {
+                        let total = self.stats.dropped_frames.fetch_add(frames, Ordering::Relaxed) + frames;
+                        tracing::warn!(
+                            peer = conn.peer(),
+                            frames,
+                            total,
+                            backlog_limit = self.cap,
+                            "rtmp server reads too slowly: {what}"
+                        );
+                        dropped_in_window = true;
+                    }
+                    if queued {
+                        // A restarted keyframe was tagged again for the same pts: the same
+                        // timestamp.
+                        gate = Gate::Open;
+                        codec = frame.codec;
+                        if let Some(ts) = ts {
+                            last_ts = ts;
+                        }
+                    } else {
+                        gate = Gate::KeyframeAfterDrop;
+                        // What was dropped may have held the sequence header.
+                        self.tagger.new_connection();
+                        let _ = self.events.try_send(SinkEvent::KeyframeWanted);
                     }
                 }
             }
