@@ -1152,37 +1152,10 @@ fn start_stop_cycles_leave_no_descriptors_or_threads_behind() {
     cycle(&mut rig);
     // The first push may leave lazily made resources (the runtime's blocking threads, a
     // resolver); what it leaves is the baseline the later ones must return to.
-    std::thread::sleep(Duration::from_millis(500));
-    let fds = rig.daemon.open_fds();
-    let baseline_threads = rig.daemon.threads();
-    assert!(
-        fds.iter().any(|f| f.starts_with("socket:")) && baseline_threads > 1,
-        "cannot see the daemon's descriptors or threads: {fds:?}, {baseline_threads} threads"
-    );
-    eprintln!(
-        "after one push: {} descriptors, {baseline_threads} threads",
-        fds.len()
-    );
+    let baseline = rig.daemon.held_after_first_push();
     for _ in 0..12 {
         cycle(&mut rig);
     }
-    // Stopping is announced before every socket is closed; give the closes a moment.
-    let settled = peers::wait_until(Duration::from_secs(5), || {
-        rig.daemon.open_fds().len() <= fds.len()
-    });
-    assert!(
-        settled,
-        "descriptors after 12 more pushes: {:?}\nafter the first: {fds:?}",
-        rig.daemon.open_fds()
-    );
-    // Idle blocking-pool threads end 10 s after their last job.
-    let settled = peers::wait_until(Duration::from_secs(12), || {
-        rig.daemon.threads() <= baseline_threads
-    });
-    assert!(
-        settled,
-        "{} threads after 12 more pushes, {baseline_threads} after the first",
-        rig.daemon.threads()
-    );
-    assert!(rig.daemon.is_running(), "{}", rig.daemon.log_tail(40));
+    rig.daemon
+        .assert_holds_no_more_than(&baseline, "after 12 more pushes");
 }

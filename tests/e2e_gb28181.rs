@@ -25,24 +25,60 @@ fn call(cloud: &mut CloudClient, method: &str, data: Value) -> Value {
     cloud.wait_reply(&tid, REPLY_TIMEOUT)
 }
 
+/// A SIPp platform, a broker, the cloud's client and the daemon (GB/T 28181 bound to
+/// 127.0.0.1), once the daemon has announced its capacity; `url` is the push url for the
+/// platform.
+struct Rig {
+    platform: PlatformUas,
+    device_port: u16,
+    _broker: Mosquitto,
+    vid: String,
+    cloud: CloudClient,
+    daemon: Daemon,
+    url: String,
+}
+
+impl Rig {
+    fn start() -> Rig {
+        let platform_port = peers::free_port();
+        let device_port = peers::free_port();
+        let platform = PlatformUas::start(platform_port);
+        let broker = Mosquitto::start();
+        let mut cfg = DaemonConfig::new(&broker.url());
+        cfg.extra_toml = "[gb28181]\nbind_ip = \"127.0.0.1\"\n".to_string();
+        let vid = cfg.video_id();
+        let mut cloud = CloudClient::connect(broker.port(), &cfg.gateway_sn);
+        let daemon = Daemon::start(&cfg);
+        cloud.wait_state("live_capacity", |_| true, REPLY_TIMEOUT);
+        let url = format!(
+            "serverIP=127.0.0.1&serverPort={platform_port}&serverID={SERVER_ID}&agentID={DEVICE}\
+             &agentPassword={PASSWORD}&localPort={device_port}&channel={CHANNEL}"
+        );
+        Rig {
+            platform,
+            device_port,
+            _broker: broker,
+            vid,
+            cloud,
+            daemon,
+            url,
+        }
+    }
+}
+
 #[test]
 fn gb28181_push_registers_streams_on_invite_and_unregisters() {
     let _serial = peers::exclusive();
-    let platform_port = peers::free_port();
-    let device_port = peers::free_port();
-    let platform = PlatformUas::start(platform_port);
-    let broker = Mosquitto::start();
-    let mut cfg = DaemonConfig::new(&broker.url());
-    cfg.extra_toml = "[gb28181]\nbind_ip = \"127.0.0.1\"\n".to_string();
-    let vid = cfg.video_id();
-    let mut cloud = CloudClient::connect(broker.port(), &cfg.gateway_sn);
-    let mut daemon = Daemon::start(&cfg);
-    cloud.wait_state("live_capacity", |_| true, REPLY_TIMEOUT);
+    let Rig {
+        platform,
+        device_port,
+        _broker,
+        vid,
+        mut cloud,
+        mut daemon,
+        url,
+    } = Rig::start();
 
-    let url = format!(
-        "serverIP=127.0.0.1&serverPort={platform_port}&serverID={SERVER_ID}&agentID={DEVICE}\
-         &agentPassword={PASSWORD}&localPort={device_port}&channel={CHANNEL}"
-    );
     let started = Instant::now();
     let reply = call(
         &mut cloud,
@@ -134,20 +170,15 @@ fn start_stop_cycles_leave_no_descriptors_or_threads_behind() {
         return;
     }
     let _serial = peers::exclusive();
-    let platform_port = peers::free_port();
-    let device_port = peers::free_port();
-    let platform = PlatformUas::start(platform_port);
-    let broker = Mosquitto::start();
-    let mut cfg = DaemonConfig::new(&broker.url());
-    cfg.extra_toml = "[gb28181]\nbind_ip = \"127.0.0.1\"\n".to_string();
-    let vid = cfg.video_id();
-    let mut cloud = CloudClient::connect(broker.port(), &cfg.gateway_sn);
-    let mut daemon = Daemon::start(&cfg);
-    cloud.wait_state("live_capacity", |_| true, REPLY_TIMEOUT);
-    let url = format!(
-        "serverIP=127.0.0.1&serverPort={platform_port}&serverID={SERVER_ID}&agentID={DEVICE}\
-         &agentPassword={PASSWORD}&localPort={device_port}&channel={CHANNEL}"
-    );
+    let Rig {
+        platform,
+        device_port: _,
+        _broker,
+        vid,
+        mut cloud,
+        mut daemon,
+        url,
+    } = Rig::start();
     let mut cycle = |n: usize| {
         let start = json!({"url_type": 3, "url": url, "video_id": vid, "video_quality": 1});
         let reply = call(&mut cloud, "live_start_push", start);
@@ -171,33 +202,9 @@ fn start_stop_cycles_leave_no_descriptors_or_threads_behind() {
     cycle(1);
     // The first push may leave lazily made resources (the runtime's blocking threads); what
     // it leaves is the baseline the later ones must return to.
-    std::thread::sleep(Duration::from_millis(500));
-    let fds = daemon.open_fds();
-    let baseline_threads = daemon.threads();
-    assert!(
-        fds.iter().any(|f| f.starts_with("socket:")) && baseline_threads > 1,
-        "cannot see the daemon's descriptors or threads: {fds:?}, {baseline_threads} threads"
-    );
+    let baseline = daemon.held_after_first_push();
     for n in 2..=6 {
         cycle(n);
     }
-    let settled = peers::wait_until(Duration::from_secs(5), || {
-        daemon.open_fds().len() <= fds.len()
-    });
-    assert!(
-        settled,
-        "descriptors after 5 more pushes: {:?}\nafter the first: {fds:?}",
-        daemon.open_fds()
-    );
-    // Idle blocking-pool threads end 10 s after their last job.
-    let settled = peers::wait_until(Duration::from_secs(12), || {
-        daemon.threads() <= baseline_threads
-    });
-    assert!(
-        settled,
-        "{} threads after 5 more pushes, {baseline_threads} after the first",
-        daemon.threads()
-    );
-    // An exited daemon has no descriptors or threads at all.
-    assert!(daemon.is_running(), "{}", daemon.log_tail(40));
+    daemon.assert_holds_no_more_than(&baseline, "after 5 more pushes");
 }

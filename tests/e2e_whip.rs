@@ -216,33 +216,9 @@ fn start_stop_cycles_leave_no_descriptors_or_threads_behind() {
     cycle(1);
     // The first push may leave lazily made resources (the runtime's blocking threads, the
     // HTTP client's pool); what it leaves is the baseline the later ones must return to.
-    std::thread::sleep(Duration::from_millis(500));
-    let fds = daemon.open_fds();
-    let baseline_threads = daemon.threads();
-    assert!(
-        fds.iter().any(|f| f.starts_with("socket:")) && baseline_threads > 1,
-        "cannot see the daemon's descriptors or threads: {fds:?}, {baseline_threads} threads"
-    );
+    let baseline = daemon.held_after_first_push();
     for n in 2..=6 {
         cycle(n);
     }
-    let settled = peers::wait_until(Duration::from_secs(5), || {
-        daemon.open_fds().len() <= fds.len()
-    });
-    assert!(
-        settled,
-        "descriptors after 5 more pushes: {:?}\nafter the first: {fds:?}",
-        daemon.open_fds()
-    );
-    // Idle blocking-pool threads end 10 s after their last job.
-    let settled = peers::wait_until(Duration::from_secs(12), || {
-        daemon.threads() <= baseline_threads
-    });
-    assert!(
-        settled,
-        "{} threads after 5 more pushes, {baseline_threads} after the first",
-        daemon.threads()
-    );
-    // An exited daemon has no descriptors or threads at all.
-    assert!(daemon.is_running(), "{}", daemon.log_tail(40));
+    daemon.assert_holds_no_more_than(&baseline, "after 5 more pushes");
 }

@@ -334,6 +334,55 @@ impl Daemon {
             .unwrap_or(0)
     }
 
+    /// What the daemon holds once its first push has come and gone: the baseline later pushes
+    /// must return it to. Waits a moment first, as stopping is announced before every socket
+    /// is closed; checks that `/proc` shows the daemon at all, or every comparison would pass.
+    pub fn held_after_first_push(&self) -> Held {
+        std::thread::sleep(Duration::from_millis(500));
+        let held = Held {
+            fds: self.open_fds(),
+            threads: self.threads(),
+        };
+        assert!(
+            held.fds.iter().any(|f| f.starts_with("socket:")) && held.threads > 1,
+            "cannot see the daemon's descriptors or threads: {:?}, {} threads",
+            held.fds,
+            held.threads
+        );
+        eprintln!(
+            "after one push: {} descriptors, {} threads",
+            held.fds.len(),
+            held.threads
+        );
+        held
+    }
+
+    /// Requires the daemon, still running, to come back to no more descriptors and threads
+    /// than `baseline` (`after` says after what, for the message).
+    pub fn assert_holds_no_more_than(&mut self, baseline: &Held, after: &str) {
+        let settled = wait_until(Duration::from_secs(5), || {
+            self.open_fds().len() <= baseline.fds.len()
+        });
+        assert!(
+            settled,
+            "descriptors {after}: {:?}\nafter the first push: {:?}",
+            self.open_fds(),
+            baseline.fds
+        );
+        // Idle blocking-pool threads end 10 s after their last job.
+        let settled = wait_until(Duration::from_secs(12), || {
+            self.threads() <= baseline.threads
+        });
+        assert!(
+            settled,
+            "{} threads {after}, {} after the first push",
+            self.threads(),
+            baseline.threads
+        );
+        // An exited daemon has no descriptors or threads at all.
+        assert!(self.is_running(), "{}", self.log_tail(40));
+    }
+
     /// Everything the daemon wrote to stdout and stderr so far.
     pub fn logs(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.log_path).unwrap_or_default()).into_owned()
@@ -345,6 +394,14 @@ impl Daemon {
         let lines: Vec<&str> = logs.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
+}
+
+/// What a daemon holds, as [`Daemon::held_after_first_push`] found it.
+pub struct Held {
+    /// Its open descriptors, as [`Daemon::open_fds`] lists them.
+    pub fds: Vec<String>,
+    /// Its thread count.
+    pub threads: usize,
 }
 
 impl Drop for Daemon {
