@@ -5,9 +5,12 @@
 //! A binary of its own: the test lowers the process's descriptor limit and fills the table,
 //! which would break any test running beside it.
 
+mod fd_table;
+
 use dockcast::media::quality::Rung;
 use dockcast::source::feed::{FeedSource, FeedSpec, ACCEPT_REST};
 use dockcast::source::VideoSource;
+use fd_table::FullTable;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -17,21 +20,6 @@ const RUNG: Rung = Rung {
     fps: 30,
     bitrate_kbps: 100,
 };
-
-fn nofile_limit() -> libc::rlimit {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for the call to fill in.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    lim
-}
-
-fn set_nofile_limit(lim: &libc::rlimit) {
-    // SAFETY: `lim` is a valid rlimit; lowering the soft limit needs no privilege.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, lim) }, 0);
-}
 
 #[test]
 fn a_feed_out_of_descriptors_rests_its_listener_and_takes_the_app_once_they_are_free() {
@@ -44,21 +32,7 @@ fn a_feed_out_of_descriptors_rests_its_listener_and_takes_the_app_once_they_are_
     let _app = UnixStream::connect(&path).unwrap();
 
     // Fill the table under a low limit, so that the next descriptor, accept()'s, fails.
-    let saved = nofile_limit();
-    let low = libc::rlimit {
-        rlim_cur: 256.min(saved.rlim_cur),
-        rlim_max: saved.rlim_max,
-    };
-    set_nofile_limit(&low);
-    let mut fillers = Vec::new();
-    loop {
-        match std::fs::File::open("/dev/null") {
-            Ok(f) => fillers.push(f),
-            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
-            Err(e) => panic!("filling the descriptor table: {e}"),
-        }
-        assert!(fillers.len() <= 256, "the limit of 256 was not applied");
-    }
+    let table = FullTable::fill();
 
     // Three rests' worth of waiting: without a rest the listener would be polled readable and
     // fail again thousands of times in that time.
@@ -78,8 +52,7 @@ fn a_feed_out_of_descriptors_rests_its_listener_and_takes_the_app_once_they_are_
     assert_eq!(src.stats().connections, 0);
 
     // Descriptors free again: the queued connection is taken after the rest, with no new connect.
-    drop(fillers);
-    set_nofile_limit(&saved);
+    drop(table);
     let deadline = Instant::now() + ACCEPT_REST * 4;
     while src.stats().connections == 0 {
         assert!(

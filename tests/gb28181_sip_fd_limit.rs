@@ -5,26 +5,14 @@
 //! A binary of its own: the test lowers the process's descriptor limit and fills the table,
 //! which would break any test running beside it.
 
+mod fd_table;
+
 use dockcast::sink::gb28181::transport::{Inbound, SipIo};
 use dockcast::sink::gb28181::SipTransport;
 use dockcast::source::feed::ACCEPT_REST;
+use fd_table::FullTable;
 use std::io::Write;
 use std::time::{Duration, Instant};
-
-fn nofile_limit() -> libc::rlimit {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for the call to fill in.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    lim
-}
-
-fn set_nofile_limit(lim: &libc::rlimit) {
-    // SAFETY: `lim` is a valid rlimit; lowering the soft limit needs no privilege.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, lim) }, 0);
-}
 
 /// CPU time this process has used so far, user and system.
 fn cpu_time() -> Duration {
@@ -57,21 +45,7 @@ async fn sip_over_tcp_out_of_descriptors_rests_its_listener_and_takes_the_platfo
         .expect("send");
 
     // Fill the table under a low limit, so that the next descriptor, accept()'s, fails.
-    let saved = nofile_limit();
-    let low = libc::rlimit {
-        rlim_cur: 256.min(saved.rlim_cur),
-        rlim_max: saved.rlim_max,
-    };
-    set_nofile_limit(&low);
-    let mut fillers = Vec::new();
-    loop {
-        match std::fs::File::open("/dev/null") {
-            Ok(f) => fillers.push(f),
-            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
-            Err(e) => panic!("filling the descriptor table: {e}"),
-        }
-        assert!(fillers.len() <= 256, "the limit of 256 was not applied");
-    }
+    let table = FullTable::fill();
 
     // Three rests' worth of waiting: retried at once, accept() would fail again in a loop for
     // all that time, burning a core.
@@ -87,8 +61,7 @@ async fn sip_over_tcp_out_of_descriptors_rests_its_listener_and_takes_the_platfo
 
     // Descriptors free again: the queued connection is taken after the rest, with no new
     // connect, and its request arrives.
-    drop(fillers);
-    set_nofile_limit(&saved);
+    drop(table);
     match tokio::time::timeout(ACCEPT_REST * 4, io.recv()).await {
         Ok(Inbound::Message(from, data)) => {
             assert_eq!(from, platform.local_addr().expect("addr"));
