@@ -8,8 +8,10 @@
 //! step timeout fires at once when the server goes quiet).
 
 use bytes::Bytes;
+use dockcast::media::frame::{Codec, EncodedFrame};
 use dockcast::sink::rtmp::client::{InputFilter, RtmpConnection};
-use dockcast::sink::rtmp::RtmpTarget;
+use dockcast::sink::rtmp::{run_with_stats, RtmpOptions, RtmpStats, RtmpTarget};
+use dockcast::sink::SinkEvent;
 use proptest::prelude::*;
 use rml_rtmp::chunk_io::ChunkSerializer;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
@@ -17,6 +19,8 @@ use rml_rtmp::messages::{PeerBandwidthLimitType, RtmpMessage};
 use rml_rtmp::rml_amf0::Amf0Value;
 use rml_rtmp::time::RtmpTimestamp;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 
@@ -306,13 +310,61 @@ fn apply(data: &mut Vec<u8>, m: &Mutation) {
 /// A server that accepts the publish and then stops reading: the sink's bounded queue drops
 /// frames, and once nothing at all is taken for `send_timeout` the connection counts as lost
 /// and the sink reconnects instead of hanging.
+/// An access unit that passes for a 640x360 keyframe: baseline SPS and PPS, then an IDR slice
+/// of `len` filler bytes. The size matters to these tests, not the picture.
+fn keyframe_of(len: usize) -> Vec<u8> {
+    let sps: &[u8] = &[
+        0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x2f, 0xf9, 0x70, 0x11, 0x00, 0x00, 0x03, 0x00,
+        0x01, 0x00, 0x00, 0x03, 0x00, 0x3c, 0x0f, 0x16, 0x2e, 0x48,
+    ];
+    let pps: &[u8] = &[0x68, 0xcb, 0x83, 0xcb, 0x20];
+    let mut au = Vec::new();
+    for nal in [sps, pps] {
+        au.extend_from_slice(&[0, 0, 0, 1]);
+        au.extend_from_slice(nal);
+    }
+    au.extend_from_slice(&[0, 0, 0, 1, 0x65]);
+    au.extend(std::iter::repeat_n(0x55u8, len));
+    au
+}
+
+/// An RTMP sink publishing to 127.0.0.1:`port`, driven by a test.
+struct TestSink {
+    frames: tokio::sync::mpsc::Sender<EncodedFrame>,
+    events: tokio::sync::mpsc::Receiver<SinkEvent>,
+    cancel: tokio_util::sync::CancellationToken,
+    stats: Arc<RtmpStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestSink {
+    /// Spawns the sink with `opts`, keeping up to `events` of its events.
+    fn spawn(port: u16, opts: RtmpOptions, events: usize) -> TestSink {
+        let target = RtmpTarget::parse(&format!("rtmp://127.0.0.1:{port}/live/{KEY}")).expect("t");
+        let (frames, rx) = tokio::sync::mpsc::channel(8);
+        let (ev_tx, events) = tokio::sync::mpsc::channel(events);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let stats = Arc::new(RtmpStats::default());
+        let task = tokio::spawn(run_with_stats(
+            target,
+            opts,
+            rx,
+            ev_tx,
+            cancel.clone(),
+            stats.clone(),
+        ));
+        TestSink {
+            frames,
+            events,
+            cancel,
+            stats,
+            task,
+        }
+    }
+}
+
 #[test]
 fn a_server_that_stops_reading_is_dropped_after_the_send_timeout() {
-    use dockcast::media::frame::{Codec, EncodedFrame};
-    use dockcast::sink::rtmp::{run_with_stats, RtmpOptions, RtmpStats};
-    use dockcast::sink::SinkEvent;
-    use std::sync::atomic::Ordering;
-    use std::sync::Arc;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -329,7 +381,6 @@ fn a_server_that_stops_reading_is_dropped_after_the_send_timeout() {
                 serve_on(tcp, None, a, b, Vec::new(), false).await;
             }
         });
-        let target = RtmpTarget::parse(&format!("rtmp://127.0.0.1:{port}/live/{KEY}")).expect("t");
         let opts = RtmpOptions {
             send_timeout: Duration::from_secs(1),
             send_buffer_bytes: 256 * 1024,
@@ -337,32 +388,14 @@ fn a_server_that_stops_reading_is_dropped_after_the_send_timeout() {
             backoff_max: Duration::from_millis(500),
             ..RtmpOptions::default()
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(256);
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let stats = Arc::new(RtmpStats::default());
-        let sink = tokio::spawn(run_with_stats(
-            target,
-            opts,
-            rx,
-            ev_tx,
-            cancel.clone(),
-            stats.clone(),
-        ));
-        // 640x360 baseline SPS/PPS and a 100 kB "IDR": the size matters, not the picture.
-        let sps: &[u8] = &[
-            0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x2f, 0xf9, 0x70, 0x11, 0x00, 0x00, 0x03,
-            0x00, 0x01, 0x00, 0x00, 0x03, 0x00, 0x3c, 0x0f, 0x16, 0x2e, 0x48,
-        ];
-        let pps: &[u8] = &[0x68, 0xcb, 0x83, 0xcb, 0x20];
-        let mut au = Vec::new();
-        for nal in [sps, pps] {
-            au.extend_from_slice(&[0, 0, 0, 1]);
-            au.extend_from_slice(nal);
-        }
-        au.extend_from_slice(&[0, 0, 0, 1, 0x65]);
-        au.extend(std::iter::repeat_n(0x55u8, 100_000));
-        let au = Bytes::from(au);
+        let TestSink {
+            frames: tx,
+            events: mut ev_rx,
+            cancel,
+            stats,
+            task: sink,
+        } = TestSink::spawn(port, opts, 256);
+        let au = Bytes::from(keyframe_of(100_000));
         let producer = tokio::spawn(async move {
             for i in 0..2000u32 {
                 let frame = EncodedFrame {
@@ -426,8 +459,6 @@ fn deeply_nested_amf0(name: &str, depth: usize) -> Vec<u8> {
 /// [`serve_on`]) to every connection, and returns the first `Failed` or `Reconnecting` reason
 /// with whether the sink was publishing before it.
 fn sink_outcome_against(first: Vec<u8>, second: Vec<u8>, tail: Vec<u8>) -> (String, bool) {
-    use dockcast::sink::rtmp::{run, RtmpOptions};
-    use dockcast::sink::SinkEvent;
     // The default worker stack (2 MiB), as in the daemon.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -449,17 +480,19 @@ fn sink_outcome_against(first: Vec<u8>, second: Vec<u8>, tail: Vec<u8>) -> (Stri
                 tokio::spawn(serve_on(tcp, None, a, b, t, true));
             }
         });
-        let target = RtmpTarget::parse(&format!("rtmp://127.0.0.1:{port}/live/{KEY}")).expect("t");
         let opts = RtmpOptions {
             connect_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_millis(500),
             ..RtmpOptions::default()
         };
-        let (_tx, rx) = tokio::sync::mpsc::channel(8);
-        let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(64);
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let sink = tokio::spawn(run(target, opts, rx, ev_tx, cancel.clone()));
+        let TestSink {
+            frames: _frames,
+            events: mut ev_rx,
+            cancel,
+            task: sink,
+            ..
+        } = TestSink::spawn(port, opts, 64);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let mut published = false;
         let reason = loop {
@@ -612,11 +645,6 @@ struct SlowPush {
 /// far faster than [`serve_counting`] reads them, then lets the server drain what is left at
 /// full speed until it received or the sink counted as dropped every frame (at most 15 s).
 fn push_to_a_slow_server() -> SlowPush {
-    use dockcast::media::frame::{Codec, EncodedFrame};
-    use dockcast::sink::rtmp::{run_with_stats, RtmpOptions, RtmpStats};
-    use dockcast::sink::SinkEvent;
-    use std::sync::atomic::Ordering;
-    use std::sync::Arc;
     const FRAMES: u32 = 300;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -640,24 +668,18 @@ fn push_to_a_slow_server() -> SlowPush {
                 }
             })
         };
-        let target = RtmpTarget::parse(&format!("rtmp://127.0.0.1:{port}/live/{KEY}")).expect("t");
         let opts = RtmpOptions {
             send_timeout: Duration::from_secs(10),
             send_buffer_bytes: 128 * 1024,
             ..RtmpOptions::default()
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(1024);
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let stats = Arc::new(RtmpStats::default());
-        let sink = tokio::spawn(run_with_stats(
-            target,
-            opts,
-            rx,
-            ev_tx,
-            cancel.clone(),
-            stats.clone(),
-        ));
+        let TestSink {
+            frames: tx,
+            events: mut ev_rx,
+            cancel,
+            stats,
+            task: sink,
+        } = TestSink::spawn(port, opts, 1024);
         let published = tokio::time::timeout(Duration::from_secs(10), async {
             while let Some(ev) = ev_rx.recv().await {
                 if ev == SinkEvent::Publishing {
@@ -668,18 +690,7 @@ fn push_to_a_slow_server() -> SlowPush {
         })
         .await;
         assert_eq!(published, Ok(true), "never published");
-        let sps: &[u8] = &[
-            0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x2f, 0xf9, 0x70, 0x11, 0x00, 0x00, 0x03,
-            0x00, 0x01, 0x00, 0x00, 0x03, 0x00, 0x3c, 0x0f, 0x16, 0x2e, 0x48,
-        ];
-        let pps: &[u8] = &[0x68, 0xcb, 0x83, 0xcb, 0x20];
-        let mut key = Vec::new();
-        for nal in [sps, pps] {
-            key.extend_from_slice(&[0, 0, 0, 1]);
-            key.extend_from_slice(nal);
-        }
-        key.extend_from_slice(&[0, 0, 0, 1, 0x65]);
-        key.extend(std::iter::repeat_n(0x55u8, 120_000));
+        let key = keyframe_of(120_000);
         let mut inter = vec![0, 0, 0, 1, 0x41];
         inter.extend(std::iter::repeat_n(0x55u8, 24_000));
         let (key, inter) = (Bytes::from(key), Bytes::from(inter));
