@@ -222,6 +222,36 @@ async fn assert_unregistered(uas: PlatformUas) {
     .await;
 }
 
+/// The platform INVITEs the channel with `scenario` from a fresh port (over TCP when
+/// `sip_tcp`), asking for media with `ssrc` at 127.0.0.1:`media_port` as `proto` with the
+/// `setup` line given (empty for UDP).
+fn invite(
+    sip_tcp: bool,
+    scenario: &str,
+    device: SocketAddr,
+    ssrc: &str,
+    media_port: u16,
+    (proto, setup): (&str, &str),
+) -> UacProcess {
+    start_uac_over(
+        sip_tcp,
+        scenario,
+        device,
+        free_port(),
+        &[
+            ("channel", CHANNEL),
+            ("ssrc", ssrc),
+            ("media_ip", "127.0.0.1"),
+            ("media_port", &media_port.to_string()),
+            ("proto", proto),
+            ("setup", setup),
+        ],
+    )
+}
+
+/// UDP media, as [`invite`] takes it.
+const UDP: (&str, &str) = ("RTP/AVP", "");
+
 /// Plays the channel once via a SIPp INVITE/ACK/BYE while counting the frames fed after the
 /// media started, then checks GStreamer decoded at least 90 % of them and that BYE stopped
 /// the media.
@@ -247,22 +277,13 @@ async fn play_once(
         Mode::TcpDial => None,
         _ => Some(blocking(move || PsReceiver::start(mode, gst_port)).await),
     };
-    let uac_port = free_port();
-    let rx = rx_port.to_string();
-    let ssrc_owned = ssrc.to_owned();
-    let mut uac: UacProcess = start_uac_over(
+    let mut uac = invite(
         sip_tcp,
         "invite_uac.xml",
         device,
-        uac_port,
-        &[
-            ("channel", CHANNEL),
-            ("ssrc", &ssrc_owned),
-            ("media_ip", "127.0.0.1"),
-            ("media_port", &rx),
-            ("proto", proto),
-            ("setup", setup),
-        ],
+        ssrc,
+        rx_port,
+        (proto, setup),
     );
     // The sink asks for a keyframe when the INVITE's media starts; count from that keyframe.
     let mut started = false;
@@ -692,19 +713,13 @@ async fn second_invite_replaces_the_first() {
 
     let first_port = free_port();
     let mut first_rx = blocking(move || PsReceiver::start(Mode::Udp, first_port)).await;
-    let first_port_s = first_port.to_string();
-    let first = start_uac(
+    let first = invite(
+        false,
         "invite_replaced_uac.xml",
         device,
-        free_port(),
-        &[
-            ("channel", CHANNEL),
-            ("ssrc", "0100000021"),
-            ("media_ip", "127.0.0.1"),
-            ("media_port", &first_port_s),
-            ("proto", "RTP/AVP"),
-            ("setup", ""),
-        ],
+        "0100000021",
+        first_port,
+        UDP,
     );
     assert_eq!(
         next_event(&mut sink.events, Duration::from_secs(10)).await,
@@ -830,19 +845,14 @@ async fn rtp_on_the_wire_carries_the_offered_ssrc() {
     let media = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let media_port = media.local_addr().expect("addr").port().to_string();
-    let mut uac = start_uac(
+    let media_port = media.local_addr().expect("addr").port();
+    let mut uac = invite(
+        false,
         "invite_uac.xml",
         device,
-        free_port(),
-        &[
-            ("channel", CHANNEL),
-            ("ssrc", "0100000001"),
-            ("media_ip", "127.0.0.1"),
-            ("media_port", &media_port),
-            ("proto", "RTP/AVP"),
-            ("setup", ""),
-        ],
+        "0100000001",
+        media_port,
+        UDP,
     );
     let mut packets = Vec::new();
     let mut buf = vec![0u8; 2048];
@@ -1048,20 +1058,15 @@ async fn udp_media_stops_when_the_registration_is_lost() {
     let media = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let media_port = media.local_addr().expect("addr").port().to_string();
+    let media_port = media.local_addr().expect("addr").port();
     let (received, reader) = count_datagrams(media);
-    let uac = start_uac(
+    let uac = invite(
+        false,
         "invite_replaced_uac.xml",
         device,
-        free_port(),
-        &[
-            ("channel", CHANNEL),
-            ("ssrc", "0100000051"),
-            ("media_ip", "127.0.0.1"),
-            ("media_port", &media_port),
-            ("proto", "RTP/AVP"),
-            ("setup", ""),
-        ],
+        "0100000051",
+        media_port,
+        UDP,
     );
     assert_eq!(
         next_event(&mut sink.events, Duration::from_secs(10)).await,
@@ -1115,19 +1120,14 @@ async fn udp_media_refused_for_seconds_ends_the_dialog() {
         ..
     } = registered(false, options(0)).await;
     let closed_port = free_port();
-    let closed = closed_port.to_string();
-    let uac = start_uac(
+
+    let uac = invite(
+        false,
         "invite_replaced_uac.xml",
         device,
-        free_port(),
-        &[
-            ("channel", CHANNEL),
-            ("ssrc", "0100000061"),
-            ("media_ip", "127.0.0.1"),
-            ("media_port", &closed),
-            ("proto", "RTP/AVP"),
-            ("setup", ""),
-        ],
+        "0100000061",
+        closed_port,
+        UDP,
     );
     assert_eq!(
         next_event(&mut sink.events, Duration::from_secs(10)).await,
@@ -1177,7 +1177,7 @@ async fn stall_tcp_media(gop: u32, obey: bool, ssrc: &str) -> Stall {
         .bind("127.0.0.1:0".parse().expect("addr"))
         .expect("bind");
     let listener = socket.listen(4).expect("listen");
-    let media_port = listener.local_addr().expect("addr").port().to_string();
+    let media_port = listener.local_addr().expect("addr").port();
     let stalled = Arc::new(AtomicBool::new(false));
     let stalled_r = stalled.clone();
     let mut reader = tokio::spawn(async move {
@@ -1234,18 +1234,13 @@ async fn stall_tcp_media(gop: u32, obey: bool, ssrc: &str) -> Stall {
             }
         }
     });
-    let uac = start_uac(
+    let uac = invite(
+        false,
         "invite_uac.xml",
         device,
-        free_port(),
-        &[
-            ("channel", CHANNEL),
-            ("ssrc", ssrc),
-            ("media_ip", "127.0.0.1"),
-            ("media_port", &media_port),
-            ("proto", "TCP/RTP/AVP"),
-            ("setup", "a=setup:passive"),
-        ],
+        ssrc,
+        media_port,
+        ("TCP/RTP/AVP", "a=setup:passive"),
     );
     let mut requests_in_stall = 0;
     let packets = loop {
