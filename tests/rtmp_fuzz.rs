@@ -140,6 +140,30 @@ async fn serve(
     serve_on(io, garbage, first, second, tail, true).await
 }
 
+/// The server's side of the handshake; the bytes the client sent after it, or `None` when the
+/// client went away or broke it.
+async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    buf: &mut [u8],
+) -> Option<Vec<u8>> {
+    let mut hs = Handshake::new(PeerType::Server);
+    loop {
+        let n = io.read(buf).await.ok().filter(|&n| n > 0)?;
+        match hs.process_bytes(&buf[..n]).ok()? {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                let _ = io.write_all(&response_bytes).await;
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                let _ = io.write_all(&response_bytes).await;
+                return Some(remaining_bytes);
+            }
+        }
+    }
+}
+
 /// [`serve`] over any stream; with `keep_reading` false the server stops reading once the
 /// publish is accepted, like a server that hangs.
 async fn serve_on<S: AsyncRead + AsyncWrite + Unpin>(
@@ -156,24 +180,8 @@ async fn serve_on<S: AsyncRead + AsyncWrite + Unpin>(
         while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
         return;
     }
-    let mut hs = Handshake::new(PeerType::Server);
-    loop {
-        let Ok(n) = io.read(&mut buf).await else {
-            return;
-        };
-        if n == 0 {
-            return;
-        }
-        match hs.process_bytes(&buf[..n]) {
-            Ok(HandshakeProcessResult::InProgress { response_bytes }) => {
-                let _ = io.write_all(&response_bytes).await;
-            }
-            Ok(HandshakeProcessResult::Completed { response_bytes, .. }) => {
-                let _ = io.write_all(&response_bytes).await;
-                break;
-            }
-            Err(_) => return,
-        }
+    if server_handshake(&mut io, &mut buf).await.is_none() {
+        return;
     }
     let _ = io.write_all(&first).await;
     let mut seen = Vec::new();
@@ -576,30 +584,11 @@ async fn serve_counting(mut io: tokio::net::TcpStream, counts: std::sync::Arc<Se
     use std::sync::atomic::Ordering;
     let (first, second) = server_conversation();
     let mut buf = vec![0u8; 4096];
-    let mut hs = Handshake::new(PeerType::Server);
     let mut reader = ChunkReader::default();
-    loop {
-        let Ok(n) = io.read(&mut buf).await else {
-            return;
-        };
-        if n == 0 {
-            return;
-        }
-        match hs.process_bytes(&buf[..n]) {
-            Ok(HandshakeProcessResult::InProgress { response_bytes }) => {
-                let _ = io.write_all(&response_bytes).await;
-            }
-            Ok(HandshakeProcessResult::Completed {
-                response_bytes,
-                remaining_bytes,
-            }) => {
-                let _ = io.write_all(&response_bytes).await;
-                reader.push(&remaining_bytes);
-                break;
-            }
-            Err(_) => return,
-        }
-    }
+    let Some(remaining) = server_handshake(&mut io, &mut buf).await else {
+        return;
+    };
+    reader.push(&remaining);
     let _ = io.write_all(&first).await;
     let mut publishing = false;
     loop {
