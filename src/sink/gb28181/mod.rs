@@ -1000,6 +1000,19 @@ mod tests {
     use crate::cloud::url::StreamUrl;
     use crate::cloud::UrlType;
 
+    /// A target whose platform is 127.0.0.1:`port`, the device on any free port.
+    fn platform_at(port: u16) -> GbTarget {
+        GbTarget {
+            server_host: "127.0.0.1".into(),
+            server_port: port,
+            server_id: "34020000002000000001".into(),
+            device_id: "34020000001320000001".into(),
+            password: "pw".into(),
+            local_port: 0,
+            channel: "34020000001310000001".into(),
+        }
+    }
+
     /// A media session stuck in its connect (a media server whose accept queue is full, so
     /// the SYN goes unanswered) is stopped without waiting on any timer: the SIP side, which
     /// stops it on BYE, goes on with the next request at once. With the clock paused, any
@@ -1017,15 +1030,7 @@ mod tests {
             queued.push(TcpStream::connect(media_server).await.expect("queued"));
         }
         let platform = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let target = GbTarget {
-            server_host: "127.0.0.1".into(),
-            server_port: platform.local_addr().expect("addr").port(),
-            server_id: "34020000002000000001".into(),
-            device_id: "34020000001320000001".into(),
-            password: "pw".into(),
-            local_port: 0,
-            channel: "34020000001310000001".into(),
-        };
+        let target = platform_at(platform.local_addr().expect("addr").port());
         let opts = GbOptions {
             bind_ip: "127.0.0.1".parse().expect("ip"),
             ..GbOptions::default()
@@ -1109,15 +1114,7 @@ mod tests {
         // A platform address where nobody answers.
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let port = silent.local_addr().expect("addr").port();
-        let target = GbTarget {
-            server_host: "127.0.0.1".into(),
-            server_port: port,
-            server_id: "34020000002000000001".into(),
-            device_id: "34020000001320000001".into(),
-            password: "pw".into(),
-            local_port: 0,
-            channel: "34020000001310000001".into(),
-        };
+        let target = platform_at(port);
         let opts = GbOptions {
             bind_ip: "127.0.0.1".parse().expect("ip"),
             t1: Duration::from_millis(50),
