@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 pub use transport::SipTransport;
-use transport::{Inbound, SipIo};
+use transport::{AcceptRest, Inbound, SipIo};
 use ua::{Ua, UaConfig, UaEvent};
 
 /// The platform and our identity, taken from the DJI `url` of a `live_start_push` with
@@ -265,13 +265,11 @@ pub async fn run(
         }
         shell.forget_stray_media_conn();
         let now = Instant::now();
-        if shell.media_accept_rest.is_some_and(|t| t <= now) {
-            shell.media_accept_rest = None;
-        }
+        shell.media_accept.wake(now);
         let wake = [
             shell.ua.poll_timeout().map(Instant::from_std),
             stop_deadline,
-            shell.media_accept_rest,
+            shell.media_accept.until(),
         ]
         .into_iter()
         .flatten()
@@ -302,7 +300,7 @@ pub async fn run(
                     }
                 }
             },
-            accepted = shell.media_tcp.accept(), if shell.media_accept_rest.is_none() => {
+            accepted = shell.media_tcp.accept(), if shell.media_accept.until().is_none() => {
                 shell.media_connection(accepted, &label);
             }
             Some((call_id, reason)) = media_err_rx.recv() => {
@@ -413,13 +411,8 @@ struct Shell {
     /// Media connections closed unused (not the platform's, or no session for them); logged
     /// at 1, 2, 4, 8 … so that a host hammering the port cannot flood the log.
     stray_media: u64,
-    /// Set after `accept()` on the media port failed (descriptors or memory short): the
-    /// connection it could not take stays queued and the listener readable, so it is left
-    /// alone until then instead of being failed again at once.
-    media_accept_rest: Option<Instant>,
-    /// Media accepts have failed since the last that succeeded: a shortage is logged when it
-    /// starts, not on every rest.
-    media_accept_short: bool,
+    /// The media port's rest after a failed `accept()`.
+    media_accept: AcceptRest,
     ua: Ua,
     muxer: ps::PsMuxer,
     media: Option<Media>,
@@ -491,8 +484,7 @@ impl Shell {
             media_tcp,
             media_conn: None,
             stray_media: 0,
-            media_accept_rest: None,
-            media_accept_short: false,
+            media_accept: AcceptRest::default(),
             ua: Ua::new(cfg),
             muxer: ps::PsMuxer::new(),
             media: None,
@@ -662,14 +654,13 @@ impl Shell {
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                if !std::mem::replace(&mut self.media_accept_short, true) {
+                if self.media_accept.failed(Instant::now()) {
                     tracing::warn!(target = %label, error = %e, rest = ?ACCEPT_REST, "gb28181 cannot accept a media connection");
                 }
-                self.media_accept_rest = Some(Instant::now() + ACCEPT_REST);
                 return;
             }
         };
-        self.media_accept_short = false;
+        self.media_accept.accepted();
         let plan = self
             .ua
             .dialog_media()

@@ -44,6 +44,51 @@ const MAX_DATAGRAM: usize = 65_535;
 /// closing cannot use up the descriptors or shut it out.
 pub const MAX_CONNS: usize = 16;
 
+/// A listener left out of the poll after `accept()` failed for want of descriptors or memory:
+/// the connection it could not take stays queued and the listener readable, so polling it at
+/// once would fail again at once for as long as the shortage lasts.
+#[derive(Debug, Default)]
+pub struct AcceptRest {
+    /// Until when the listener rests.
+    until: Option<Instant>,
+    /// Accepts have failed since the last one that succeeded.
+    short: bool,
+    /// Failed accepts so far.
+    failures: u64,
+}
+
+impl AcceptRest {
+    /// When the listener may be polled again; `None` when it may be now (or is not resting).
+    pub fn until(&self) -> Option<Instant> {
+        self.until
+    }
+
+    /// The rest is over at `now` if it was due.
+    pub fn wake(&mut self, now: Instant) {
+        if self.until.is_some_and(|t| t <= now) {
+            self.until = None;
+        }
+    }
+
+    /// `accept()` failed at `now`: rest [`ACCEPT_REST`]. True when this starts a shortage,
+    /// which is when it is worth a log line.
+    pub fn failed(&mut self, now: Instant) -> bool {
+        self.failures += 1;
+        self.until = Some(now + ACCEPT_REST);
+        !std::mem::replace(&mut self.short, true)
+    }
+
+    /// A connection was taken: any shortage is over.
+    pub fn accepted(&mut self) {
+        self.short = false;
+    }
+
+    /// Failed accepts so far.
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+}
+
 /// One open (or opening) TCP connection.
 pub struct Conn {
     /// Tells this connection's late close notice from its replacement's.
@@ -81,15 +126,8 @@ pub enum SipIo {
         timeout: Duration,
         /// Hosts whose connections are taken; any other is closed as it is accepted.
         allowed: Vec<IpAddr>,
-        /// Set after `accept()` failed (descriptors or memory short): the connection it could
-        /// not take stays queued and the listener readable, so it is left alone until then
-        /// instead of being failed again at once.
-        rest: Option<Instant>,
-        /// Failed accepts so far.
-        accept_errors: u64,
-        /// Accepts have failed since the last one that succeeded: the shortage is reported
-        /// when it starts, not on every rest.
-        short: bool,
+        /// The listener's rest after a failed `accept()`.
+        rest: AcceptRest,
         /// Connections closed as they were accepted (not from an allowed host); logged at 1,
         /// 2, 4, 8 … so that a host hammering the port cannot flood the log.
         refused: u64,
@@ -124,9 +162,7 @@ impl SipIo {
                     inbound_tx,
                     timeout,
                     allowed: allowed.iter().map(|ip| ip.to_canonical()).collect(),
-                    rest: None,
-                    accept_errors: 0,
-                    short: false,
+                    rest: AcceptRest::default(),
                     refused: 0,
                 })
             }
@@ -161,8 +197,6 @@ impl SipIo {
                     timeout,
                     allowed,
                     rest,
-                    accept_errors,
-                    short,
                     refused,
                 } => {
                     tokio::select! {
@@ -177,9 +211,9 @@ impl SipIo {
                             }
                             return msg;
                         }
-                        accepted = listener.accept(), if rest.is_none() => match accepted {
+                        accepted = listener.accept(), if rest.until().is_none() => match accepted {
                             Ok((stream, peer)) => {
-                                *short = false;
+                                rest.accepted();
                                 if !allowed.contains(&peer.ip().to_canonical()) {
                                     *refused += 1;
                                     if refused.is_power_of_two() {
@@ -195,14 +229,12 @@ impl SipIo {
                                 conns.insert(peer, conn);
                             }
                             Err(e) => {
-                                *accept_errors += 1;
-                                if !std::mem::replace(short, true) {
-                                    tracing::warn!(error = %e, failed = *accept_errors, rest = ?ACCEPT_REST, "gb28181 cannot accept a SIP connection");
+                                if rest.failed(Instant::now()) {
+                                    tracing::warn!(error = %e, failed = rest.failures(), rest = ?ACCEPT_REST, "gb28181 cannot accept a SIP connection");
                                 }
-                                *rest = Some(Instant::now() + ACCEPT_REST);
                             }
                         },
-                        _ = crate::sink::sleep_until_opt(*rest) => *rest = None,
+                        _ = crate::sink::sleep_until_opt(rest.until()) => rest.wake(Instant::now()),
                     }
                 }
             }
@@ -372,6 +404,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_accept_shortage_rests_the_listener_and_is_reported_once() {
+        let t0 = Instant::now();
+        let mut rest = AcceptRest::default();
+        assert_eq!(rest.until(), None);
+        assert!(rest.failed(t0), "a shortage starting is reported");
+        assert_eq!(rest.until(), Some(t0 + ACCEPT_REST));
+        rest.wake(t0 + ACCEPT_REST / 2);
+        assert!(rest.until().is_some(), "not yet due");
+        rest.wake(t0 + ACCEPT_REST);
+        assert_eq!(rest.until(), None);
+        assert!(!rest.failed(t0 + ACCEPT_REST), "the same shortage");
+        rest.accepted();
+        assert!(rest.failed(t0 + ACCEPT_REST * 3), "a new shortage");
+        assert_eq!(rest.failures(), 3);
+    }
 
     /// A connection that got stuck is replaced; when the old one's end is finally reported, the
     /// replacement stays (the notice names a connection that is already gone).
